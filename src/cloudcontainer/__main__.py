@@ -1,0 +1,3 @@
+from cloudcontainer.cli import main
+
+main()

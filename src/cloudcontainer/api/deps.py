@@ -1,0 +1,52 @@
+"""FastAPI dependencies: the running services and the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from cloudcontainer.auth.credentials import Principal
+from cloudcontainer.errors import Forbidden, Unauthorized
+from cloudcontainer.state import Services
+
+__all__ = ["AdminPrincipal", "CurrentPrincipal", "ServicesDep", "client_ip"]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An access token from /api/auth/login, or an API key (`cc_...`).",
+)
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+async def current_principal(
+    services: ServicesDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    if credentials is None:
+        raise Unauthorized("Authentication required.", code="not_authenticated")
+    return await services.credentials.authenticate(credentials.credentials)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def admin_principal(principal: CurrentPrincipal) -> Principal:
+    if not principal.user.is_admin:
+        raise Forbidden("This needs an administrator.", code="admin_required")
+    return principal
+
+
+AdminPrincipal = Annotated[Principal, Depends(admin_principal)]
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "unknown"

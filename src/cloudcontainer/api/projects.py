@@ -1,0 +1,104 @@
+"""`/api/projects`: a user's projects. Other users' projects answer 404, never 403."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import BaseModel
+
+from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
+from cloudcontainer.api.schemas import Description, Name, RequestModel
+from cloudcontainer.db import Project
+from cloudcontainer.errors import Forbidden, ValidationFailed
+
+router = APIRouter(prefix="/api/projects", tags=["projects"])
+
+
+class ProjectCreate(RequestModel):
+    name: Name
+    description: Description = ""
+
+
+class ProjectUpdate(RequestModel):
+    name: Name | None = None
+    description: Description | None = None
+
+
+class ProjectOut(BaseModel):
+    id: str
+    owner_id: str
+    name: str
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def of(cls, project: Project) -> ProjectOut:
+        return cls(
+            id=project.id, owner_id=project.owner_id, name=project.name,
+            description=project.description, created_at=project.created_at,
+            updated_at=project.updated_at,
+        )  # fmt: skip
+
+
+class ProjectPage(BaseModel):
+    items: list[ProjectOut]
+    total: int
+    limit: int
+    offset: int
+
+
+@router.get("")
+async def list_projects(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    all: Annotated[bool, Query(description="Admins only: everyone's projects.")] = False,
+) -> ProjectPage:
+    if all and not principal.user.is_admin:
+        raise Forbidden(
+            "Listing every user's projects needs an administrator.", code="admin_required"
+        )
+    owner = None if all else principal.user_id
+    items, total = await services.projects.list(owner, limit=limit, offset=offset)
+    return ProjectPage(
+        items=[ProjectOut.of(p) for p in items], total=total, limit=limit, offset=offset
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_project(
+    body: ProjectCreate, principal: CurrentPrincipal, services: ServicesDep
+) -> ProjectOut:
+    project = await services.projects.create(principal.user_id, body.name, body.description)
+    return ProjectOut.of(project)
+
+
+@router.get("/{project_id}")
+async def get_project(
+    project_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> ProjectOut:
+    return ProjectOut.of(await services.projects.get(principal.user_id, project_id))
+
+
+@router.patch("/{project_id}")
+async def update_project(
+    project_id: str, body: ProjectUpdate, principal: CurrentPrincipal, services: ServicesDep
+) -> ProjectOut:
+    if body.name is None and body.description is None:
+        raise ValidationFailed("Give at least one of: name, description.")
+    project = await services.projects.update(
+        principal.user_id, project_id, name=body.name, description=body.description
+    )
+    return ProjectOut.of(project)
+
+
+@router.delete("/{project_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_project(
+    project_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> Response:
+    await services.projects.delete(principal.user_id, project_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

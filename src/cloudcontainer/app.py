@@ -1,0 +1,64 @@
+"""The ASGI application: `create_app(settings)` builds it; nothing happens at import."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from cloudcontainer import __version__
+from cloudcontainer.api import auth, ops, projects
+from cloudcontainer.api.bodylimit import BodySizeLimitMiddleware
+from cloudcontainer.api.errors import ERROR_RESPONSES, install_error_handlers
+from cloudcontainer.config import Settings, load_settings
+from cloudcontainer.observability.metrics import Metrics
+from cloudcontainer.observability.middleware import RequestContextMiddleware
+from cloudcontainer.state import open_services
+
+__all__ = ["create_app"]
+
+DESCRIPTION = """\
+Real Linux containers behind a WebContainer-compatible API: files, terminals, live previews
+and AI-driven edits for AI app builders such as bolt.diy.
+
+Authenticate with `Authorization: Bearer <access token or API key>`. Every error answers
+`{"error": {"code": "...", "message": "..."}}`.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_services(settings, metrics) as services:
+            app.state.services = services
+            yield
+
+    app = FastAPI(
+        title="cloudcontainer",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+        docs_url="/docs",
+        redoc_url=None,
+        root_path=settings.root_path,
+    )
+    install_error_handlers(app)
+    for module in (ops, auth, projects):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,144 @@
+"""Who is calling: access tokens, API keys and WebSocket tickets resolved to a `Principal`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import delete, select, update
+
+from cloudcontainer.auth.tokens import API_KEY_PREFIX, AccessTokenSigner, digest, new_secret
+from cloudcontainer.db import ApiKey, AuthSession, Database, User, WsTicket
+from cloudcontainer.db.types import new_id, utcnow
+from cloudcontainer.errors import NotFound, Unauthorized
+
+__all__ = ["CredentialService", "Principal"]
+
+# Refresh `api_keys.last_used_at` at most this often, so using a key is not a write per request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller. `session_id` is set for access tokens, `api_key_id` for keys."""
+
+    user: User
+    session_id: str | None = None
+    api_key_id: str | None = None
+
+    @property
+    def user_id(self) -> str:
+        return self.user.id
+
+
+class CredentialService:
+    def __init__(self, *, database: Database, signer: AccessTokenSigner, ticket_ttl_seconds: int):
+        self._db = database
+        self._signer = signer
+        self._ticket_ttl = timedelta(seconds=ticket_ttl_seconds)
+
+    async def authenticate(self, bearer: str) -> Principal:
+        """Resolve a bearer credential (an access token or an API key) to its principal."""
+        if bearer.startswith(API_KEY_PREFIX):
+            return await self._authenticate_api_key(bearer)
+        claims = self._signer.decode(bearer)
+        async with self._db.session() as session:
+            user = await session.scalar(
+                select(User)
+                .join(AuthSession, AuthSession.user_id == User.id)
+                .where(
+                    User.id == claims.user_id,
+                    AuthSession.id == claims.session_id,
+                    AuthSession.revoked_at.is_(None),
+                )
+            )
+        if user is None:
+            raise Unauthorized("This session has ended.", code="session_revoked")
+        return Principal(user=user, session_id=claims.session_id)
+
+    async def _authenticate_api_key(self, key: str) -> Principal:
+        now = utcnow()
+        async with self._db.session() as session:
+            row = (
+                await session.execute(
+                    select(ApiKey, User)
+                    .join(User, ApiKey.user_id == User.id)
+                    .where(ApiKey.key_hash == digest(key), ApiKey.revoked_at.is_(None))
+                )
+            ).first()
+            if row is None:
+                raise Unauthorized("The API key is not valid.", code="invalid_api_key")
+            api_key, user = row.tuple()
+            if api_key.expires_at is not None and api_key.expires_at <= now:
+                raise Unauthorized("The API key has expired.", code="api_key_expired")
+            if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+                api_key.last_used_at = now
+        return Principal(user=user, api_key_id=api_key.id)
+
+    # -- API keys -------------------------------------------------------------------------
+
+    async def create_api_key(
+        self, user_id: str, name: str, expires_in_days: int | None
+    ) -> tuple[ApiKey, str]:
+        """Make a key; the secret is returned once and only its hash is kept."""
+        secret = new_secret(API_KEY_PREFIX)
+        expires_at = utcnow() + timedelta(days=expires_in_days) if expires_in_days else None
+        key = ApiKey(
+            id=new_id("key"), user_id=user_id, name=name, prefix=secret[:10],
+            key_hash=digest(secret), expires_at=expires_at, created_at=utcnow(),
+        )  # fmt: skip
+        async with self._db.session() as session:
+            session.add(key)
+        return key, secret
+
+    async def list_api_keys(self, user_id: str) -> list[ApiKey]:
+        async with self._db.session() as session:
+            rows = await session.scalars(
+                select(ApiKey)
+                .where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+                .order_by(ApiKey.created_at, ApiKey.id)
+            )
+            return list(rows)
+
+    async def revoke_api_key(self, user_id: str, key_id: str) -> None:
+        """Revoke one of the caller's keys; another user's key is `NotFound`, like a missing one."""
+        async with self._db.session() as session:
+            found = await session.scalar(
+                select(ApiKey.id).where(ApiKey.id == key_id, ApiKey.user_id == user_id)
+            )
+            if found is None:
+                raise NotFound("No such API key.")
+            await session.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+
+    # -- WebSocket tickets ----------------------------------------------------------------
+
+    async def issue_ws_ticket(self, user_id: str) -> tuple[str, int]:
+        """A single-use ticket for `?ticket=` on a WebSocket URL, and its lifetime in seconds."""
+        ticket = new_secret("wst_")
+        now = utcnow()
+        async with self._db.session() as session:
+            await session.execute(delete(WsTicket).where(WsTicket.expires_at <= now))
+            session.add(
+                WsTicket(
+                    id=new_id("wst"), user_id=user_id, ticket_hash=digest(ticket),
+                    expires_at=now + self._ticket_ttl,
+                )
+            )  # fmt: skip
+        return ticket, int(self._ticket_ttl.total_seconds())
+
+    async def redeem_ws_ticket(self, ticket: str) -> Principal:
+        """Consume a ticket (atomically: a second use fails) and return its principal."""
+        async with self._db.session() as session:
+            user_id = await session.scalar(
+                delete(WsTicket)
+                .where(WsTicket.ticket_hash == digest(ticket), WsTicket.expires_at > utcnow())
+                .returning(WsTicket.user_id)
+            )
+            user = await session.get(User, user_id) if user_id else None
+        if user is None:
+            raise Unauthorized("The ticket is invalid, used or expired.", code="invalid_ticket")
+        return Principal(user=user)

@@ -1,0 +1,81 @@
+"""Access tokens (JWT) and opaque secrets (refresh tokens, API keys, tickets, mailed tokens).
+
+Opaque secrets are random and only their SHA-256 is stored, so a leaked database does not
+leak a usable credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from cloudcontainer.errors import Unauthorized
+
+__all__ = ["AccessClaims", "AccessTokenSigner", "digest", "new_secret"]
+
+API_KEY_PREFIX = "cc_"
+
+
+def new_secret(prefix: str = "") -> str:
+    return prefix + secrets.token_urlsafe(32)
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AccessClaims:
+    user_id: str
+    session_id: str
+    expires_at: datetime
+
+
+class AccessTokenSigner:
+    """Issues and checks short-lived HS256 access tokens bound to a login session."""
+
+    algorithm = "HS256"
+    issuer = "cloudcontainer"
+
+    def __init__(self, key: str, ttl_seconds: int) -> None:
+        self._key = key
+        self.ttl_seconds = ttl_seconds
+
+    def issue(self, user_id: str, session_id: str, now: datetime | None = None) -> str:
+        now = now or datetime.now(UTC)
+        claims = {
+            "sub": user_id,
+            "sid": session_id,
+            "iss": self.issuer,
+            "typ": "access",
+            "iat": int(now.timestamp()),
+            "exp": int((now + timedelta(seconds=self.ttl_seconds)).timestamp()),
+        }
+        return jwt.encode(claims, self._key, algorithm=self.algorithm)
+
+    def decode(self, token: str) -> AccessClaims:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self.algorithm],
+                issuer=self.issuer,
+                options={"require": ["sub", "sid", "exp", "iat"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthorized("The access token has expired.", code="token_expired") from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized("The access token is not valid.", code="invalid_token") from exc
+        if claims.get("typ") != "access" or not all(
+            isinstance(claims[name], str) for name in ("sub", "sid")
+        ):
+            raise Unauthorized("The access token is not valid.", code="invalid_token")
+        return AccessClaims(
+            user_id=claims["sub"],
+            session_id=claims["sid"],
+            expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+        )

@@ -1,0 +1,171 @@
+"""The one settings object.
+
+Every setting comes, highest priority first, from: command-line flags (passed to
+`load_settings` as overrides), environment variables `CLOUDCONTAINER_*`, a TOML config
+file (`--config` or `CLOUDCONTAINER_CONFIG`), then the defaults below. Settings are read
+once at start and injected; nothing below the CLI reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["Settings", "load_settings"]
+
+RuntimeName = Literal["local", "docker", "kubernetes"]
+
+
+class Settings(BaseSettings):
+    """Server settings; see docs/configuration.md for each field."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLOUDCONTAINER_", extra="forbid", validate_default=True
+    )
+
+    # Network
+    host: str = Field("127.0.0.1", description="Address the gateway listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the gateway listens on.")
+    public_host: str = Field(
+        "127.0.0.1", description="Host name or IP that clients use to reach this server."
+    )
+    public_url: str = Field(
+        "",
+        description="Base URL put in e-mailed links; default http://PUBLIC_HOST:PORT.",
+    )
+    preview_ports: str = Field(
+        "40000-40999", description="Port range for preview listeners, as FIRST-LAST."
+    )
+    root_path: str = Field("", description="ASGI root_path when served under a prefix.")
+
+    # State
+    data_dir: Path = Field(Path(".cloudcontainer"), description="Where local state lives.")
+    database_url: str = Field(
+        "", description="SQLAlchemy async URL; default SQLite in DATA_DIR/cloudcontainer.db."
+    )
+    redis_url: str = Field("", description="Redis URL for fan-out across gateways (optional).")
+    runtime: RuntimeName = Field("local", description="Sandbox runtime.")
+
+    # Auth
+    secret_key: SecretStr = Field(
+        SecretStr(""),
+        description="Signs access tokens; default: generated once into DATA_DIR/secret_key.",
+    )
+    access_token_ttl_seconds: int = Field(900, ge=30, le=86_400)
+    refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=300)
+    email_token_ttl_seconds: int = Field(86_400, ge=60)
+    ws_ticket_ttl_seconds: int = Field(60, ge=5, le=3_600)
+    require_email_verification: bool = True
+    allow_registration: bool = True
+    argon2_time_cost: int = Field(3, ge=1, le=20)
+    argon2_memory_cost_kib: int = Field(65_536, ge=1_024)
+    login_max_failures_per_account: int = Field(
+        5, ge=1, description="Failed logins per account in the window before 429."
+    )
+    login_max_attempts_per_ip: int = Field(
+        30, ge=1, description="Login attempts per client IP in the window before 429."
+    )
+    login_window_seconds: int = Field(300, ge=1)
+
+    # Mail
+    smtp_host: str = Field("", description="SMTP server; empty writes mail to DATA_DIR/outbox.")
+    smtp_port: int = Field(587, ge=1, le=65535)
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    smtp_security: Literal["none", "starttls", "tls"] = "starttls"
+    smtp_timeout_seconds: float = Field(10.0, gt=0)
+    mail_from: str = "cloudcontainer <noreply@localhost>"
+
+    # HTTP
+    max_body_bytes: int = Field(
+        1_048_576, ge=1_024, description="Largest request body accepted (413 above)."
+    )
+    cors_origins: list[str] = Field(default_factory=list)
+
+    # Observability
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("preview_ports")
+    @classmethod
+    def _check_port_range(cls, value: str) -> str:
+        first, sep, last = value.partition("-")
+        if not sep or not first.isdigit() or not last.isdigit():
+            raise ValueError("must look like 40000-40999")
+        if not 1 <= int(first) <= int(last) <= 65535:
+            raise ValueError("must be an ascending range inside 1-65535")
+        return value
+
+    @model_validator(mode="after")
+    def _fill_derived(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().absolute()
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'cloudcontainer.db'}"
+        if not self.public_url:
+            self.public_url = f"http://{self.public_host}:{self.port}"
+        self.public_url = self.public_url.rstrip("/")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def preview_port_range(self) -> range:
+        first, _, last = self.preview_ports.partition("-")
+        return range(int(first), int(last) + 1)
+
+    def signing_key(self) -> str:
+        """The token signing key: configured, or generated once and kept in the data dir."""
+        configured = self.secret_key.get_secret_value()
+        if configured:
+            return configured
+        path = self.data_dir / "secret_key"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_urlsafe(48)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return path.read_text().strip()
+        with os.fdopen(fd, "w") as handle:
+            handle.write(key)
+        return key
+
+
+def load_settings(config_file: Path | None = None, **overrides: object) -> Settings:
+    """Build settings from flags (`overrides`), environment, and an optional TOML file.
+
+    Overrides that are None are ignored, so CLI flags that were not given fall through.
+    """
+    given: dict[str, Any] = {key: value for key, value in overrides.items() if value is not None}
+    if config_file is None:
+        env_path = os.environ.get("CLOUDCONTAINER_CONFIG")
+        config_file = Path(env_path) if env_path else None
+    if config_file is None:
+        return Settings(**given)
+    if not config_file.is_file():
+        raise FileNotFoundError(f"config file not found: {config_file}")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(toml_file=config_file)
+
+    return FileSettings(**given)

@@ -1,0 +1,25 @@
+"""Persistent state: SQLAlchemy models, the engine, and Alembic migrations."""
+
+from cloudcontainer.db.engine import Database
+from cloudcontainer.db.models import (
+    ApiKey,
+    AuthSession,
+    Base,
+    EmailToken,
+    Project,
+    RefreshToken,
+    User,
+    WsTicket,
+)
+
+__all__ = [
+    "ApiKey",
+    "AuthSession",
+    "Base",
+    "Database",
+    "EmailToken",
+    "Project",
+    "RefreshToken",
+    "User",
+    "WsTicket",
+]

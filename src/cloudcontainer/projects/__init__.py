@@ -1,0 +1,1 @@
+"""Projects: a user's named workspaces, each later backed by containers."""

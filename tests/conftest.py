@@ -1,0 +1,152 @@
+"""Shared fixtures: real PostgreSQL and SMTP servers, and an app per test on each database."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+
+from cloudcontainer.app import create_app
+from cloudcontainer.config import Settings
+from cloudcontainer.db import Base
+from cloudcontainer.state import Services
+from tests.support.postgres import postgres_server
+from tests.support.smtp import Mailbox, smtp_server
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    url = os.environ.get("CLOUDCONTAINER_TEST_POSTGRES_URL")
+    if url:
+        yield url
+        return
+    with postgres_server() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def smtp() -> Iterator[tuple[Mailbox, int]]:
+    with smtp_server() as server:
+        yield server
+
+
+@pytest.fixture
+def mailbox(smtp: tuple[Mailbox, int]) -> Mailbox:
+    smtp[0].clear()
+    return smtp[0]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'test.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def make_settings(tmp_path: Path, database_url: str, smtp_port: int, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "database_url": database_url,
+        "smtp_host": "127.0.0.1",
+        "smtp_port": smtp_port,
+        "smtp_security": "none",
+        # Cheap argon2id parameters: the tests hash hundreds of passwords.
+        "argon2_time_cost": 1,
+        "argon2_memory_cost_kib": 1024,
+        "log_level": "warning",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@dataclass
+class Api:
+    """A running app, an HTTP client for it, and its services."""
+
+    app: FastAPI
+    client: httpx.AsyncClient
+    mailbox: Mailbox
+    users: list[TestUser] = field(default_factory=list)
+
+    @property
+    def services(self) -> Services:
+        services: Services = self.app.state.services
+        return services
+
+    async def user(self, email: str | None = None, *, admin: bool = False) -> TestUser:
+        """A verified account, logged in."""
+        email = email or f"user{len(self.users)}@example.com"
+        user = await self.services.accounts.create_user(email, PASSWORD, admin=admin)
+        response = await self.client.post(
+            "/api/auth/login", json={"email": email, "password": PASSWORD}
+        )
+        assert response.status_code == 200, response.text
+        tokens = response.json()
+        test_user = TestUser(id=user.id, email=email, tokens=tokens)
+        self.users.append(test_user)
+        return test_user
+
+
+@dataclass
+class TestUser:
+    __test__ = False
+    id: str
+    email: str
+    tokens: dict[str, str]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens['access_token']}"}
+
+
+async def _truncate_all(services: Services) -> None:
+    if services.database.is_sqlite:
+        return  # a fresh file per test
+    names = ", ".join(table.name for table in Base.metadata.sorted_tables)
+    async with services.database.engine.begin() as connection:
+        await connection.execute(text(f"TRUNCATE {names} CASCADE"))
+
+
+@asynccontextmanager
+async def running_api(settings: Settings, mailbox: Mailbox) -> AsyncIterator[Api]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        await _truncate_all(app.state.services)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield Api(app=app, client=client, mailbox=mailbox)
+
+
+ApiFactory = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture
+async def api_factory(
+    tmp_path: Path, database_url: str, smtp: tuple[Mailbox, int], mailbox: Mailbox
+) -> AsyncIterator[Callable[..., Any]]:
+    """`await api_factory(**setting_overrides)` starts an app; all are closed after the test."""
+    from contextlib import AsyncExitStack
+
+    async with AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Api:
+            settings = make_settings(tmp_path, database_url, smtp[1], **overrides)
+            return await stack.enter_async_context(running_api(settings, mailbox))
+
+        yield start
+
+
+@pytest.fixture
+async def api(api_factory: Callable[..., Awaitable[Api]]) -> Api:
+    return await api_factory()
