@@ -80,3 +80,13 @@ async def test_openapi_documents_the_contract_paths(api: Api) -> None:
     docs = await api.client.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+async def test_api_explorer_assets_are_served_locally(api: Api) -> None:
+    """No CDN: the explorer works on machines without internet access."""
+    page = (await api.client.get("/docs")).text
+    assert "cdn." not in page
+    for asset in ("swagger-ui-bundle.js", "swagger-ui.css"):
+        response = await api.client.get(f"/docs/assets/{asset}")
+        assert response.status_code == 200
+        assert len(response.content) > 10_000

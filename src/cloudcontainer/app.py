@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from cloudcontainer import __version__
 from cloudcontainer.api import auth, ops, projects
 from cloudcontainer.api.bodylimit import BodySizeLimitMiddleware
+from cloudcontainer.api.docs import install_docs
 from cloudcontainer.api.errors import ERROR_RESPONSES, install_error_handlers
 from cloudcontainer.config import Settings, load_settings
 from cloudcontainer.observability.metrics import Metrics
@@ -44,11 +45,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
-        docs_url="/docs",
+        docs_url=None,
         redoc_url=None,
         root_path=settings.root_path,
     )
     install_error_handlers(app)
+    install_docs(app)
     for module in (ops, auth, projects):
         app.include_router(module.router)
     app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)

@@ -86,6 +86,8 @@ def serve(
         uvicorn.Config(
             create_app(settings), host=settings.host, port=settings.port, log_config=None,
             lifespan="on", server_header=False, timeout_graceful_shutdown=10,
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=settings.trusted_proxies or None,
         )
     )  # fmt: skip
     server.run()

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
         "40000-40999", description="Port range for preview listeners, as FIRST-LAST."
     )
     root_path: str = Field("", description="ASGI root_path when served under a prefix.")
+    trusted_proxies: str = Field(
+        "",
+        description="Comma-separated proxy IPs whose X-Forwarded-For is believed; empty: none.",
+    )
 
     # State
     data_dir: Path = Field(Path(".cloudcontainer"), description="Where local state lives.")

@@ -251,7 +251,7 @@ class AccountService:
             ).first()
             if row is None:
                 raise Unauthorized("The refresh token is not valid.", code="invalid_refresh_token")
-            old, auth_session = row.tuple()
+            old, auth_session = row._tuple()
             if auth_session.revoked_at is not None:
                 raise Unauthorized("This session has ended.", code="session_revoked")
             if old.expires_at <= now:

@@ -1,0 +1,45 @@
+# Two commands on a fresh Debian/Ubuntu machine (as root, or with sudo):
+#   make run    set up and start the server with the embedded defaults
+#   make test   set up and run the whole test suite
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test setup setup-dev lint system-deps-run system-deps-test bench clean
+
+run: setup
+	$(BIN)/cloudcontainer serve
+
+test: system-deps-test setup-dev lint
+	$(BIN)/pytest
+
+setup: system-deps-run $(VENV)/.installed
+setup-dev: setup $(VENV)/.installed-dev
+
+lint: setup-dev
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/mypy src
+	$(BIN)/lint-imports
+
+bench: setup-dev
+	$(BIN)/python -m bench
+
+system-deps-run:
+	@scripts/install-system-deps.sh run
+
+system-deps-test:
+	@scripts/install-system-deps.sh test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

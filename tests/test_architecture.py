@@ -1,0 +1,31 @@
+"""Guards on the shape of the code: layering, the public package surface."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_layers_point_one_way() -> None:
+    """import-linter contracts in pyproject.toml: api -> services -> db, never back."""
+    result = subprocess.run(
+        [Path(sys.executable).parent / "lint-imports", "--no-cache"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+def test_importing_the_app_module_does_no_work() -> None:
+    """Nothing happens at import: no settings read, no database, no files."""
+    code = (
+        "import os, cloudcontainer.app, cloudcontainer.cli;"
+        "assert not os.path.exists('.cloudcontainer'), 'import created state'"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT / "tests", capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
