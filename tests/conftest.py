@@ -150,3 +150,51 @@ async def api_factory(
 @pytest.fixture
 async def api(api_factory: Callable[..., Awaitable[Api]]) -> Api:
     return await api_factory()
+
+
+# -- sandboxes ------------------------------------------------------------------------------
+
+SANDBOX_RUNTIMES = ["local"]
+
+
+@pytest.fixture(params=SANDBOX_RUNTIMES)
+def runtime_name(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def sandbox_api_factory(
+    tmp_path: Path, runtime_name: str, smtp: tuple[Mailbox, int], mailbox: Mailbox
+) -> AsyncIterator[Callable[..., Any]]:
+    """Apps on SQLite with a real sandbox runtime; sandboxes are destroyed after the test."""
+    from contextlib import AsyncExitStack
+
+    data_dir = tmp_path / "data"
+    async with AsyncExitStack() as stack:
+
+        async def start(**overrides: Any) -> Api:
+            values: dict[str, Any] = {
+                "runtime": runtime_name,
+                "health_interval_seconds": 0.2,
+                "local_sandbox_uid": 100_000,
+                **overrides,
+            }
+            settings = make_settings(
+                tmp_path, f"sqlite+aiosqlite:///{data_dir / 'test.db'}", smtp[1], **values
+            )
+            return await stack.enter_async_context(running_api(settings, mailbox))
+
+        yield start
+        # Whatever a test left running is removed with the runtime it used.
+        settings = make_settings(tmp_path, "sqlite+aiosqlite://", smtp[1], runtime=runtime_name)
+        from cloudcontainer.state import _runtime
+
+        runtime = _runtime(settings)
+        for info in await runtime.list():
+            await runtime.destroy(info.sandbox_id)
+        await runtime.aclose()
+
+
+@pytest.fixture
+async def sandbox_api(sandbox_api_factory: Callable[..., Awaitable[Api]]) -> Api:
+    return await sandbox_api_factory()

@@ -96,9 +96,39 @@ class Settings(BaseSettings):
     )
     cors_origins: list[str] = Field(default_factory=list)
 
+    # Sandboxes
+    sandbox_image: str = Field(
+        "cloudcontainer/sandbox:node20", description="Image for the docker runtime."
+    )
+    sandbox_ca_bundle: Path | None = Field(
+        Path("/etc/ssl/certs/ca-certificates.crt"),
+        description="Host CA bundle mounted read-only into sandboxes; empty to mount none.",
+    )
+    local_sandbox_uid: int = Field(
+        100_000, ge=1, description="Unprivileged host uid that local sandboxes run as."
+    )
+    container_start_concurrency: int = Field(
+        4, ge=1, le=256, description="Sandboxes started at once; more wait in a queue."
+    )
+    max_containers_per_user: int = Field(10, ge=0)
+    max_cpu_per_user: float = Field(8.0, ge=0, description="Cores, summed over containers.")
+    max_memory_mb_per_user: int = Field(16_384, ge=0)
+    default_cpu: float = Field(1.0, gt=0, le=64)
+    default_memory_mb: int = Field(2048, ge=64)
+    default_pids: int = Field(1024, ge=16)
+    idle_timeout_seconds: float = Field(
+        1800, gt=0, description="Stop a container after this long without activity."
+    )
+    health_interval_seconds: float = Field(5.0, gt=0)
+
     # Observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
+
+    @field_validator("sandbox_ca_bundle", mode="before")
+    @classmethod
+    def _empty_means_none(cls, value: object) -> object:
+        return None if value in ("", None) else value
 
     @field_validator("preview_ports")
     @classmethod

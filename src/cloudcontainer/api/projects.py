@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import Description, Name, RequestModel
@@ -22,6 +22,16 @@ class ProjectCreate(RequestModel):
 
 
 class ProjectUpdate(RequestModel):
+    # The schema states the rule `update_project` enforces: at least one field, given non-null.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [field], "properties": {field: {"type": "string"}}}
+                for field in ("name", "description")
+            ]
+        }
+    )
+
     name: Name | None = None
     description: Description | None = None
 
@@ -100,5 +110,7 @@ async def update_project(
 async def delete_project(
     project_id: str, principal: CurrentPrincipal, services: ServicesDep
 ) -> Response:
+    await services.projects.get(principal.user_id, project_id)
+    await services.containers.delete_project_containers(principal.user_id, project_id)
     await services.projects.delete(principal.user_id, project_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

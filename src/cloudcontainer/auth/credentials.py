@@ -68,7 +68,7 @@ class CredentialService:
             ).first()
             if row is None:
                 raise Unauthorized("The API key is not valid.", code="invalid_api_key")
-            api_key, user = row._tuple()
+            api_key, user = row
             if api_key.expires_at is not None and api_key.expires_at <= now:
                 raise Unauthorized("The API key has expired.", code="api_key_expired")
             if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:

@@ -20,7 +20,7 @@ from cloudcontainer.auth.passwords import PasswordHasher
 from cloudcontainer.auth.throttle import SlidingWindow
 from cloudcontainer.auth.tokens import AccessTokenSigner, digest, new_secret
 from cloudcontainer.config import Settings
-from cloudcontainer.db import AuthSession, Database, EmailToken, RefreshToken, User
+from cloudcontainer.db import ApiKey, AuthSession, Database, EmailToken, RefreshToken, User
 from cloudcontainer.db.types import new_id, utcnow
 from cloudcontainer.errors import BadRequest, Conflict, Forbidden, TooManyRequests, Unauthorized
 from cloudcontainer.tasks import TaskSet
@@ -128,7 +128,8 @@ class AccountService:
         self._mail(email, emails.PASSWORD_RESET, token=token, ttl=RESET_TTL)
 
     async def confirm_password_reset(self, token: str, new_password: str) -> None:
-        """Set the password, end every session of the account (a reset means a compromise)."""
+        """Set the password; end every session, API key and other reset link of the account
+        (a reset may follow a compromise)."""
         password_hash = await self._hasher.hash(new_password)
         async with self._db.session() as session:
             row = await self._use_email_token(session, token, RESET)
@@ -136,10 +137,26 @@ class AccountService:
             user.password_hash = password_hash
             if user.email_verified_at is None:
                 user.email_verified_at = utcnow()  # the mailbox owner proved control
+            now = utcnow()
             await session.execute(
                 update(AuthSession)
                 .where(AuthSession.user_id == user.id, AuthSession.revoked_at.is_(None))
-                .values(revoked_at=utcnow(), revoked_reason="password_reset")
+                .values(revoked_at=now, revoked_reason="password_reset")
+            )
+            # An attacker who had the account may have left keys or other reset links behind.
+            await session.execute(
+                update(ApiKey)
+                .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            await session.execute(
+                update(EmailToken)
+                .where(
+                    EmailToken.user_id == user.id,
+                    EmailToken.purpose == RESET,
+                    EmailToken.used_at.is_(None),
+                )
+                .values(used_at=now)
             )
         log.info("password reset", user_id=row.user_id)
 
@@ -251,7 +268,7 @@ class AccountService:
             ).first()
             if row is None:
                 raise Unauthorized("The refresh token is not valid.", code="invalid_refresh_token")
-            old, auth_session = row._tuple()
+            old, auth_session = row
             if auth_session.revoked_at is not None:
                 raise Unauthorized("This session has ended.", code="session_revoked")
             if old.expires_at <= now:

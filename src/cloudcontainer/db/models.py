@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from cloudcontainer.db.types import UTCDateTime, utcnow
@@ -13,6 +25,7 @@ __all__ = [
     "ApiKey",
     "AuthSession",
     "Base",
+    "Container",
     "EmailToken",
     "Project",
     "RefreshToken",
@@ -132,3 +145,32 @@ class Project(Base):
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Container(Base):
+    """A sandbox serving one project. `status` is what it is; `desired` is what it should be,
+    so a restarted gateway knows what to bring back."""
+
+    __tablename__ = "containers"
+    __table_args__ = (Index("ix_containers_owner_id_created_at", "owner_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    project_id: Mapped[str] = mapped_column(
+        ForeignKey("projects.id", ondelete="CASCADE"), index=True
+    )
+    runtime: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    status_reason: Mapped[str] = mapped_column(Text, default="")
+    desired: Mapped[str] = mapped_column(String(16), default="running")
+    cpu: Mapped[float] = mapped_column(Float)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    pids_limit: Mapped[int] = mapped_column(Integer)
+    agent_secret: Mapped[str] = mapped_column(String(128))
+    restart_count: Mapped[int] = mapped_column(Integer, default=0)
+    dev_servers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_active_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -1,0 +1,1 @@
+"""cloudcontainer benchmarks: `python -m bench [names...]` prints a table and writes JSON."""

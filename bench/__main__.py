@@ -1,0 +1,78 @@
+"""Run the benchmarks: `python -m bench [--only P1,L4] [--quick]`.
+
+Prints one table (each figure beside its floor from the same run and its goal) and writes
+every sample to bench/results/<time>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import sandboxes
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--only", default="", help="comma-separated ids, e.g. P1,L4")
+    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    args = parser.parse_args()
+    wanted = {name.strip().upper() for name in args.only.split(",") if name.strip()}
+    samples = 10 if args.quick else 30
+    console = Console()
+    table = Table("id", "what", "result", "floor (same run)", "goal", title="cloudcontainer bench")
+    report: dict[str, Any] = {"started": time.time(), "results": {}}
+
+    def want(name: str) -> bool:
+        return not wanted or name in wanted
+
+    if want("P1"):
+        console.print("P1: local create → first command …")
+        figure = sandboxes.create_to_first_command("local", samples)
+        floor = sandboxes.bwrap_floor(samples)
+        report["results"]["P1"] = {"figure": figure, "floor": floor}
+        table.add_row(
+            "P1", "create → first command (local)", _ms(figure), _ms(floor) + " bwrap true",
+            "p50 ≤ 150 ms, p95 ≤ 300 ms",
+        )  # fmt: skip
+    if want("P2") and sandboxes.docker_available():
+        console.print("P2: docker create → first command …")
+        figure = sandboxes.create_to_first_command("docker", samples)
+        floor = sandboxes.docker_floor(samples)
+        report["results"]["P2"] = {"figure": figure, "floor": floor}
+        table.add_row("P2", "create → first command (docker)", _ms(figure),
+                      _ms(floor) + " docker run --rm true", "p50 ≤ 600 ms")  # fmt: skip
+    if want("L4"):
+        count = 50 if args.quick else 200
+        console.print(f"L4: {count} idle local sandboxes …")
+        density = sandboxes.idle_density(count)
+        report["results"]["L4"] = density
+        table.add_row(
+            "L4", f"{density['requested']} idle local sandboxes",
+            f"{density['connected_after_idle']} up; agent RSS p50 "
+            f"{density['rss_mib']['p50']:.1f} MiB, max {density['rss_max_mib']:.1f} MiB; "
+            f"PSS p50 {density['pss_mib']['p50']:.1f} MiB",
+            f"all started in {density['start_all_s']:.1f} s", "≥ 200, RSS ≤ 20 MiB each",
+        )  # fmt: skip
+    console.print(table)
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
+    path.write_text(json.dumps(report, indent=2))
+    console.print(f"samples written to {path}")
+
+
+def _ms(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    return f"p50 {s['p50'] * 1000:.0f} ms, p95 {s['p95'] * 1000:.0f} ms (n={s['n']})"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""A real `cloudcontainer serve` in a subprocess, with a user, for end-to-end benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+PASSWORD = "benchmark password"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def running_server(**settings: str) -> Iterator[httpx.Client]:
+    """Start a server on a fresh data dir; yield a client logged in as a fresh user."""
+    with tempfile.TemporaryDirectory(prefix="cc-bench-") as tmp:
+        data = Path(tmp) / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDCONTAINER_")}
+        env.update({f"CLOUDCONTAINER_{k.upper()}": v for k, v in settings.items()})
+        env.update(CLOUDCONTAINER_DATA_DIR=str(data), CLOUDCONTAINER_LOG_LEVEL="warning")
+        cli = [sys.executable, "-m", "cloudcontainer"]
+        subprocess.run(
+            [*cli, "user", "create", "bench@example.com", "--password-stdin"],
+            input=PASSWORD, text=True, env=env, check=True, capture_output=True,
+        )  # fmt: skip
+        port = free_port()
+        log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115
+        server = subprocess.Popen(
+            [*cli, "serve", "--port", str(port)], env=env, stdout=log, stderr=log
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(base, server, Path(tmp) / "serve.log")
+            client = httpx.Client(base_url=base, timeout=300)
+            tokens = client.post(
+                "/api/auth/login", json={"email": "bench@example.com", "password": PASSWORD}
+            ).json()
+            client.headers["Authorization"] = f"Bearer {tokens['access_token']}"
+            yield client
+            client.close()
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            log.close()
+
+
+def _wait_ready(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()}")
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("server did not become ready")

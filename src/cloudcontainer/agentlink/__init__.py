@@ -1,0 +1,1 @@
+"""The gateway side of the agent protocol: bundling the agent, and talking to it."""

@@ -1,0 +1,242 @@
+"""A connection to one sandbox's agent: calls, events, and stream channels over one WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect, unix_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+
+from cloudcontainer.agent.protocol import (
+    AUTH_HEADER,
+    PROC_INPUT,
+    pack_frame,
+    unpack_frame,
+)
+from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+
+__all__ = ["AgentAddress", "AgentClient"]
+
+log = structlog.get_logger(__name__)
+
+EventListener = Callable[[str, dict[str, Any]], None]
+StreamListener = Callable[[int, bytes], None]
+MAX_MESSAGE_BYTES = 128 * 1024 * 1024
+# Stream bytes that arrive before anyone listens on their channel (the answer to a spawn and
+# the process's first output can reach us together) are held this long, up to this much.
+ORPHAN_SECONDS = 5.0
+ORPHAN_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AgentAddress:
+    """Where an agent listens: a unix socket path on this host, or host:port."""
+
+    unix_path: str | None = None
+    host: str | None = None
+    port: int | None = None
+
+    def describe(self) -> str:
+        return f"unix:{self.unix_path}" if self.unix_path else f"tcp:{self.host}:{self.port}"
+
+
+def _unix_socket(path: str) -> socket.socket:
+    """A connected unix socket. Paths longer than sun_path allows (108 bytes, easily reached
+    under deep data directories) are reached through a short /proc/self/fd/N/ alias of their
+    directory."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if len(path.encode()) < 100:
+            sock.connect(path)
+        else:
+            directory = os.open(os.path.dirname(path), os.O_PATH | os.O_DIRECTORY)
+            try:
+                sock.connect(f"/proc/self/fd/{directory}/{os.path.basename(path)}")
+            finally:
+                os.close(directory)
+    except BaseException:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+class AgentClient:
+    """One live connection. `call` sends a request and awaits its answer; events and stream
+    bytes go to listeners. When the link drops, pending calls fail with AgentUnavailable and
+    `closed` is set; the owner decides whether to reconnect."""
+
+    def __init__(self, address: AgentAddress, secret: str) -> None:
+        self.address = address
+        self._secret = secret
+        self._ws: ClientConnection | None = None
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._event_listeners: list[EventListener] = []
+        self._stream_listeners: dict[tuple[int, int], StreamListener] = {}
+        self._orphans: dict[tuple[int, int], list[tuple[float, bytes]]] = {}
+        self._orphan_bytes = 0
+        self._reader: asyncio.Task[None] | None = None
+        self.closed = asyncio.Event()
+        self.hello: dict[str, Any] = {}
+
+    # -- connecting -----------------------------------------------------------------------
+
+    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Connect, retrying while the agent boots, and return its `hello`."""
+        deadline = time.monotonic() + timeout
+        delay = 0.002
+        while True:
+            try:
+                self._ws = await self._open(max(0.1, deadline - time.monotonic()))
+                break
+            except InvalidStatus as exc:
+                raise AgentUnavailable(f"agent refused the connection: {exc}") from exc
+            except (OSError, WebSocketException, TimeoutError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise AgentUnavailable(
+                        f"agent at {self.address.describe()} did not answer within {timeout}s"
+                    ) from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
+        self._reader = asyncio.create_task(self._read(), name="agent-reader")
+        self.hello = await self.call("hello")
+        return self.hello
+
+    async def _open(self, timeout: float) -> ClientConnection:
+        headers = {AUTH_HEADER: f"Bearer {self._secret}"}
+        options: dict[str, Any] = {
+            "additional_headers": headers, "max_size": MAX_MESSAGE_BYTES, "compression": None,
+            "open_timeout": timeout, "ping_interval": 20, "ping_timeout": 20,
+            "max_queue": 256,
+        }  # fmt: skip
+        if self.address.unix_path:
+            sock = _unix_socket(self.address.unix_path)
+            try:
+                return await unix_connect(sock=sock, uri="ws://agent/", **options)
+            except BaseException:
+                sock.close()
+                raise
+        return await connect(f"ws://{self.address.host}:{self.address.port}/", **options)
+
+    async def aclose(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+        self._fail_pending()
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def call(self, op: str, timeout: float | None = 30.0, **args: Any) -> Any:
+        if self._ws is None or self.closed.is_set():
+            raise AgentUnavailable("the agent link is closed")
+        request_id = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            await self._ws.send(json.dumps({"id": request_id, "op": op, "args": args}))
+            async with asyncio.timeout(timeout):
+                return await future
+        except ConnectionClosed as exc:
+            raise AgentUnavailable("the agent link closed") from exc
+        except TimeoutError as exc:
+            raise AgentUnavailable(f"the agent did not answer {op} within {timeout}s") from exc
+        finally:
+            self._pending.pop(request_id, None)
+
+    async def send_stream(self, kind: int, channel: int, payload: bytes) -> None:
+        if self._ws is None or self.closed.is_set():
+            raise AgentUnavailable("the agent link is closed")
+        try:
+            await self._ws.send(pack_frame(kind, channel, payload))
+        except ConnectionClosed as exc:
+            raise AgentUnavailable("the agent link closed") from exc
+
+    async def send_input(self, proc_id: int, data: bytes) -> None:
+        await self.send_stream(PROC_INPUT, proc_id, data)
+
+    # -- listeners ------------------------------------------------------------------------
+
+    def on_event(self, listener: EventListener) -> Callable[[], None]:
+        self._event_listeners.append(listener)
+        return lambda: self._event_listeners.remove(listener)
+
+    def on_stream(self, kind: int, channel: int, listener: StreamListener) -> Callable[[], None]:
+        """Listen to one channel; bytes that arrived just before are delivered first."""
+        self._stream_listeners[(kind, channel)] = listener
+        for _, payload in self._orphans.pop((kind, channel), []):
+            self._orphan_bytes -= len(payload)
+            listener(kind, payload)
+
+        def remove() -> None:
+            self._stream_listeners.pop((kind, channel), None)
+
+        return remove
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        assert self._ws is not None
+        try:
+            async for message in self._ws:
+                if isinstance(message, bytes):
+                    self._on_binary(message)
+                else:
+                    self._on_text(message)
+        except ConnectionClosed:
+            pass
+        finally:
+            self.closed.set()
+            self._fail_pending()
+            for listener in list(self._event_listeners):
+                listener("link.closed", {})
+
+    def _on_binary(self, frame: bytes) -> None:
+        kind, channel, payload = unpack_frame(frame)
+        listener = self._stream_listeners.get((kind, channel))
+        if listener is not None:
+            listener(kind, payload)
+        else:
+            self._hold_orphan((kind, channel), payload)
+
+    def _hold_orphan(self, key: tuple[int, int], payload: bytes) -> None:
+        now = time.monotonic()
+        for other in list(self._orphans):
+            held = self._orphans[other]
+            while held and (now - held[0][0] > ORPHAN_SECONDS or self._orphan_bytes > ORPHAN_BYTES):
+                self._orphan_bytes -= len(held.pop(0)[1])
+            if not held:
+                del self._orphans[other]
+        self._orphans.setdefault(key, []).append((now, payload))
+        self._orphan_bytes += len(payload)
+
+    def _on_text(self, text: str) -> None:
+        message = json.loads(text)
+        if "event" in message:
+            for listener in list(self._event_listeners):
+                listener(message["event"], message.get("data") or {})
+            return
+        future = self._pending.get(message.get("id"))
+        if future is None or future.done():
+            return
+        if message.get("ok"):
+            future.set_result(message.get("result"))
+        else:
+            error = message.get("error") or {}
+            future.set_exception(AgentOpError(error.get("code", "EIO"), error.get("message", "")))
+
+    def _fail_pending(self) -> None:
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(AgentUnavailable("the agent link closed"))
+        self._pending.clear()

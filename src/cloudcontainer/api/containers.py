@@ -1,0 +1,303 @@
+"""`/api/containers`: lifecycle, `exec`, and the per-container event WebSocket."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response, WebSocket, status
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.websockets import WebSocketDisconnect
+
+from cloudcontainer.agent.protocol import PROC_OUTPUT
+from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
+from cloudcontainer.api.schemas import RequestModel
+from cloudcontainer.db import Container
+from cloudcontainer.errors import CloudContainerError, Forbidden
+from cloudcontainer.sandbox.service import Resources, Status
+from cloudcontainer.sandbox.templates import TEMPLATES
+
+router = APIRouter(prefix="/api/containers", tags=["containers"])
+
+PROC_STDERR = 5
+WS_POLICY_VIOLATION = 1008
+
+
+class ResourcesIn(RequestModel):
+    cpu: Annotated[float, Field(gt=0, le=64, description="Cores.")] = 1.0
+    memory_mb: Annotated[int, Field(ge=64, le=262_144)] = 2048
+    pids: Annotated[int, Field(ge=16, le=65_536)] = 1024
+
+
+class ContainerCreate(RequestModel):
+    project_id: Annotated[str, Field(min_length=1, max_length=32)]
+    template: Annotated[str, Field(min_length=1, max_length=32, examples=list(TEMPLATES))] = "node"
+    resources: ResourcesIn | None = None
+
+
+class ResourcesOut(BaseModel):
+    cpu: float
+    memory_mb: int
+    pids: int
+
+
+class AgentOut(BaseModel):
+    connected: bool
+    version: str | None = None
+
+
+class ContainerOut(BaseModel):
+    id: str
+    project_id: str
+    owner_id: str
+    status: str
+    status_reason: str
+    runtime: str
+    template: str
+    resources: ResourcesOut
+    restart_count: int
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    agent: AgentOut
+    ports: list[int] = Field(default_factory=list, description="TCP ports processes listen on.")
+
+
+class ExecRequest(RequestModel):
+    command: Annotated[str, Field(min_length=1, max_length=4096)]
+    args: Annotated[list[Annotated[str, Field(max_length=131_072)]], Field(max_length=1024)] = []
+    cwd: Annotated[str | None, Field(max_length=4096)] = None
+    env: Annotated[dict[str, Annotated[str, Field(max_length=131_072)]], Field(max_length=256)] = {}
+    timeout: Annotated[float, Field(gt=0, le=3600, description="Seconds before a kill.")] = 60
+    stdin: Annotated[str | None, Field(max_length=1_048_576)] = None
+
+
+async def _describe(services: Any, container: Container) -> ContainerOut:
+    link: AgentClient | None = services.containers.links.get(container.id)
+    connected = link is not None and not link.closed.is_set()
+    ports: list[int] = []
+    if connected and link is not None:
+        with contextlib.suppress(AgentUnavailable, AgentOpError):
+            ports = sorted({int(p["port"]) for p in await link.call("ports.list", timeout=2)})
+    return ContainerOut(
+        id=container.id, project_id=container.project_id, owner_id=container.owner_id,
+        status=container.status, status_reason=container.status_reason,
+        runtime=container.runtime, template=container.template,
+        resources=ResourcesOut(cpu=container.cpu, memory_mb=container.memory_mb,
+                               pids=container.pids_limit),
+        restart_count=container.restart_count, created_at=container.created_at,
+        updated_at=container.updated_at, started_at=container.started_at,
+        agent=AgentOut(connected=connected,
+                       version=link.hello.get("version") if connected and link else None),
+        ports=ports,
+    )  # fmt: skip
+
+
+Wait = Annotated[
+    bool, Query(description="Answer once the container is running, stopped or failed.")
+]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_container(
+    body: ContainerCreate, principal: CurrentPrincipal, services: ServicesDep, wait: Wait = False
+) -> ContainerOut:
+    """Create a container for a project; it starts in the background (or `wait=true`)."""
+    resources = None
+    if body.resources is not None:
+        resources = Resources(body.resources.cpu, body.resources.memory_mb, body.resources.pids)
+    container = await services.containers.create(
+        principal.user_id, body.project_id, body.template, resources
+    )
+    if wait:
+        container = await services.containers.wait_settled(principal.user_id, container.id)
+    return await _describe(services, container)
+
+
+@router.get("")
+async def list_containers(
+    principal: CurrentPrincipal,
+    services: ServicesDep,
+    all: Annotated[bool, Query(description="Admins only: everyone's containers.")] = False,
+) -> list[ContainerOut]:
+    if all and not principal.user.is_admin:
+        raise Forbidden(
+            "Listing every user's containers needs an administrator.", code="admin_required"
+        )
+    containers = await services.containers.list(None if all else principal.user_id)
+    return [await _describe(services, c) for c in containers]
+
+
+@router.get("/{container_id}")
+async def get_container(
+    container_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> ContainerOut:
+    return await _describe(services, await services.containers.get(principal.user_id, container_id))
+
+
+@router.delete("/{container_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_container(
+    container_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> Response:
+    """Destroy the container and its workspace. A second DELETE answers 404."""
+    await services.containers.delete(principal.user_id, container_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _after(services: Any, principal: Any, container: Container, wait: bool) -> ContainerOut:
+    if wait:
+        container = await services.containers.wait_settled(principal.user_id, container.id)
+    return await _describe(services, container)
+
+
+@router.post("/{container_id}/start", status_code=status.HTTP_202_ACCEPTED)
+async def start_container(
+    container_id: str, principal: CurrentPrincipal, services: ServicesDep, wait: Wait = False
+) -> ContainerOut:
+    container = await services.containers.start(principal.user_id, container_id)
+    return await _after(services, principal, container, wait)
+
+
+@router.post("/{container_id}/stop")
+async def stop_container(
+    container_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> ContainerOut:
+    """Stop every process; the workspace is kept."""
+    container = await services.containers.stop(principal.user_id, container_id)
+    return await _describe(services, container)
+
+
+@router.post("/{container_id}/restart", status_code=status.HTTP_202_ACCEPTED)
+async def restart_container(
+    container_id: str, principal: CurrentPrincipal, services: ServicesDep, wait: Wait = False
+) -> ContainerOut:
+    """Stop and start again; running processes are started again with it."""
+    container = await services.containers.restart(principal.user_id, container_id)
+    return await _after(services, principal, container, wait)
+
+
+@router.post(
+    "/{container_id}/exec",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}}, "description": "NDJSON lines."}},
+)
+async def exec_command(
+    container_id: str, body: ExecRequest, principal: CurrentPrincipal, services: ServicesDep
+) -> StreamingResponse:
+    """Run a command to completion. Answers NDJSON: `{"type": "stdout"|"stderr", "data"}`
+    lines as output arrives, then `{"type": "exit", "code": N}` (a signal n gives 128+n;
+    a timeout kills the command and adds `"timed_out": true`)."""
+    link = await services.containers.agent(principal.user_id, container_id)
+    proc = await link.call(
+        "proc.spawn", command=body.command, args=body.args, cwd=body.cwd, env=body.env, pty=False
+    )
+    return StreamingResponse(
+        _exec_lines(services, container_id, link, proc["proc_id"], body),
+        media_type="application/x-ndjson",
+    )
+
+
+async def _exec_lines(
+    services: Any, container_id: str, link: AgentClient, proc_id: int, body: ExecRequest
+) -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+    decoders = {
+        name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for name in ("stdout", "stderr")
+    }
+    unsubscribe = [
+        link.on_stream(PROC_OUTPUT, proc_id, lambda _, data: queue.put_nowait(("stdout", data))),
+        link.on_stream(PROC_STDERR, proc_id, lambda _, data: queue.put_nowait(("stderr", data))),
+    ]
+    waiter = asyncio.ensure_future(link.call("proc.wait", proc_id=proc_id, timeout=None))
+    timed_out = False
+    try:
+        if body.stdin is not None:
+            await link.send_input(proc_id, body.stdin.encode())
+        await link.call("proc.close_stdin", proc_id=proc_id)
+        deadline = asyncio.get_running_loop().time() + body.timeout
+        while not (waiter.done() and queue.empty()):
+            getter = asyncio.ensure_future(queue.get())
+            remaining = deadline - asyncio.get_running_loop().time()
+            done, _ = await asyncio.wait(
+                {getter, waiter}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
+            )
+            if getter in done:
+                stream, data = getter.result()
+                text = decoders[stream].decode(data)
+                if text:
+                    yield _line({"type": stream, "data": text})
+            else:
+                getter.cancel()
+            if not done and not timed_out:
+                timed_out = True
+                await link.call("proc.kill", proc_id=proc_id, signal=9)
+            services.containers.touch(container_id)
+        result = waiter.result()
+        exit_line: dict[str, Any] = {"type": "exit", "code": result["code"]}
+        if timed_out:
+            exit_line["timed_out"] = True
+        yield _line(exit_line)
+    except CloudContainerError as exc:
+        yield _line({"type": "error", "code": exc.code, "message": exc.message})
+    finally:
+        for remove in unsubscribe:
+            remove()
+        if not waiter.done():
+            waiter.cancel()
+            with contextlib.suppress(AgentUnavailable, AgentOpError):
+                await link.call("proc.kill", proc_id=proc_id, signal=9)
+
+
+def _line(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
+
+
+@router.websocket("/{container_id}/events")
+async def container_events(websocket: WebSocket, container_id: str, ticket: str = "") -> None:
+    """Status changes, agent events (ports, process exits) and, later, file events, as JSON."""
+    services = websocket.app.state.services
+    try:
+        principal = await services.credentials.redeem_ws_ticket(ticket)
+        container = await services.containers.get(principal.user_id, container_id)
+    except CloudContainerError:
+        await websocket.close(code=WS_POLICY_VIOLATION)
+        return
+    async with services.events.subscribe(container_id) as queue:
+        await websocket.accept()
+        await websocket.send_json({"type": "status", "status": container.status,
+                                   "reason": container.status_reason})  # fmt: skip
+        receiver = asyncio.ensure_future(_drain_client(websocket))
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait(
+                    {getter, receiver}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receiver in done:
+                    getter.cancel()
+                    return
+                event = getter.result()
+                await websocket.send_json(event)
+                if event.get("type") == "status" and event.get("status") == Status.DELETED:
+                    await websocket.close(code=1000)
+                    return
+        except WebSocketDisconnect:
+            return
+        finally:
+            receiver.cancel()
+
+
+async def _drain_client(websocket: WebSocket) -> None:
+    """Read (and ignore) what the client sends, to notice when it goes away."""
+    with contextlib.suppress(WebSocketDisconnect):
+        while True:
+            await websocket.receive_text()

@@ -1,0 +1,132 @@
+"""The runtime driver contract: lifecycle only. Files, terminals and previews go through the
+agent, so adding a runtime never touches them.
+
+    RuntimeError_ (CloudContainerError)
+    ├── RuntimeUnavailable   the runtime cannot work on this host (missing tool, no daemon)
+    └── SandboxStartFailed   one sandbox could not start (bad image, no python3, limits)
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cloudcontainer.agentlink.client import AgentAddress
+from cloudcontainer.errors import CloudContainerError, Unavailable
+
+__all__ = [
+    "Runtime",
+    "RuntimeOptions",
+    "RuntimeUnavailable",
+    "SandboxInfo",
+    "SandboxSpec",
+    "SandboxStartFailed",
+    "SandboxState",
+]
+
+SANDBOX_UID = 1000
+WORKSPACE = "/home/project"
+HOME = "/home"
+AGENT_PATH = "/opt/cloudcontainer/agent.pyz"
+CA_BUNDLE_PATH = "/etc/ssl/certs/ca-certificates.crt"
+
+
+class RuntimeUnavailable(Unavailable):
+    default_code = "runtime_unavailable"
+
+
+class SandboxStartFailed(CloudContainerError):
+    status_code = 500
+    default_code = "sandbox_start_failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    """What every runtime needs from the gateway's settings."""
+
+    data_dir: Path
+    agent_zipapp: Path
+    ca_bundle: Path | None
+    image: str = "cloudcontainer/sandbox:node20"
+    network: str = "cloudcontainer"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxSpec:
+    sandbox_id: str
+    agent_secret: str
+    cpu: float  # cores
+    memory_mb: int
+    pids: int
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class SandboxState(enum.StrEnum):
+    RUNNING = "running"
+    STOPPED = "stopped"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxInfo:
+    sandbox_id: str
+    state: SandboxState
+    address: AgentAddress | None = None
+    ip: str | None = None  # a direct address for previews, where the runtime has one
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    name: str
+
+    async def check(self) -> None:
+        """Raise RuntimeUnavailable, saying what to install, when this host cannot run it."""
+
+    async def create(self, spec: SandboxSpec) -> None:
+        """Allocate the sandbox (workspace, volumes); idempotent; does not start it."""
+
+    async def start(self, spec: SandboxSpec) -> SandboxInfo:
+        """Start it (idempotent when running) and say where its agent listens."""
+
+    async def stop(self, sandbox_id: str) -> None:
+        """Stop every process; keep the workspace. Idempotent."""
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Remove the sandbox and its workspace. Idempotent."""
+
+    async def inspect(self, sandbox_id: str) -> SandboxInfo: ...
+
+    async def list(self) -> list[SandboxInfo]:
+        """Every sandbox this runtime manages on this host (for re-adoption after a restart)."""
+
+    async def logs(self, sandbox_id: str, limit: int = 2000) -> str:
+        """The last `limit` characters the sandbox's agent wrote, to explain a failure."""
+
+    async def aclose(self) -> None: ...
+
+
+def sandbox_env(spec: SandboxSpec, ca_bundle: bool) -> dict[str, str]:
+    """The environment every sandbox process starts with, the same on every runtime."""
+    env = {
+        "HOME": HOME,
+        "USER": "user",
+        "LOGNAME": "user",
+        "SHELL": "/bin/bash",
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "LANG": "C.UTF-8",
+        "TERM": "xterm-256color",
+        "COLORTERM": "truecolor",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    if ca_bundle:
+        # Behind a TLS-inspecting proxy, npm and pip hang unless they trust the host's CAs.
+        for name in (
+            "NODE_EXTRA_CA_CERTS", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT",
+            "CURL_CA_BUNDLE", "GIT_SSL_CAINFO", "npm_config_cafile",
+        ):  # fmt: skip
+            env[name] = CA_BUNDLE_PATH
+    env.update(spec.env)
+    return env

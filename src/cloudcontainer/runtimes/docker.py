@@ -1,0 +1,219 @@
+"""The `docker` runtime: one hardened container per sandbox, through the Docker Engine API.
+
+Each sandbox has two named volumes (`cc-<id>-home` at /home, `cc-<id>-workspace` at
+/home/project) and, while running, one container `cc-<id>` on the `cloudcontainer` bridge
+network (inter-container traffic off). Containers run as uid 1000 with every capability
+dropped, no-new-privileges, a read-only root filesystem with tmpfs /tmp and /run, memory/cpu/
+pids limits, an init process, the agent zipapp and the host CA bundle mounted read-only. The
+agent listens on TCP 7070 on the container's bridge address. Stopping removes the container;
+the volumes keep the files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import aiodocker
+import structlog
+from aiodocker.exceptions import DockerError
+
+from cloudcontainer.agentlink.client import AgentAddress
+from cloudcontainer.runtimes.base import (
+    AGENT_PATH,
+    CA_BUNDLE_PATH,
+    HOME,
+    SANDBOX_UID,
+    WORKSPACE,
+    RuntimeOptions,
+    RuntimeUnavailable,
+    SandboxInfo,
+    SandboxSpec,
+    SandboxStartFailed,
+    SandboxState,
+    sandbox_env,
+)
+
+__all__ = ["DockerRuntime"]
+
+log = structlog.get_logger(__name__)
+
+AGENT_PORT = 7070
+LABEL = "cloudcontainer.sandbox"
+SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
+AGENT_COMMAND = ["python3", "-S", AGENT_PATH, "--listen", f"tcp:0.0.0.0:{AGENT_PORT}"]
+
+
+def _name(sandbox_id: str) -> str:
+    return f"cc-{sandbox_id}"
+
+
+def _volumes(sandbox_id: str) -> dict[str, str]:
+    return {f"cc-{sandbox_id}-home": HOME, f"cc-{sandbox_id}-workspace": WORKSPACE}
+
+
+class DockerRuntime:
+    name = "docker"
+
+    def __init__(self, options: RuntimeOptions) -> None:
+        self.options = options
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            self._docker = aiodocker.Docker()
+        return self._docker
+
+    # -- host checks ----------------------------------------------------------------------
+
+    async def check(self) -> None:
+        try:
+            await self.docker.version()
+        except (DockerError, OSError) as exc:
+            raise RuntimeUnavailable(
+                f"the docker runtime needs a running Docker Engine: {exc}"
+            ) from exc
+        try:
+            await self.docker.images.inspect(self.options.image)
+        except DockerError as exc:
+            raise RuntimeUnavailable(
+                f"the sandbox image {self.options.image} is missing: run "
+                "`cloudcontainer image build`"
+            ) from exc
+        await self._ensure_network()
+
+    async def _ensure_network(self) -> None:
+        try:
+            await self.docker.networks.get(self.options.network)
+        except DockerError:
+            with contextlib.suppress(DockerError):  # a concurrent gateway made it first
+                await self.docker.networks.create(
+                    {
+                        "Name": self.options.network,
+                        "Driver": "bridge",
+                        "Labels": {LABEL: "network"},
+                        "Options": {"com.docker.network.bridge.enable_icc": "false"},
+                    }
+                )
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> None:
+        for volume in _volumes(spec.sandbox_id):
+            try:
+                await self.docker.volumes.get(volume)
+            except DockerError:
+                await self.docker.volumes.create(
+                    {"Name": volume, "Labels": {LABEL: spec.sandbox_id}}
+                )
+
+    def _config(self, spec: SandboxSpec) -> dict[str, Any]:
+        env = sandbox_env(spec, self.options.ca_bundle is not None)
+        env[SECRET_ENV] = spec.agent_secret
+        binds = [f"{self.options.agent_zipapp}:{AGENT_PATH}:ro"]
+        if self.options.ca_bundle is not None:
+            binds.append(f"{self.options.ca_bundle}:{CA_BUNDLE_PATH}:ro")
+        binds += [f"{volume}:{target}" for volume, target in _volumes(spec.sandbox_id).items()]
+        memory = spec.memory_mb * 1024 * 1024
+        return {
+            "Image": self.options.image,
+            "Cmd": AGENT_COMMAND,
+            "Env": [f"{key}={value}" for key, value in env.items()],
+            "User": f"{SANDBOX_UID}:{SANDBOX_UID}",
+            "WorkingDir": WORKSPACE,
+            "Hostname": "sandbox",
+            "Labels": {LABEL: spec.sandbox_id},
+            "HostConfig": {
+                "Binds": binds,
+                "CapDrop": ["ALL"],
+                "SecurityOpt": ["no-new-privileges"],
+                "ReadonlyRootfs": True,
+                "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g", "/run": "rw,nosuid,nodev,size=16m"},  # noqa: S108
+                "Memory": memory,
+                "MemorySwap": memory,
+                "NanoCpus": int(spec.cpu * 1e9),
+                "PidsLimit": spec.pids,
+                "NetworkMode": self.options.network,
+                "Init": True,
+            },
+        }
+
+    async def start(self, spec: SandboxSpec) -> SandboxInfo:
+        info = await self.inspect(spec.sandbox_id)
+        if info.state is SandboxState.RUNNING:
+            return info
+        await self._remove_container(spec.sandbox_id)
+        await self.create(spec)
+        try:
+            container = await self.docker.containers.create(
+                self._config(spec), name=_name(spec.sandbox_id)
+            )
+            await container.start()
+        except DockerError as exc:
+            raise SandboxStartFailed(f"docker could not start the sandbox: {exc.message}") from exc
+        return await self.inspect(spec.sandbox_id)
+
+    async def _remove_container(self, sandbox_id: str) -> None:
+        with contextlib.suppress(DockerError):
+            container = await self.docker.containers.get(_name(sandbox_id))
+            await container.delete(force=True)
+
+    async def stop(self, sandbox_id: str) -> None:
+        await self._remove_container(sandbox_id)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await self._remove_container(sandbox_id)
+        for volume in _volumes(sandbox_id):
+            with contextlib.suppress(DockerError):
+                await (await self.docker.volumes.get(volume)).delete()
+
+    async def inspect(self, sandbox_id: str) -> SandboxInfo:
+        try:
+            details = await (await self.docker.containers.get(_name(sandbox_id))).show()
+        except DockerError:
+            details = None
+        if details is not None and details["State"]["Running"]:
+            networks = details["NetworkSettings"]["Networks"]
+            ip = (networks.get(self.options.network) or {}).get("IPAddress") or None
+            address = AgentAddress(host=ip, port=AGENT_PORT) if ip else None
+            return SandboxInfo(sandbox_id, SandboxState.RUNNING, address, ip=ip,
+                               detail={"container": details["Id"][:12]})  # fmt: skip
+        if details is not None or await self._has_volumes(sandbox_id):
+            return SandboxInfo(sandbox_id, SandboxState.STOPPED)
+        return SandboxInfo(sandbox_id, SandboxState.MISSING)
+
+    async def _has_volumes(self, sandbox_id: str) -> bool:
+        for volume in _volumes(sandbox_id):
+            try:
+                await self.docker.volumes.get(volume)
+                return True
+            except DockerError:
+                continue
+        return False
+
+    async def list(self) -> list[SandboxInfo]:
+        ids: set[str] = set()
+        for container in await self.docker.containers.list(all=True, filters={"label": [LABEL]}):
+            ids.add(container["Labels"][LABEL])
+        volumes = await self.docker.volumes.list(filters={"label": [LABEL]})
+        for volume in volumes.get("Volumes") or []:
+            ids.add(volume["Labels"][LABEL])
+        return [await self.inspect(sandbox_id) for sandbox_id in sorted(ids)]
+
+    async def logs(self, sandbox_id: str, limit: int = 2000) -> str:
+        try:
+            container = await self.docker.containers.get(_name(sandbox_id))
+            lines = await container.log(stdout=True, stderr=True, tail=50)
+            state = (await container.show())["State"]
+        except DockerError:
+            return ""
+        text = "".join(lines)[-limit:]
+        if not state["Running"] and state.get("ExitCode") == 127:
+            return f"the image cannot run python3, which the agent needs (exit 127): {text}"
+        return text
+
+    async def aclose(self) -> None:
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None

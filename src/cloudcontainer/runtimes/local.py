@@ -1,0 +1,396 @@
+"""The `local` runtime: bubblewrap sandboxes on this host, each in its own network namespace.
+
+A sandbox is a directory `DATA_DIR/sandboxes/<id>/` holding its workspace (`/home/project`
+inside), its home (`/home`), the agent's socket and secret (`/run/cloudcontainer`), a few
+generated /etc files, and `state.json` with the pids that make it up. Started as:
+
+    sh (joins the cgroup) → nsenter --net=/run/netns/cc-<id> → setpriv (unprivileged host uid)
+      → bwrap (user, pid, ipc, uts, mount namespaces; /usr read-only) → python3 agent.pyz
+
+with `slirp4netns` attached to the same named netns for egress. Nothing is a child that dies
+with the gateway: a restarted gateway finds the sandboxes through `list()` and re-adopts them.
+Needs root (named netns, setpriv), bwrap and slirp4netns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from cloudcontainer.agentlink.client import AgentAddress
+from cloudcontainer.runtimes.base import (
+    AGENT_PATH,
+    CA_BUNDLE_PATH,
+    HOME,
+    WORKSPACE,
+    RuntimeOptions,
+    RuntimeUnavailable,
+    SandboxInfo,
+    SandboxSpec,
+    SandboxStartFailed,
+    SandboxState,
+    sandbox_env,
+)
+from cloudcontainer.runtimes.cgroups import CgroupLimits
+
+__all__ = ["LocalRuntime"]
+
+log = structlog.get_logger(__name__)
+
+TOOLS = ("bwrap", "slirp4netns", "nsenter", "setpriv", "ip")
+RUN_DIR = "/run/cloudcontainer"
+# Where a sandbox's private mount namespace shows its directory before bwrap starts.
+STAGE = "/mnt"
+NETNS_DIR = Path("/run/netns")
+# The host uid that sandbox processes run as: unprivileged, owns nothing else on the host.
+DEFAULT_HOST_UID = 100_000
+PASSWD = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000:user:/home:/bin/bash\n"  # noqa: S105
+GROUP = "root:x:0:\nuser:x:1000:\n"
+HOSTS = "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost\n"
+RESOLV = "nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+
+
+@dataclass(frozen=True, slots=True)
+class _Pids:
+    """The processes that make a sandbox, with start times so a reused pid is not mistaken."""
+
+    init: int
+    init_start: int
+    slirp: int
+    slirp_start: int
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return int(handle.read().rsplit(b")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _alive(pid: int, start: int) -> bool:
+    return pid > 0 and _start_time(pid) == start
+
+
+class LocalRuntime:
+    name = "local"
+
+    def __init__(self, options: RuntimeOptions) -> None:
+        self.options = options
+        self.root = options.data_dir / "sandboxes"
+        self.host_uid = int(options.extra.get("host_uid", DEFAULT_HOST_UID))
+        self.cgroups = CgroupLimits()
+
+    # -- host checks ----------------------------------------------------------------------
+
+    async def check(self) -> None:
+        missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+        if missing:
+            raise RuntimeUnavailable(
+                f"the local runtime needs {', '.join(missing)}: install the Debian packages "
+                "bubblewrap slirp4netns util-linux iproute2 (`make run` does this)"
+            )
+        if os.geteuid() != 0:
+            raise RuntimeUnavailable(
+                "the local runtime needs root (it gives every sandbox its own network namespace);"
+                " run the server as root or choose the docker runtime"
+            )
+        if not Path("/usr/bin/python3").exists():
+            raise RuntimeUnavailable("the local runtime needs /usr/bin/python3 for the agent")
+
+    # -- layout ---------------------------------------------------------------------------
+
+    def _dir(self, sandbox_id: str) -> Path:
+        if not sandbox_id.replace("_", "").isalnum():
+            raise ValueError(f"bad sandbox id {sandbox_id!r}")
+        return self.root / sandbox_id
+
+    def _netns(self, sandbox_id: str) -> str:
+        return f"cc-{sandbox_id}"
+
+    async def create(self, spec: SandboxSpec) -> None:
+        base = self._dir(spec.sandbox_id)
+        for name in ("workspace", "home", "run", "etc"):
+            (base / name).mkdir(parents=True, exist_ok=True)
+        for name in ("workspace", "home", "run"):
+            os.chown(base / name, self.host_uid, self.host_uid)
+        for name, text in (("passwd", PASSWD), ("group", GROUP), ("hosts", HOSTS),
+                           ("resolv.conf", RESOLV), ("hostname", "sandbox\n")):  # fmt: skip
+            (base / "etc" / name).write_text(text)
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def start(self, spec: SandboxSpec) -> SandboxInfo:
+        info = await self.inspect(spec.sandbox_id)
+        if info.state is SandboxState.RUNNING:
+            return info
+        await self.stop(spec.sandbox_id)  # clear a half-dead previous run
+        await self.create(spec)
+        base = self._dir(spec.sandbox_id)
+        secret = base / "run" / "secret"
+        secret.write_text(spec.agent_secret)
+        os.chown(secret, self.host_uid, self.host_uid)
+        secret.chmod(0o400)
+        with contextlib.suppress(FileNotFoundError):
+            (base / "run" / "agent.sock").unlink()
+        netns = self._netns(spec.sandbox_id)
+        await self._run("ip", "netns", "add", netns)
+        try:
+            slirp = await self._start_slirp(netns)
+            init = await self._start_bwrap(spec, base, netns)
+        except BaseException:
+            await self.stop(spec.sandbox_id)
+            raise
+        pids = _Pids(init[0], init[1], slirp[0], slirp[1])
+        (base / "state.json").write_text(json.dumps(dataclasses.asdict(pids)))
+        return SandboxInfo(spec.sandbox_id, SandboxState.RUNNING, self._address(spec.sandbox_id))
+
+    def _address(self, sandbox_id: str) -> AgentAddress:
+        return AgentAddress(unix_path=str(self._dir(sandbox_id) / "run" / "agent.sock"))
+
+    async def _run(self, *argv: str) -> None:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+        )
+        _, stderr = await process.communicate()
+        if process.returncode != 0:
+            raise SandboxStartFailed(
+                f"{' '.join(argv)} failed: {stderr.decode(errors='replace').strip()}"
+            )
+
+    async def _start_slirp(self, netns: str) -> tuple[int, int]:
+        ready_read, ready_write = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                "setsid", "--fork", "slirp4netns", "--configure", "--mtu=65520",
+                "--disable-host-loopback", "--enable-seccomp", f"--ready-fd={ready_write}",
+                "--netns-type=path", str(NETNS_DIR / netns), "tap0",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL, pass_fds=(ready_write,),
+            )  # fmt: skip
+            await process.wait()
+        finally:
+            os.close(ready_write)
+        try:
+            ready = await asyncio.wait_for(_read_fd(ready_read), timeout=10)
+        finally:
+            os.close(ready_read)
+        if ready != b"1":
+            raise SandboxStartFailed("slirp4netns did not start (no network for the sandbox)")
+        pid = await _pid_of("slirp4netns", str(NETNS_DIR / netns))
+        return pid, _start_time(pid) or 0
+
+    def _bwrap_argv(self, spec: SandboxSpec) -> list[str]:
+        argv = [
+            "bwrap", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+            "--unshare-cgroup-try", "--hostname", "sandbox", "--uid", "1000", "--gid", "1000",
+            "--new-session", "--clearenv",
+            "--ro-bind", "/usr", "/usr",
+            "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",  # noqa: S108
+            "--dir", "/etc",
+        ]  # fmt: skip
+        for shared in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime",
+                       "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"):  # fmt: skip
+            if os.path.exists(shared):
+                argv += ["--ro-bind", shared, shared]
+        for option, source, target in self._binds():
+            argv += [option, source, target]
+        argv += ["--chdir", WORKSPACE]
+        for key, value in sandbox_env(spec, self.options.ca_bundle is not None).items():
+            argv += ["--setenv", key, value]
+        return argv
+
+    def _binds(self) -> list[tuple[str, str, str]]:
+        """Bind sources, under STAGE: the sandbox's own mount namespace binds its directory
+        there first (as root), so the unprivileged sandbox uid never has to traverse DATA_DIR,
+        which may sit under a 0700 home directory."""
+        binds = [
+            ("--ro-bind", f"{STAGE}/etc/{name}", f"/etc/{name}")
+            for name in ("passwd", "group", "hosts", "resolv.conf", "hostname")
+        ]
+        if self.options.ca_bundle is not None:
+            binds.append(("--ro-bind", str(self.options.ca_bundle), CA_BUNDLE_PATH))
+        binds += [
+            ("--bind", f"{STAGE}/home", HOME),
+            ("--bind", f"{STAGE}/workspace", WORKSPACE),
+            ("--bind", f"{STAGE}/run", RUN_DIR),
+            ("--ro-bind", f"{STAGE}/agent.pyz", AGENT_PATH),
+        ]
+        return binds
+
+    async def _start_bwrap(self, spec: SandboxSpec, base: Path, netns: str) -> tuple[int, int]:
+        join = self.cgroups.create(
+            spec.sandbox_id, cpu=spec.cpu, memory_mb=spec.memory_mb, pids=spec.pids
+        )
+        info_read, info_write = os.pipe()
+        _link_agent(self.options.agent_zipapp, base / "agent.pyz")
+        argv = [
+            "setsid", "--fork",
+            "sh", "-c", 'for f in $CC_CGROUP_PROCS; do echo $$ > "$f"; done; exec "$@"', "sh",
+            "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", f'mount --bind "$CC_BASE" {STAGE} && exec "$@"', "sh",
+            "nsenter", f"--net={NETNS_DIR / netns}",
+            "setpriv", f"--reuid={self.host_uid}", f"--regid={self.host_uid}", "--clear-groups",
+            *self._bwrap_argv(spec), "--info-fd", str(info_write),
+            "/usr/bin/python3", "-S", AGENT_PATH, "--listen", f"unix:{RUN_DIR}/agent.sock",
+            "--secret-file", f"{RUN_DIR}/secret", "--workspace", WORKSPACE,
+        ]  # fmt: skip
+        log_file = open(base / "agent.log", "ab")  # noqa: SIM115 (the child writes to it)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
+                pass_fds=(info_write,),
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                     "CC_CGROUP_PROCS": " ".join(str(p) for p in join), "CC_BASE": str(base)},
+            )  # fmt: skip
+            await process.wait()
+        finally:
+            os.close(info_write)
+            log_file.close()
+        try:
+            raw = await asyncio.wait_for(_read_fd(info_read, until_eof=False), timeout=10)
+        finally:
+            os.close(info_read)
+        try:
+            child = int(json.loads(raw)["child-pid"])
+        except (ValueError, KeyError) as exc:
+            tail = (base / "agent.log").read_text(errors="replace")[-500:]
+            raise SandboxStartFailed(f"bubblewrap did not start the sandbox: {tail}") from exc
+        return child, _start_time(child) or 0
+
+    # -- stop, inspect, destroy -----------------------------------------------------------
+
+    def _pids(self, sandbox_id: str) -> _Pids | None:
+        try:
+            data = json.loads((self._dir(sandbox_id) / "state.json").read_text())
+            return _Pids(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+    async def stop(self, sandbox_id: str) -> None:
+        pids = self._pids(sandbox_id)
+        if pids is not None:
+            for pid, start in ((pids.init, pids.init_start), (pids.slirp, pids.slirp_start)):
+                if _alive(pid, start):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)  # the pid-namespace init takes all with it
+            deadline = time.monotonic() + 5
+            while _alive(pids.init, pids.init_start) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            with contextlib.suppress(FileNotFoundError):
+                (self._dir(sandbox_id) / "state.json").unlink()
+        if (NETNS_DIR / self._netns(sandbox_id)).exists():
+            try:
+                await self._run("ip", "netns", "delete", self._netns(sandbox_id))
+            except SandboxStartFailed:
+                if (NETNS_DIR / self._netns(sandbox_id)).exists():
+                    raise  # gone meanwhile (a concurrent stop) is fine
+        for _ in range(200):  # the last processes take a moment to leave the cgroup
+            if self.cgroups.remove(sandbox_id):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            log.warning("cgroup still busy after stop; left in place", sandbox_id=sandbox_id)
+
+    async def inspect(self, sandbox_id: str) -> SandboxInfo:
+        base = self._dir(sandbox_id)
+        if not base.exists():
+            return SandboxInfo(sandbox_id, SandboxState.MISSING)
+        pids = self._pids(sandbox_id)
+        if pids is not None and _alive(pids.init, pids.init_start):
+            detail: dict[str, Any] = {
+                "pid": pids.init,
+                "network": _alive(pids.slirp, pids.slirp_start),
+            }
+            return SandboxInfo(
+                sandbox_id, SandboxState.RUNNING, self._address(sandbox_id), detail=detail
+            )
+        return SandboxInfo(sandbox_id, SandboxState.STOPPED)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        await self.stop(sandbox_id)
+        base = self._dir(sandbox_id)
+        if base.exists():
+            await asyncio.to_thread(shutil.rmtree, base, True)
+
+    async def list(self) -> list[SandboxInfo]:
+        if not self.root.exists():
+            return []
+        return [
+            await self.inspect(path.name) for path in sorted(self.root.iterdir()) if path.is_dir()
+        ]
+
+    async def logs(self, sandbox_id: str, limit: int = 2000) -> str:
+        try:
+            with open(self._dir(sandbox_id) / "agent.log", "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - limit))
+                return handle.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    async def aclose(self) -> None:
+        """Nothing to release: sandboxes outlive the gateway by design."""
+
+
+async def _pid_of(*argv_parts: str) -> int:
+    """The pid of the process whose command line contains all of `argv_parts`.
+
+    Sandbox processes are started through `setsid --fork`, so they are never the gateway's
+    children (nothing to reap, nothing that dies with it); this finds them afterwards."""
+    wanted = [part.encode() for part in argv_parts]
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as handle:
+                argv = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if all(part in argv for part in wanted):
+            return int(name)
+    raise SandboxStartFailed(f"{argv_parts[0]} exited at once")
+
+
+def _link_agent(source: Path, target: Path) -> None:
+    """Put the agent zipapp in the sandbox directory (a hard link where possible)."""
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+async def _read_fd(fd: int, until_eof: bool = True) -> bytes:
+    """Read a pipe without blocking the loop: to EOF, or the first chunk."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(fd), "rb", buffering=0)
+    )
+    try:
+        if until_eof:
+            return await reader.read()
+        data = b""
+        while not data.rstrip().endswith(b"}"):
+            chunk = await reader.read(4096)
+            if not chunk:
+                break
+            data += chunk
+        return data
+    finally:
+        transport.close()

@@ -1,0 +1,1 @@
+"""Containers: lifecycle, start queue, quotas, templates, health, idle stop, re-adoption."""

@@ -1,0 +1,72 @@
+"""Helpers for tests that run real sandboxes through the API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from tests.conftest import Api, TestUser
+
+
+@dataclass
+class ExecResult:
+    stdout: str
+    stderr: str
+    code: int
+    timed_out: bool = False
+
+
+async def new_project(api: Api, user: TestUser, name: str = "app") -> str:
+    response = await api.client.post("/api/projects", json={"name": name}, headers=user.headers)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def new_container(
+    api: Api, user: TestUser, template: str = "node", project_id: str | None = None, **body: Any
+) -> dict[str, Any]:
+    project_id = project_id or await new_project(api, user, f"{template}-{secrets.token_hex(4)}")
+    response = await api.client.post(
+        "/api/containers?wait=true",
+        json={"project_id": project_id, "template": template, **body},
+        headers=user.headers,
+    )
+    assert response.status_code == 201, response.text
+    container: dict[str, Any] = response.json()
+    assert container["status"] == "running", container
+    return container
+
+
+async def run(api: Api, user: TestUser, container_id: str, *argv: str, **body: Any) -> ExecResult:
+    response = await api.client.post(
+        f"/api/containers/{container_id}/exec",
+        json={"command": argv[0], "args": list(argv[1:]), **body},
+        headers=user.headers,
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text
+    lines = [json.loads(line) for line in response.text.splitlines()]
+    out = "".join(line["data"] for line in lines if line["type"] == "stdout")
+    err = "".join(line["data"] for line in lines if line["type"] == "stderr")
+    last = lines[-1]
+    assert last["type"] == "exit", lines
+    return ExecResult(out, err, last["code"], last.get("timed_out", False))
+
+
+async def sh(api: Api, user: TestUser, container_id: str, script: str) -> ExecResult:
+    return await run(api, user, container_id, "sh", "-c", script)
+
+
+async def wait_for_status(
+    api: Api, user: TestUser, container_id: str, wanted: str, timeout: float = 30
+) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            response = await api.client.get(f"/api/containers/{container_id}", headers=user.headers)
+            container: dict[str, Any] = response.json()
+            if container.get("status") == wanted:
+                return container
+            await asyncio.sleep(0.05)

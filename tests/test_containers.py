@@ -1,0 +1,201 @@
+"""Container lifecycle through the API, on a real sandbox runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+import pytest
+
+from cloudcontainer.agentlink.errors import AgentUnavailable
+from tests.conftest import Api
+from tests.sandbox_helpers import new_container, new_project, run, sh, wait_for_status
+
+
+async def test_create_runs_commands_in_the_template_workspace(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    container = await new_container(sandbox_api, user, "vite-react")
+    assert container["agent"]["connected"] is True
+    assert container["runtime"] in ("local", "docker")
+    listing = await run(sandbox_api, user, container["id"], "ls", "-a")
+    assert set(listing.stdout.split()) >= {"package.json", "index.html", "src", "vite.config.js"}
+    package = json.loads(
+        (await run(sandbox_api, user, container["id"], "cat", "package.json")).stdout
+    )
+    assert "vite" in package["devDependencies"]
+    who = await sh(sandbox_api, user, container["id"], "id -u; pwd; echo $HOME; node --version")
+    assert who.stdout.split()[:3] == ["1000", "/home/project", "/home"]
+    assert who.stdout.split()[3].startswith("v")
+
+
+async def test_exec_reports_streams_exit_codes_and_missing_programs(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    result = await sh(sandbox_api, user, cid, "echo out; echo err >&2; exit 3")
+    assert (result.stdout, result.stderr, result.code) == ("out\n", "err\n", 3)
+    missing = await run(sandbox_api, user, cid, "no-such-program")
+    assert missing.code == 127
+    assert "command not found" in missing.stderr
+    killed = await run(sandbox_api, user, cid, "sleep", "30", timeout=0.5)
+    assert (killed.code, killed.timed_out) == (137, True)
+    signalled = await sh(sandbox_api, user, cid, "kill -TERM $$")
+    assert signalled.code == 128 + 15
+    piped = await run(sandbox_api, user, cid, "cat", stdin="from stdin ✓")
+    assert piped.stdout == "from stdin ✓"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        pytest.param({"template": "cobol"}, 422, "unknown_template", id="unknown-template"),
+        pytest.param({"resources": {"cpu": 9}}, 403, "quota_exceeded", id="cpu-over-quota"),
+        pytest.param(
+            {"resources": {"memory_mb": 20000}}, 403, "quota_exceeded", id="memory-over-quota"
+        ),
+        pytest.param({"resources": {"cpu": -1}}, 422, "validation_error", id="negative-cpu"),
+        pytest.param({"project_id": "prj_missing"}, 404, "project_not_found", id="unknown-project"),
+    ],
+)
+async def test_create_refuses_bad_requests(
+    sandbox_api: Api, body: dict, status: int, code: str
+) -> None:
+    user = await sandbox_api.user()
+    project_id = await new_project(sandbox_api, user)
+    response = await sandbox_api.client.post(
+        "/api/containers", json={"project_id": project_id, **body}, headers=user.headers
+    )
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert (await sandbox_api.client.get("/api/containers", headers=user.headers)).json() == []
+
+
+async def test_container_count_quota(sandbox_api_factory) -> None:  # type: ignore[no-untyped-def]
+    api = await sandbox_api_factory(max_containers_per_user=1)
+    user = await api.user()
+    await new_container(api, user)
+    response = await api.client.post(
+        "/api/containers",
+        json={"project_id": await new_project(api, user, "b")},
+        headers=user.headers,
+    )
+    assert response.status_code == 403
+    assert "containers 2 > 1" in response.json()["error"]["message"]
+
+
+async def test_other_users_containers_do_not_exist_for_them(sandbox_api: Api) -> None:
+    owner, other = await sandbox_api.user(), await sandbox_api.user()
+    cid = (await new_container(sandbox_api, owner))["id"]
+    for method, path, body in [
+        ("GET", f"/api/containers/{cid}", None),
+        ("DELETE", f"/api/containers/{cid}", None),
+        ("POST", f"/api/containers/{cid}/stop", None),
+        ("POST", f"/api/containers/{cid}/start", None),
+        ("POST", f"/api/containers/{cid}/restart", None),
+        ("POST", f"/api/containers/{cid}/exec", {"command": "true"}),
+    ]:
+        response = await sandbox_api.client.request(method, path, json=body, headers=other.headers)
+        assert response.status_code == 404, (method, path, response.text)
+        assert response.json()["error"]["code"] == "container_not_found"
+    assert (await sandbox_api.client.get("/api/containers", headers=other.headers)).json() == []
+    # A project of another user cannot get a container either.
+    project = await new_project(sandbox_api, owner, "mine")
+    stolen = await sandbox_api.client.post(
+        "/api/containers", json={"project_id": project}, headers=other.headers
+    )
+    assert stolen.status_code == 404
+    assert (await run(sandbox_api, owner, cid, "true")).code == 0
+
+
+async def test_delete_twice_is_204_then_404_and_removes_the_sandbox(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    first = await sandbox_api.client.delete(f"/api/containers/{cid}", headers=user.headers)
+    second = await sandbox_api.client.delete(f"/api/containers/{cid}", headers=user.headers)
+    assert (first.status_code, second.status_code) == (204, 404)
+    assert all(info.sandbox_id != cid for info in await sandbox_api.services.runtime.list())
+
+
+async def test_deleting_a_project_deletes_its_containers(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    project = await new_project(sandbox_api, user)
+    cid = (await new_container(sandbox_api, user, project_id=project))["id"]
+    assert (
+        await sandbox_api.client.delete(f"/api/projects/{project}", headers=user.headers)
+    ).status_code == 204
+    assert (
+        await sandbox_api.client.get(f"/api/containers/{cid}", headers=user.headers)
+    ).status_code == 404
+    assert all(info.sandbox_id != cid for info in await sandbox_api.services.runtime.list())
+
+
+async def test_stop_keeps_files_and_any_access_starts_it_again(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    await sh(sandbox_api, user, cid, "echo kept > notes.txt")
+    stopped = await sandbox_api.client.post(f"/api/containers/{cid}/stop", headers=user.headers)
+    assert stopped.json()["status"] == "stopped"
+    assert stopped.json()["agent"]["connected"] is False
+    again = await run(sandbox_api, user, cid, "cat", "notes.txt")
+    assert again.stdout == "kept\n"
+    assert (await sandbox_api.client.get(f"/api/containers/{cid}", headers=user.headers)).json()[
+        "status"
+    ] == "running"
+
+
+async def test_restart_brings_running_processes_back(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    link = await sandbox_api.services.containers.agent(user.id, cid)
+    await link.call("proc.spawn", command="sleep", args=["1000"], pty=True)
+    response = await sandbox_api.client.post(
+        f"/api/containers/{cid}/restart?wait=true", headers=user.headers
+    )
+    assert response.json()["status"] == "running"
+    processes = (await sh(sandbox_api, user, cid, "ps -eo args")).stdout
+    assert "sleep 1000" in processes
+
+
+async def test_a_killed_agent_is_restarted_with_the_workspace_intact(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    await sh(sandbox_api, user, cid, "echo survives > file.txt")
+    events: list[dict] = []
+    async with sandbox_api.services.events.subscribe(cid) as queue:
+        link = await sandbox_api.services.containers.agent(user.id, cid)
+        with contextlib.suppress(AgentUnavailable):  # the reply may die with the agent
+            await link.call("proc.spawn", command="sh", args=["-c", f"kill -9 {link.hello['pid']}"])
+        async with asyncio.timeout(30):
+            while not (
+                events
+                and events[-1].get("status") == "running"
+                and any(e["type"] == "crashed" for e in events)
+            ):
+                events.append(await queue.get())
+    container = (
+        await sandbox_api.client.get(f"/api/containers/{cid}", headers=user.headers)
+    ).json()
+    assert container["restart_count"] == 1
+    assert (await run(sandbox_api, user, cid, "cat", "file.txt")).stdout == "survives\n"
+
+
+async def test_idle_container_stops_and_resumes_with_its_dev_server(sandbox_api_factory) -> None:  # type: ignore[no-untyped-def]
+    api = await sandbox_api_factory(idle_timeout_seconds=1)
+    user = await api.user()
+    cid = (await new_container(api, user))["id"]
+    link = await api.services.containers.agent(user.id, cid)
+    await link.call("proc.spawn", command="sleep", args=["2000"], pty=True)
+    stopped = await wait_for_status(api, user, cid, "stopped")
+    assert stopped["status_reason"].startswith("idle for")
+    resumed = await sh(api, user, cid, "ps -eo args")
+    assert "sleep 2000" in resumed.stdout
+
+
+async def test_events_websocket_needs_a_ticket_and_reports_status(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    # Event streaming is exercised through the bus the WebSocket relays.
+    async with sandbox_api.services.events.subscribe(cid) as queue:
+        await sandbox_api.client.post(f"/api/containers/{cid}/stop", headers=user.headers)
+        seen = [await queue.get(), await queue.get()]
+    assert [e["status"] for e in seen] == ["stopping", "stopped"]
