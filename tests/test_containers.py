@@ -199,3 +199,28 @@ async def test_events_websocket_needs_a_ticket_and_reports_status(sandbox_api: A
         await sandbox_api.client.post(f"/api/containers/{cid}/stop", headers=user.headers)
         seen = [await queue.get(), await queue.get()]
     assert [e["status"] for e in seen] == ["stopping", "stopped"]
+
+
+async def test_create_claims_a_warm_sandbox_and_the_pool_refills(sandbox_api_factory) -> None:  # type: ignore[no-untyped-def]
+    api = await sandbox_api_factory(warm_pool_size=1)
+    pool = api.services.containers.pool
+    async with asyncio.timeout(30):
+        while not pool._ready:
+            await asyncio.sleep(0.05)
+    warm_id = pool._ready[0].spec.sandbox_id
+    user = await api.user()
+    container = await new_container(api, user, "express")
+    assert container["id"] == warm_id
+    assert "package.json" in (await run(api, user, warm_id, "ls")).stdout
+    async with asyncio.timeout(30):
+        while not pool._ready:
+            await asyncio.sleep(0.05)
+    assert pool._ready[0].spec.sandbox_id != warm_id
+
+
+async def test_create_without_a_warm_pool_starts_cold(sandbox_api_factory) -> None:  # type: ignore[no-untyped-def]
+    api = await sandbox_api_factory(warm_pool_size=0)
+    user = await api.user()
+    container = await new_container(api, user, "vite-vue")
+    assert "vite.config.js" in (await run(api, user, container["id"], "ls")).stdout
+    assert [info.sandbox_id for info in await api.services.runtime.list()] == [container["id"]]

@@ -120,6 +120,9 @@ class Settings(BaseSettings):
         1800, gt=0, description="Stop a container after this long without activity."
     )
     health_interval_seconds: float = Field(5.0, gt=0)
+    warm_pool_size: int = Field(
+        2, ge=0, le=64, description="Sandboxes kept started ahead of demand (0: none)."
+    )
 
     # Observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"

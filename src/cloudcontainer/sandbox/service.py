@@ -32,6 +32,7 @@ from cloudcontainer.errors import (
 )
 from cloudcontainer.events import EventBus
 from cloudcontainer.runtimes.base import Runtime, RuntimeUnavailable, SandboxSpec, SandboxState
+from cloudcontainer.sandbox.pool import WarmPool
 from cloudcontainer.sandbox.templates import TEMPLATES, apply_template
 from cloudcontainer.tasks import TaskSet
 
@@ -76,6 +77,11 @@ class ContainerService:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._start_slots = asyncio.Semaphore(settings.container_start_concurrency)
         self.links: dict[str, AgentClient] = {}
+        self.pool = WarmPool(
+            runtime=runtime, size=settings.warm_pool_size, tasks=tasks,
+            spec_defaults=(settings.default_cpu, settings.default_memory_mb, settings.default_pids),
+            start_slots=self._start_slots,
+        )  # fmt: skip
         # Set when the runtime cannot work on this host; creating containers then says why.
         self.runtime_problem: str | None = None
         self.last_active: dict[str, float] = {}
@@ -122,16 +128,36 @@ class ContainerService:
             if project is None:
                 raise NotFound("No such project.", code="project_not_found")
             await self._check_quota(session, owner_id, wanted)
+            warm = self.pool.take(wanted.cpu, wanted.memory_mb, wanted.pids)
             container = Container(
-                id=new_id("ctr"), owner_id=owner_id, project_id=project_id,
-                runtime=self.runtime.name, template=template, status=Status.CREATING,
-                desired=Status.RUNNING, cpu=wanted.cpu, memory_mb=wanted.memory_mb,
-                pids_limit=wanted.pids, agent_secret=secrets.token_urlsafe(32), dev_servers=[],
+                id=warm.spec.sandbox_id if warm else new_id("ctr"), owner_id=owner_id,
+                project_id=project_id, runtime=self.runtime.name, template=template,
+                status=Status.STARTING if warm else Status.CREATING, desired=Status.RUNNING,
+                cpu=wanted.cpu, memory_mb=wanted.memory_mb, pids_limit=wanted.pids,
+                agent_secret=warm.spec.agent_secret if warm else secrets.token_urlsafe(32),
+                dev_servers=[],
             )  # fmt: skip
             session.add(container)
-        log.info("container created", container_id=container.id, template=template)
-        self._spawn_bring_up(container.id)
-        return container
+        log.info("container created", container_id=container.id, template=template, warm=bool(warm))
+        if warm is None:
+            self._spawn_bring_up(container.id)
+            return container
+        await self._claim(container, warm.link)
+        return await self.get(owner_id, container.id)
+
+    async def _claim(self, container: Container, link: AgentClient) -> None:
+        """Make a warm sandbox this container's: lay down the template, mark it running."""
+        async with self._locks[container.id]:
+            try:
+                await apply_template(link, container.template)
+            except (AgentUnavailable, AgentOpError) as exc:
+                await link.aclose()
+                await self.runtime.stop(container.id)
+                await self.fail(container.id, f"the sandbox could not start: {exc.message}")
+                return
+            self._adopt(container.id, link)
+            await self._update(container.id, started_at=utcnow())
+            await self._set_status(container.id, Status.RUNNING)
 
     async def _check_quota(self, session: Any, owner_id: str, wanted: Resources) -> None:
         s = self.settings

@@ -34,6 +34,7 @@ class Supervisor:
 
     async def start(self) -> None:
         await self.reconcile()
+        self.service.pool.refill()
         health = self.settings.health_interval_seconds
         idle = min(60.0, self.settings.idle_timeout_seconds / 4)
         self._tasks = [
@@ -42,6 +43,7 @@ class Supervisor:
         ]
 
     async def aclose(self) -> None:
+        await self.service.pool.aclose()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
