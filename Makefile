@@ -1,17 +1,21 @@
 # Two commands on a fresh Debian/Ubuntu machine (as root, or with sudo):
 #   make run    set up and start the server with the embedded defaults
 #   make test   set up and run the whole test suite
+#   make image  build the sandbox image cloudcontainer/sandbox:node20 (needs a running Docker Engine)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test setup setup-dev lint system-deps-run system-deps-test bench clean
+.PHONY: run test image setup setup-dev lint system-deps-run system-deps-image system-deps-test bench clean
 
 run: setup
 	$(BIN)/cloudcontainer serve
 
 test: system-deps-test setup-dev lint
 	$(BIN)/pytest
+
+image: system-deps-image setup
+	$(BIN)/cloudcontainer image build
 
 setup: system-deps-run $(VENV)/.installed
 setup-dev: setup $(VENV)/.installed-dev
@@ -27,6 +31,9 @@ bench: setup-dev
 
 system-deps-run:
 	@scripts/install-system-deps.sh run
+
+system-deps-image:
+	@scripts/install-system-deps.sh image
 
 system-deps-test:
 	@scripts/install-system-deps.sh test

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages that `make run` (run) or `make test` (test) needs, if missing.
+# Install the Debian packages that `make run` (run), `make image` (image) or `make test` (test)
+# needs, if missing.
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 
@@ -9,12 +10,30 @@ need() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed" 
 # A Python with venv support (Debian splits venv out of python3).
 if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then need python3-venv; fi
 
+# `cloudcontainer image build`: a Docker Engine to load the image into, and debootstrap for its
+# Debian rootfs (the command installs debootstrap itself when missing; this makes it explicit).
+image_deps() { need docker.io; need debootstrap; }
+
+# The `local` sandbox runtime (the default): bubblewrap, slirp4netns for each sandbox's network,
+# util-linux (setsid, unshare, nsenter, setpriv) and iproute2 (named netns); the agent runs on
+# the host's /usr/bin/python3, and sandboxes find the usual tools in the host's /usr.
+run_deps() {
+  need bubblewrap; need slirp4netns; need util-linux; need iproute2; need python3
+  need ca-certificates; need procps; need curl; need git; need ripgrep
+  # Node.js for the templates (Debian's is 18; a host with Node 20, like these machines, keeps it).
+  command -v node >/dev/null || need nodejs
+  command -v npm >/dev/null || need npm
+}
+
 case "${1:-run}" in
-  run) ;;
+  run) run_deps ;;
+  image) image_deps ;;
   test)
+    run_deps
     need postgresql   # the suite runs on SQLite and on a private PostgreSQL cluster it starts
+    image_deps        # the sandbox image is built once per session; the session starts dockerd
     ;;
-  *) echo "usage: $0 run|test" >&2; exit 2 ;;
+  *) echo "usage: $0 run|image|test" >&2; exit 2 ;;
 esac
 
 [ ${#want[@]} -eq 0 ] && exit 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import secrets
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -18,6 +20,8 @@ from cloudcontainer.app import create_app
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Base
 from cloudcontainer.state import Services
+from tests.support.docker import docker_engine
+from tests.support.image import BuiltImage, build
 from tests.support.postgres import postgres_server
 from tests.support.smtp import Mailbox, smtp_server
 
@@ -154,7 +158,32 @@ async def api(api_factory: Callable[..., Awaitable[Api]]) -> Api:
 
 # -- sandboxes ------------------------------------------------------------------------------
 
-SANDBOX_RUNTIMES = ["local"]
+SANDBOX_RUNTIMES = ["local", "docker"]
+
+
+@pytest.fixture(scope="session")
+def docker_url() -> Iterator[str]:
+    """A running Docker Engine (started for the session when none answers)."""
+    with docker_engine() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def built_image(docker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:
+    """The sandbox image, built for real from an empty cache once per session, then removed.
+
+    Set CLOUDCONTAINER_TEST_IMAGE_CACHE to a directory to reuse the Debian rootfs between runs.
+    """
+    tag = f"cloudcontainer/sandbox:test-{secrets.token_hex(4)}"
+    reused = os.environ.get("CLOUDCONTAINER_TEST_IMAGE_CACHE")
+    cache_dir = Path(reused) if reused else tmp_path_factory.mktemp("image-cache")
+    result = build("--tag", tag, "--cache-dir", str(cache_dir), docker_url=docker_url)
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield BuiltImage(tag, cache_dir, docker_url, result.stdout + result.stderr)
+    subprocess.run(
+        ["docker", "--host", docker_url, "rmi", "--force", tag],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
 
 
 @pytest.fixture(params=SANDBOX_RUNTIMES)
@@ -164,16 +193,24 @@ def runtime_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 async def sandbox_api_factory(
-    tmp_path: Path, runtime_name: str, smtp: tuple[Mailbox, int], mailbox: Mailbox
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    runtime_name: str,
+    smtp: tuple[Mailbox, int],
+    mailbox: Mailbox,
 ) -> AsyncIterator[Callable[..., Any]]:
     """Apps on SQLite with a real sandbox runtime; sandboxes are destroyed after the test."""
     from contextlib import AsyncExitStack
 
     data_dir = tmp_path / "data"
+    image: dict[str, Any] = {}
+    if runtime_name == "docker":
+        image["sandbox_image"] = request.getfixturevalue("built_image").tag
     async with AsyncExitStack() as stack:
 
         async def start(**overrides: Any) -> Api:
             values: dict[str, Any] = {
+                **image,
                 "runtime": runtime_name,
                 "health_interval_seconds": 0.2,
                 "local_sandbox_uid": 100_000,
@@ -186,10 +223,12 @@ async def sandbox_api_factory(
 
         yield start
         # Whatever a test left running is removed with the runtime it used.
-        settings = make_settings(tmp_path, "sqlite+aiosqlite://", smtp[1], runtime=runtime_name)
-        from cloudcontainer.state import _runtime
+        settings = make_settings(
+            tmp_path, "sqlite+aiosqlite://", smtp[1], runtime=runtime_name, **image
+        )
+        from cloudcontainer.state import build_runtime
 
-        runtime = _runtime(settings)
+        runtime = build_runtime(settings)
         for info in await runtime.list():
             await runtime.destroy(info.sandbox_id)
         await runtime.aclose()

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
+import secrets
+import shutil
+import subprocess
 
 import pytest
 
@@ -191,16 +195,6 @@ async def test_idle_container_stops_and_resumes_with_its_dev_server(sandbox_api_
     assert "sleep 2000" in resumed.stdout
 
 
-async def test_events_websocket_needs_a_ticket_and_reports_status(sandbox_api: Api) -> None:
-    user = await sandbox_api.user()
-    cid = (await new_container(sandbox_api, user))["id"]
-    # Event streaming is exercised through the bus the WebSocket relays.
-    async with sandbox_api.services.events.subscribe(cid) as queue:
-        await sandbox_api.client.post(f"/api/containers/{cid}/stop", headers=user.headers)
-        seen = [await queue.get(), await queue.get()]
-    assert [e["status"] for e in seen] == ["stopping", "stopped"]
-
-
 async def test_create_claims_a_warm_sandbox_and_the_pool_refills(sandbox_api_factory) -> None:  # type: ignore[no-untyped-def]
     api = await sandbox_api_factory(warm_pool_size=1)
     pool = api.services.containers.pool
@@ -224,3 +218,67 @@ async def test_create_without_a_warm_pool_starts_cold(sandbox_api_factory) -> No
     container = await new_container(api, user, "vite-vue")
     assert "vite.config.js" in (await run(api, user, container["id"], "ls")).stdout
     assert [info.sandbox_id for info in await api.services.runtime.list()] == [container["id"]]
+
+
+@pytest.mark.parametrize("runtime_name", ["local"])
+async def test_a_missing_sandbox_tool_is_reported_clearly(
+    sandbox_api_factory, monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("slirp4netns", "nsenter", "setpriv", "ip", "sh", "unshare", "setsid"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))  # everything but bwrap
+    monkeypatch.setenv("PATH", str(bin_dir))
+    api = await sandbox_api_factory()
+    user = await api.user()
+    project = await new_project(api, user)
+    response = await api.client.post(
+        "/api/containers", json={"project_id": project}, headers=user.headers
+    )
+    assert response.status_code == 503
+    error = response.json()["error"]
+    assert error["code"] == "runtime_unavailable"
+    assert "bwrap" in error["message"]
+    assert "bubblewrap" in error["message"]
+
+
+@pytest.mark.parametrize("runtime_name", ["docker"])
+async def test_an_image_without_python3_fails_with_a_clear_reason(sandbox_api_factory) -> None:  # type: ignore[no-untyped-def]
+    api = await sandbox_api_factory(warm_pool_size=0)
+    base = api.services.settings.sandbox_image
+    tag = f"cloudcontainer/test-no-python:{secrets.token_hex(4)}"
+    name = f"cc-nopython-{secrets.token_hex(4)}"
+    subprocess.run(
+        [
+            "docker",
+            "run",
+            "--name",
+            name,
+            "--user",
+            "0",
+            base,
+            "sh",
+            "-c",
+            "rm -f /usr/bin/python3*",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["docker", "commit", name, tag], check=True, capture_output=True)
+    subprocess.run(["docker", "rm", name], check=True, capture_output=True)
+    try:
+        api.services.runtime.options = dataclasses.replace(api.services.runtime.options, image=tag)
+        user = await api.user()
+        project = await new_project(api, user)
+        response = await api.client.post(
+            "/api/containers?wait=true",
+            json={"project_id": project},
+            headers=user.headers,
+            timeout=120,
+        )
+        container = response.json()
+        assert container["status"] == "failed"
+        assert "python3" in container["status_reason"]
+        await api.client.delete(f"/api/containers/{container['id']}", headers=user.headers)
+    finally:
+        subprocess.run(["docker", "rmi", "--force", tag], capture_output=True)

@@ -1,20 +1,41 @@
-"""The `cloudcontainer` command: serve, database upgrades, account administration."""
+"""The `cloudcontainer` command: serve, database upgrades, accounts, the sandbox image."""
 
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 import uvicorn
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.progress import Task as RichTask
+from rich.table import Table
+from rich.text import Text
 
 from cloudcontainer import __version__
 from cloudcontainer.config import RuntimeName, Settings, load_settings
 from cloudcontainer.observability.logging import configure_logging
+
+if TYPE_CHECKING:
+    from cloudcontainer.images import BuildResult, ImageBuildError
 
 __all__ = ["main"]
 
@@ -26,10 +47,13 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 user_app = typer.Typer(help="User accounts.", no_args_is_help=True)
+image_app = typer.Typer(help="The sandbox base image.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
+app.add_typer(image_app, name="image")
 
 console = Console(stderr=True)
+T = TypeVar("T")
 
 ConfigOption = Annotated[
     Path | None,
@@ -82,6 +106,9 @@ def serve(
         f"[bold]cloudcontainer {__version__}[/bold] on http://{settings.host}:{settings.port}"
         f"  (runtime {settings.runtime}, data {settings.data_dir})"
     )
+    problem = asyncio.run(_runtime_problem(settings))
+    if problem:
+        console.print(f"[bold red]Sandboxes cannot start on this host:[/bold red] {problem}")
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings), host=settings.host, port=settings.port, log_config=None,
@@ -93,6 +120,21 @@ def serve(
     server.run()
     if not server.started:
         raise typer.Exit(1)
+
+
+async def _runtime_problem(settings: Settings) -> str | None:
+    """Why the configured sandbox runtime cannot work here, or None."""
+    from cloudcontainer.runtimes.base import RuntimeUnavailable
+    from cloudcontainer.state import build_runtime
+
+    runtime = build_runtime(settings)
+    try:
+        await runtime.check()
+    except RuntimeUnavailable as exc:
+        return exc.message
+    finally:
+        await runtime.aclose()
+    return None
 
 
 @db_app.command("upgrade")
@@ -147,7 +189,7 @@ def user_create(
     configure_logging("warning", "console")
 
     async def run() -> str:
-        async with open_services(settings) as services:
+        async with open_services(settings, supervise=False) as services:
             user = await services.accounts.create_user(email, password, admin=admin)
             return user.id
 
@@ -159,6 +201,180 @@ def user_create(
     console.print(
         f"[green]Created {'administrator' if admin else 'user'} {email}[/green] ({user_id})"
     )
+
+
+@image_app.command("build")
+def image_build(
+    tag: Annotated[
+        str | None, typer.Option(help="Image tag to create; default the `sandbox_image` setting.")
+    ] = None,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(help="Keeps the Debian rootfs and npm tarballs; default DATA_DIR/cache."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Rebuild from scratch, even if the tag exists.")
+    ] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    docker_host: Annotated[
+        str, typer.Option(envvar="DOCKER_HOST", help="Docker Engine address.")
+    ] = "unix:///var/run/docker.sock",
+    debian_mirror: Annotated[str, typer.Option(help="Debian mirror for debootstrap.")] = (
+        "http://deb.debian.org/debian"
+    ),
+    npm_registry: Annotated[str, typer.Option(help="Where Node.js and npm come from.")] = (
+        "https://registry.npmjs.org/"
+    ),
+    ca_bundle: Annotated[
+        Path | None, typer.Option(help="CA certificates trusted for downloads.", dir_okay=False)
+    ] = Path("/etc/ssl/certs/ca-certificates.crt"),
+) -> None:
+    """Build the sandbox image from Debian (debootstrap) and the npm registry; needs root.
+
+    No container registry is used. Takes a few minutes the first time, well under one after.
+    """
+    from cloudcontainer.images import BuildOptions, ImageBuildError, InvalidTag, build_sandbox_image
+
+    settings = _settings(config, data_dir=data_dir)
+    cache_dir = cache_dir or settings.data_dir / "cache"
+    tag = tag or settings.sandbox_image
+    options = BuildOptions(
+        cache_dir=cache_dir.expanduser().absolute(), tag=tag, force=force, docker_url=docker_host,
+        debian_mirror=debian_mirror, npm_registry=npm_registry,
+        ca_bundle=ca_bundle if ca_bundle and ca_bundle.is_file() else None,
+    )  # fmt: skip
+    with _BuildProgress(console) as progress:
+        try:
+            result = asyncio.run(_cancelled_by_sigterm(build_sandbox_image(options, progress)))
+        except ImageBuildError as exc:
+            progress.fail()
+            _print_build_error(exc)
+            raise typer.Exit(2 if isinstance(exc, InvalidTag) else 1) from None
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            progress.fail()
+            console.print("[red]Interrupted; the scratch rootfs was removed.[/red]")
+            raise typer.Exit(130) from None
+    _print_build_result(result)
+
+
+async def _cancelled_by_sigterm(work: Coroutine[Any, Any, T]) -> T:
+    """Treat SIGTERM (a service manager, a CI timeout) like Ctrl-C: cancel, so the build stops
+    debootstrap and removes its scratch rootfs instead of leaving them behind."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    try:
+        return await work
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
+class _BuildTask:
+    """One row of the build display; see cloudcontainer.images.progress.Task."""
+
+    def __init__(self, owner: _BuildProgress, task_id: TaskID, description: str) -> None:
+        self._owner = owner
+        self._id = task_id
+        self._description = description
+        self._started = time.monotonic()
+
+    def advance(self, amount: float) -> None:
+        self._owner.bar.update(self._id, advance=amount)
+
+    def set_total(self, total: float) -> None:
+        self._owner.bar.update(self._id, total=total)
+
+    def detail(self, text: str) -> None:
+        self._owner.bar.update(self._id, detail=escape(text))  # command output, not markup
+
+    def done(self, summary: str = "") -> None:
+        task = self._owner.bar.tasks[self._id]
+        end = task.completed if task.total is None or task.completed > 0 else task.total
+        self._owner.bar.update(self._id, total=end or 1, completed=end or 1, detail=escape(summary))
+        if not self._owner.bar.console.is_terminal:  # a log, not a live display: one line per step
+            seconds = time.monotonic() - self._started
+            note = f" — {summary}" if summary else ""
+            self._owner.bar.console.print(f"✓ {self._description}{note} ({seconds:.1f} s)")
+
+
+class _AmountColumn(ProgressColumn):
+    """Bytes for downloads and tarballs, n/m for counted steps, nothing for the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._bytes = DownloadColumn()
+        self._items = MofNCompleteColumn()
+
+    def render(self, task: RichTask) -> Text:
+        unit = task.fields.get("unit")
+        if unit == "bytes":
+            return self._bytes.render(task)
+        if unit == "items":
+            return self._items.render(task)
+        return Text("")
+
+
+class _BuildProgress:
+    """Draws `build_sandbox_image` progress with rich (cloudcontainer.images.progress.Progress)."""
+
+    def __init__(self, out: Console) -> None:
+        self.bar = Progress(
+            SpinnerColumn(finished_text="[green]✓[/green]"), TextColumn("{task.description}"),
+            BarColumn(bar_width=24), _AmountColumn(), TimeElapsedColumn(),
+            TextColumn("[dim]{task.fields[detail]}[/dim]", markup=True), console=out,
+            disable=not out.is_terminal,  # logs get one line per finished step instead
+        )  # fmt: skip
+
+    def __enter__(self) -> _BuildProgress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.bar.stop()
+
+    def task(
+        self, description: str, *, total: float | None = None, unit: str = "none"
+    ) -> _BuildTask:
+        task_id = self.bar.add_task(description, total=total, unit=unit, detail="")
+        return _BuildTask(self, task_id, description)
+
+    def note(self, message: str) -> None:
+        self.bar.console.print(f"[yellow]{escape(message)}[/yellow]")
+
+    def fail(self) -> None:
+        """Freeze unfinished rows as stopped, so the display does not look still busy."""
+        for task in self.bar.tasks:
+            if not task.finished:
+                self.bar.update(task.id, detail="[red]stopped[/red]")
+                self.bar.stop_task(task.id)
+
+
+def _print_build_error(exc: ImageBuildError) -> None:
+    from cloudcontainer.images import CommandFailed
+
+    console.print(f"[red]Image build failed:[/red] {escape(exc.message)}")
+    if isinstance(exc, CommandFailed) and exc.output:
+        console.print(Text(exc.output, style="dim"))
+
+
+def _print_build_result(result: BuildResult) -> None:
+    if not result.built:
+        console.print(
+            f"Image [bold]{result.tag}[/bold] already exists ({result.image_id[:19]}); "
+            "nothing to do. Give --force to rebuild it."
+        )
+        return
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    for name, version in result.versions.items():
+        table.add_row(name, version)
+    source = "cached Debian rootfs" if result.reused_rootfs else "fresh debootstrap"
+    console.print(
+        f"[green]Built {result.tag}[/green] ({result.image_id[:19]}) in "
+        f"{result.seconds:.0f} s from a {source}:"
+    )
+    console.print(table)
 
 
 @app.command()

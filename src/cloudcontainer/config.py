@@ -23,7 +23,7 @@ from pydantic_settings import (
 
 __all__ = ["Settings", "load_settings"]
 
-RuntimeName = Literal["local", "docker", "kubernetes"]
+RuntimeName = Literal["local", "docker"]
 
 
 class Settings(BaseSettings):

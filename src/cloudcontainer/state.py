@@ -44,7 +44,7 @@ class Services:
     containers: ContainerService
 
 
-def _runtime(settings: Settings) -> Runtime:
+def build_runtime(settings: Settings) -> Runtime:
     options = RuntimeOptions(
         data_dir=settings.data_dir,
         agent_zipapp=build_agent_zipapp(settings.data_dir / "agent"),
@@ -68,7 +68,7 @@ async def open_services(
     """
     database = Database(settings.database_url)
     tasks = TaskSet()
-    runtime = _runtime(settings)
+    runtime = build_runtime(settings)
     supervisor: Supervisor | None = None
     try:
         await migrate.upgrade(database)

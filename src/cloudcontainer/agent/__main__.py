@@ -1,0 +1,3 @@
+from cloudcontainer.agent.main import main
+
+main()

@@ -1,0 +1,198 @@
+"""File operations inside the workspace, with WebContainer's path semantics.
+
+Paths resolve as WORKSPACE + posixpath.normalize('/' + p): `..` is clamped at the root and
+`x` means `/x` (bolt.diy writes `../../src/App.tsx` and relies on this). Absolute paths that
+already start with the workspace are taken as they are. Writes are atomic: a temp file in the
+same directory, fsync'd contents, then rename — a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import posixpath
+import shutil
+import stat
+import tempfile
+from typing import Any, Dict, List
+
+from cloudcontainer.agent.protocol import AgentError
+from cloudcontainer.agent.server import Registry, Session
+
+MAX_PATH = 4096
+
+
+class Files:
+    def __init__(self, workspace: str) -> None:
+        self.root = posixpath.normpath(workspace)
+
+    def resolve(self, path: Any) -> str:
+        if not isinstance(path, str):
+            raise AgentError("EINVAL", "path must be a string")
+        if "\x00" in path:
+            raise AgentError("EINVAL", "path contains a NUL byte")
+        if len(path) > MAX_PATH:
+            raise AgentError("ENAMETOOLONG", "ENAMETOOLONG: name too long")
+        if path == self.root or path.startswith(self.root + "/"):
+            path = path[len(self.root) :]
+        normal = posixpath.normpath("/" + path)
+        if normal.startswith("//"):
+            normal = "/" + normal.lstrip("/")
+        return self.root if normal == "/" else self.root + normal
+
+    def relative(self, absolute: str) -> str:
+        return "/" + posixpath.relpath(absolute, self.root) if absolute != self.root else "/"
+
+    def entry(self, absolute: str, st: os.stat_result) -> Dict[str, Any]:
+        return {
+            "path": absolute,
+            "name": posixpath.basename(absolute),
+            "type": _type(st.st_mode),
+            "size": st.st_size,
+            "mtime": st.st_mtime,
+            "mode": stat.S_IMODE(st.st_mode),
+            "ino": st.st_ino,
+        }
+
+    # -- operations -----------------------------------------------------------------------
+
+    def stat(self, path: Any) -> Dict[str, Any]:
+        absolute = self.resolve(path)
+        return self.entry(absolute, os.lstat(absolute))
+
+    def read(self, path: Any) -> Dict[str, Any]:
+        absolute = self.resolve(path)
+        with open(absolute, "rb") as handle:
+            st = os.fstat(handle.fileno())
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(21, "Is a directory", absolute)
+            data = handle.read()
+        return {"data": base64.b64encode(data).decode("ascii"), **self.entry(absolute, st)}
+
+    def write(self, path: Any, data: Any, mkdirs: bool = False) -> Dict[str, Any]:
+        absolute = self.resolve(path)
+        if absolute == self.root:
+            raise IsADirectoryError(21, "Is a directory", absolute)
+        try:
+            content = base64.b64decode(data, validate=True)
+        except (ValueError, TypeError) as exc:
+            raise AgentError("EINVAL", "data is not valid base64") from exc
+        parent = posixpath.dirname(absolute)
+        if mkdirs:
+            os.makedirs(parent, exist_ok=True)
+        if os.path.isdir(absolute):
+            raise IsADirectoryError(21, "Is a directory", absolute)
+        if not os.path.isdir(parent):
+            raise FileNotFoundError(2, "No such file or directory", absolute)
+        mode = stat.S_IMODE(os.stat(absolute).st_mode) if os.path.exists(absolute) else 0o644
+        fd, tmp = tempfile.mkstemp(prefix=".cc-write-", dir=parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+                handle.flush()
+                os.fchmod(handle.fileno(), mode)
+            os.rename(tmp, absolute)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return self.entry(absolute, os.stat(absolute))
+
+    def listdir(self, path: Any, recursive: bool = False) -> List[Dict[str, Any]]:
+        absolute = self.resolve(path)
+        if not os.path.isdir(absolute):
+            if os.path.exists(absolute):
+                raise NotADirectoryError(20, "Not a directory", absolute)
+            raise FileNotFoundError(2, "No such file or directory", absolute)
+        entries: List[Dict[str, Any]] = []
+        stack = [absolute]
+        while stack:
+            current = stack.pop()
+            with os.scandir(current) as listing:
+                for item in sorted(listing, key=lambda e: e.name):
+                    st = item.stat(follow_symlinks=False)
+                    entries.append(self.entry(item.path, st))
+                    if recursive and stat.S_ISDIR(st.st_mode):
+                        stack.append(item.path)
+        return entries
+
+    def mkdir(self, path: Any, recursive: bool = False) -> Dict[str, Any]:
+        absolute = self.resolve(path)
+        if recursive:
+            os.makedirs(absolute, exist_ok=True)
+        else:
+            os.mkdir(absolute)
+        return self.entry(absolute, os.stat(absolute))
+
+    def remove(self, path: Any, recursive: bool = False, force: bool = False) -> None:
+        absolute = self.resolve(path)
+        if absolute == self.root:
+            raise AgentError("EPERM", "EPERM: operation not permitted, rm '%s'" % absolute)
+        try:
+            st = os.lstat(absolute)
+        except FileNotFoundError:
+            if force:
+                return
+            raise
+        if stat.S_ISDIR(st.st_mode):
+            if not recursive:
+                raise IsADirectoryError(21, "Is a directory", absolute)
+            shutil.rmtree(absolute)
+        else:
+            os.unlink(absolute)
+
+    def rename(self, source: Any, target: Any) -> Dict[str, Any]:
+        old, new = self.resolve(source), self.resolve(target)
+        if old == self.root or new == self.root:
+            raise AgentError("EPERM", "EPERM: operation not permitted, rename '%s'" % old)
+        if new.startswith(old + "/"):
+            raise AgentError("EINVAL", "EINVAL: cannot move '%s' into itself" % old)
+        os.rename(old, new)
+        return self.entry(new, os.lstat(new))
+
+
+def _type(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "other"
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def register(registry: Registry, files: Files) -> None:
+    async def stat_(session: Session, args: Dict[str, Any]) -> Any:
+        return files.stat(args["path"])
+
+    async def read(session: Session, args: Dict[str, Any]) -> Any:
+        return files.read(args["path"])
+
+    async def write(session: Session, args: Dict[str, Any]) -> Any:
+        return files.write(args["path"], args["data"], bool(args.get("mkdirs", False)))
+
+    async def listdir(session: Session, args: Dict[str, Any]) -> Any:
+        return files.listdir(args.get("path", "/"), bool(args.get("recursive", False)))
+
+    async def mkdir(session: Session, args: Dict[str, Any]) -> Any:
+        return files.mkdir(args["path"], bool(args.get("recursive", False)))
+
+    async def remove(session: Session, args: Dict[str, Any]) -> Any:
+        files.remove(
+            args["path"], bool(args.get("recursive", False)), bool(args.get("force", False))
+        )
+        return None
+
+    async def rename(session: Session, args: Dict[str, Any]) -> Any:
+        return files.rename(args["source"], args["target"])
+
+    for name, handler in (
+        ("fs.stat", stat_), ("fs.read", read), ("fs.write", write), ("fs.list", listdir),
+        ("fs.mkdir", mkdir), ("fs.remove", remove), ("fs.rename", rename),
+    ):  # fmt: skip
+        registry.add(name, handler)

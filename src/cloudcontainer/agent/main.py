@@ -1,0 +1,129 @@
+"""Agent entry point: `python3 agent.pyz --listen unix:/run/cloudcontainer/agent.sock ...`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import platform
+import signal
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+from cloudcontainer.agent import PROTOCOL_VERSION, __version__, fs, ports, procs, tunnel
+from cloudcontainer.agent.server import Agent, Session
+
+SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def build(
+    secret: str, workspace: str, env: Dict[str, str], own_port: Optional[int] = None
+) -> Agent:
+    agent = Agent(secret)
+    files = fs.Files(workspace)
+    fs.register(agent.registry, files)
+    table = procs.ProcessTable(env, workspace)
+    table.bind(agent.broadcast)
+    procs.register(agent.registry, table)
+    agent.processes = table  # type: ignore[attr-defined]
+    watcher = ports.PortWatcher(agent.broadcast, table.live, exclude=[own_port] if own_port else [])
+    table.on_change = watcher.wake
+    ports.register(agent.registry, watcher)
+    tunnels = tunnel.Tunnels()
+    tunnel.register(agent.registry, tunnels)
+    started = time.time()
+
+    async def hello(session: Session, args: Dict[str, Any]) -> Any:
+        return {
+            "version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
+            "uid": os.getuid(), "python": platform.python_version(), "workspace": files.root,
+            "started_at": started,
+        }  # fmt: skip
+
+    async def ping(session: Session, args: Dict[str, Any]) -> Any:
+        return {
+            "time": time.time(), "cpu_seconds": table.cpu_seconds(), "live_procs": table.live(),
+            "rss_bytes": _rss_bytes(), "polling_ports": watcher.polling,
+        }  # fmt: skip
+
+    agent.registry.add("hello", hello)
+    agent.registry.add("ping", ping)
+
+    def forget(session: Session) -> None:
+        for proc in table.procs.values():
+            proc.subscribers.discard(session)
+            proc.lagging.discard(session)
+
+    agent.on_session_closed.append(forget)
+    agent.on_session_closed.append(tunnels.close_session)
+    return agent
+
+
+def parse(argv: Optional[List[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="cloudcontainer-agent")
+    parser.add_argument("--listen", required=True, help="unix:PATH or tcp:HOST:PORT")
+    parser.add_argument(
+        "--secret-file", help="file holding the shared secret (else $%s)" % SECRET_ENV
+    )
+    parser.add_argument("--workspace", default="/home/project")
+    parser.add_argument("--log-level", default="warning")
+    return parser.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    options = parse(argv)
+    logging.basicConfig(level=options.log_level.upper(), stream=sys.stderr,
+                        format="agent %(levelname)s %(message)s")  # fmt: skip
+    if options.secret_file:
+        with open(options.secret_file) as handle:
+            secret = handle.read().strip()
+    else:
+        secret = os.environ.pop(SECRET_ENV, "")
+    if not secret:
+        sys.exit("cloudcontainer-agent: no secret given")
+    env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
+    agent = build(secret, options.workspace, env, _tcp_port(options.listen))
+    os.makedirs(options.workspace, exist_ok=True)
+    asyncio.run(_serve(agent, options.listen))
+
+
+def _tcp_port(listen: str) -> Optional[int]:
+    """The agent's own port when it listens on TCP (never reported as a sandbox port)."""
+    if not listen.startswith("tcp:"):
+        return None
+    port = listen.rpartition(":")[2]
+    return int(port) if port.isdigit() else None
+
+
+async def _serve(agent: Agent, listen: str) -> None:
+    loop = asyncio.get_event_loop()
+    stop: asyncio.Future[None] = loop.create_future()
+
+    def request_stop() -> None:
+        if not stop.done():
+            stop.set_result(None)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+    server = asyncio.ensure_future(agent.serve_forever(listen))
+    done, _ = await asyncio.wait([server, stop], return_when=asyncio.FIRST_COMPLETED)
+    table: procs.ProcessTable = agent.processes  # type: ignore[attr-defined]
+    table.kill_all()
+    # Reap them before the loop closes: python 3.9 otherwise prints "Event loop is closed"
+    # tracebacks from the transports of children that were still exiting.
+    exiting = [asyncio.ensure_future(p.done.wait()) for p in table.procs.values() if p.running]
+    if exiting:
+        await asyncio.wait(exiting, timeout=2.0)
+    server.cancel()
+    if server in done:
+        server.result()  # surface a failure to listen

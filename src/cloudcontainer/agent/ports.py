@@ -1,0 +1,119 @@
+"""Listening-port discovery: `port` events and `ports.list`, read from /proc/net/tcp{,6}.
+
+Every TCP socket in LISTEN state counts, whatever it is bound to (127.0.0.1 and ::1
+included: the gateway reaches those through a tunnel), except the agent's own port. The
+watcher polls every 100 ms, but only while the sandbox has live processes: a spawn wakes it,
+and it keeps scanning for a short linger after the last exit (a killed process group's
+grandchildren close their sockets a moment after its leader is reaped) so closes are
+reported; then it sleeps, and an idle sandbox costs nothing. Python >= 3.9, stdlib only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+import time
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+
+from cloudcontainer.agent.server import Registry, Session
+
+POLL_SECONDS = 0.1
+LINGER_SECONDS = 1.0
+LISTEN = "0A"
+TABLES = (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6))
+
+
+def parse_table(text: str, family: int) -> Iterator[Tuple[int, str]]:
+    """(port, bind address) of each LISTEN socket in a /proc/net/tcp-style table."""
+    for line in text.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) < 4 or fields[3] != LISTEN:
+            continue
+        address, _, port = fields[1].partition(":")
+        yield int(port, 16), _address(address, family)
+
+
+def _address(text: str, family: int) -> str:
+    # The kernel prints the address as 32-bit words in host byte order.
+    words = [int(text[i : i + 8], 16) for i in range(0, len(text), 8)]
+    return socket.inet_ntop(family, struct.pack("=%dI" % len(words), *words))
+
+
+def _rank(address: str) -> int:
+    """Which bind address to report when a port has several: wildcard first, then loopback."""
+    if address in ("0.0.0.0", "::"):
+        return 0 if address == "0.0.0.0" else 1
+    if address.startswith("127.") or address == "::1":
+        return 2
+    return 3
+
+
+class PortWatcher:
+    def __init__(self, broadcast: Callable[[str, Dict[str, Any]], None], live: Callable[[], int],
+                 exclude: Iterable[int] = (), tables: Any = TABLES) -> None:  # fmt: skip
+        self._broadcast = broadcast
+        self._live = live
+        self._exclude = frozenset(exclude)
+        self._tables = tables
+        self.ports: Dict[int, str] = {}
+        self._task: Optional[asyncio.Future[None]] = None
+
+    def scan(self) -> Dict[int, str]:
+        found: Dict[int, str] = {}
+        for path, family in self._tables:
+            try:
+                with open(path) as handle:
+                    text = handle.read()
+            except OSError:  # no IPv6 in this sandbox
+                continue
+            for port, address in parse_table(text, family):
+                if port in self._exclude:
+                    continue
+                if port not in found or _rank(address) < _rank(found[port]):
+                    found[port] = address
+        return found
+
+    def refresh(self) -> Dict[int, str]:
+        """Scan now, broadcast what opened or closed since the last scan, return the ports."""
+        current = self.scan()
+        for port in sorted(set(self.ports) - set(current)):
+            self._broadcast("port", {"port": port, "state": "close", "address": self.ports[port]})
+        for port in sorted(set(current) - set(self.ports)):
+            self._broadcast("port", {"port": port, "state": "open", "address": current[port]})
+        self.ports = current
+        return current
+
+    @property
+    def polling(self) -> bool:
+        return self._task is not None
+
+    def wake(self) -> None:
+        """Start polling if it is not running (called whenever a process starts or exits)."""
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._poll())
+
+    async def _poll(self) -> None:
+        idle_since: Optional[float] = None
+        try:
+            while True:
+                self.refresh()
+                if self._live() > 0:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = time.monotonic()
+                elif time.monotonic() - idle_since >= LINGER_SECONDS:
+                    return
+                await asyncio.sleep(POLL_SECONDS)
+        finally:
+            self._task = None
+
+
+def register(registry: Registry, watcher: PortWatcher) -> None:
+    async def listing(session: Session, args: Dict[str, Any]) -> Any:
+        return [
+            {"port": port, "address": address}
+            for port, address in sorted(watcher.refresh().items())
+        ]
+
+    registry.add("ports.list", listing)

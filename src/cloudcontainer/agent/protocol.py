@@ -1,0 +1,49 @@
+"""Wire format shared by the agent and the gateway (agentlink). Stdlib only, python >= 3.9.
+
+Text frames carry JSON:
+    request   {"id": 7, "op": "fs.read", "args": {...}}
+    response  {"id": 7, "ok": true, "result": ...}
+              {"id": 7, "ok": false, "error": {"code": "ENOENT", "message": "..."}}
+    event     {"event": "proc.exit", "data": {...}}
+Binary frames carry stream bytes: 1 byte kind, 4 bytes channel id (big-endian), payload.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Tuple
+
+AUTH_HEADER = "Authorization"
+AGENT_SUBPROTOCOL = "cloudcontainer-agent.v1"
+
+# Binary frame kinds
+PROC_OUTPUT = 1  # agent -> gateway: bytes a process wrote
+PROC_INPUT = 2  # gateway -> agent: bytes for a process's stdin / PTY
+TUNNEL_DATA = 3  # both ways: bytes of a TCP tunnel
+TUNNEL_EOF = 4  # both ways: the sender will send no more on this tunnel
+
+_HEADER = struct.Struct(">BI")
+HEADER_SIZE = _HEADER.size
+
+
+def pack_frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return _HEADER.pack(kind, channel) + payload
+
+
+def unpack_frame(frame: bytes) -> Tuple[int, int, bytes]:
+    if len(frame) < HEADER_SIZE:
+        raise ValueError("binary frame shorter than its header")
+    kind, channel = _HEADER.unpack_from(frame)
+    return kind, channel, frame[HEADER_SIZE:]
+
+
+class AgentError(Exception):
+    """A failure reported to the caller as `{"code", "message"}` (codes follow errno names)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def to_dict(self) -> dict:  # type: ignore[type-arg]
+        return {"code": self.code, "message": self.message}

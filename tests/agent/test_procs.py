@@ -1,0 +1,257 @@
+"""Processes: PTYs and pipes, input, resize, signals, scrollback, and outliving connections."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudcontainer.agent.procs import PROC_STDERR
+from cloudcontainer.agent.protocol import PROC_OUTPUT
+from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.agentlink.errors import AgentOpError
+from tests.agent.conftest import Events, RunningAgent, listen, until
+
+
+async def spawn(client: AgentClient, command: str, *args: str, **options: Any) -> dict[str, Any]:
+    proc: dict[str, Any] = await client.call(
+        "proc.spawn", command=command, args=list(args), **options
+    )
+    return proc
+
+
+async def test_pty_output_arrives_as_stream_frames(client: AgentClient) -> None:
+    proc = await spawn(client, "sh", "-c", "echo hello from the pty", pty=True)
+    output = listen(client, PROC_OUTPUT, proc["proc_id"])
+    assert proc["pty"] is True
+    # A PTY turns \n into \r\n: the bytes really went through a terminal.
+    await output.wait_for(b"hello from the pty\r\n")
+
+
+async def test_pty_input_reaches_the_process(client: AgentClient) -> None:
+    proc = await spawn(client, "cat", pty=True)
+    output = listen(client, PROC_OUTPUT, proc["proc_id"])
+    await client.send_input(proc["proc_id"], b"marco polo\n")
+    data = await output.wait_for(b"marco polo\r\nmarco polo\r\n")  # the echo, then cat's copy
+    assert data.count(b"marco polo") == 2
+
+
+async def test_pty_starts_at_the_requested_size_and_resize_changes_it(client: AgentClient) -> None:
+    script = "stty size; read line; stty size; read line"
+    proc = await spawn(client, "sh", "-c", script, pty=True, cols=90, rows=20)
+    output = listen(client, PROC_OUTPUT, proc["proc_id"])
+    await output.wait_for(b"20 90\r\n")
+    await client.call("proc.resize", proc_id=proc["proc_id"], cols=132, rows=43)
+    await client.send_input(proc["proc_id"], b"\n")
+    await output.wait_for(b"43 132\r\n")
+    listed = {p["proc_id"]: p for p in await client.call("proc.list")}
+    assert (listed[proc["proc_id"]]["cols"], listed[proc["proc_id"]]["rows"]) == (132, 43)
+
+
+async def test_pty_defaults_to_80_by_24(client: AgentClient) -> None:
+    proc = await spawn(client, "stty", "size", pty=True)
+    output = listen(client, PROC_OUTPUT, proc["proc_id"])
+    await output.wait_for(b"24 80\r\n")
+
+
+async def test_resize_out_of_range_is_einval(client: AgentClient) -> None:
+    proc = await spawn(client, "sleep", "60", pty=True)
+    with pytest.raises(AgentOpError) as caught:
+        await client.call("proc.resize", proc_id=proc["proc_id"], cols=0, rows=24)
+    assert caught.value.errno == "EINVAL"
+
+
+async def test_kill_ends_the_process_with_128_plus_the_signal(client: AgentClient) -> None:
+    events = Events(client)
+    proc = await spawn(client, "sleep", "600", pty=True)
+    await client.call("proc.kill", proc_id=proc["proc_id"])
+    waited = await client.call("proc.wait", proc_id=proc["proc_id"])
+    assert waited["code"] == 128 + signal.SIGTERM
+    exited = await events.wait("proc.exit", proc_id=proc["proc_id"])
+    assert exited["code"] == 128 + signal.SIGTERM
+
+
+def alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting for a reaper."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+async def test_kill_ends_the_whole_process_group(client: AgentClient) -> None:
+    proc = await spawn(client, "sh", "-c", "sleep 600 & echo child=$!; wait", pty=True)
+    output = listen(client, PROC_OUTPUT, proc["proc_id"])
+    data = await output.wait_for(b"\r\n")
+    child = int(data.split(b"child=")[1].split(b"\r")[0])
+    assert alive(child)
+    await client.call("proc.kill", proc_id=proc["proc_id"], signal=int(signal.SIGKILL))
+    assert (await client.call("proc.wait", proc_id=proc["proc_id"]))["code"] == 128 + signal.SIGKILL
+    await until(lambda: not alive(child), "the background child to die")
+
+
+async def test_exit_code_of_a_normal_exit_is_reported(client: AgentClient) -> None:
+    events = Events(client)
+    proc = await spawn(client, "sh", "-c", "exit 7")
+    assert (await client.call("proc.wait", proc_id=proc["proc_id"]))["code"] == 7
+    assert (await events.wait("proc.exit", proc_id=proc["proc_id"]))["code"] == 7
+    started = await events.wait("proc.start", proc_id=proc["proc_id"])
+    assert started["command"] == "sh"
+
+
+async def test_unknown_signal_is_einval(client: AgentClient) -> None:
+    proc = await spawn(client, "sleep", "60")
+    with pytest.raises(AgentOpError) as caught:
+        await client.call("proc.kill", proc_id=proc["proc_id"], signal=999)
+    assert caught.value.errno == "EINVAL"
+
+
+async def test_missing_program_exits_127_with_command_not_found(client: AgentClient) -> None:
+    proc = await spawn(client, "no-such-program-xyz", pty=True)
+    output = listen(client, PROC_OUTPUT, proc["proc_id"])
+    assert (await client.call("proc.wait", proc_id=proc["proc_id"]))["code"] == 127
+    await output.wait_for(b"command not found: no-such-program-xyz")
+
+
+async def test_missing_cwd_is_reported_and_exits_1(client: AgentClient) -> None:
+    proc = await spawn(client, "true", cwd="/no/such/dir")
+    errors = listen(client, PROC_STDERR, proc["proc_id"])
+    assert (await client.call("proc.wait", proc_id=proc["proc_id"]))["code"] == 1
+    await errors.wait_for(b"cannot change directory to /no/such/dir")
+
+
+async def test_without_pty_stderr_is_a_separate_stream(client: AgentClient) -> None:
+    proc = await spawn(client, "sh", "-c", "echo to-out; echo to-err >&2")
+    stdout = listen(client, PROC_OUTPUT, proc["proc_id"])
+    stderr = listen(client, PROC_STDERR, proc["proc_id"])
+    assert (await client.call("proc.wait", proc_id=proc["proc_id"]))["code"] == 0
+    await stdout.wait_for(b"to-out\n")
+    await stderr.wait_for(b"to-err\n")
+    assert b"to-err" not in stdout.data
+    assert b"to-out" not in stderr.data
+
+
+async def test_without_pty_input_goes_to_stdin(client: AgentClient) -> None:
+    proc = await spawn(client, "head", "-n", "1")
+    stdout = listen(client, PROC_OUTPUT, proc["proc_id"])
+    await client.send_input(proc["proc_id"], b"one line\nanother\n")
+    assert (await client.call("proc.wait", proc_id=proc["proc_id"]))["code"] == 0
+    assert await stdout.wait_for(b"one line\n") == b"one line\n"
+
+
+async def test_spawn_runs_in_the_workspace_with_merged_env(
+    agent: RunningAgent, client: AgentClient
+) -> None:
+    proc = await spawn(
+        client, "sh", "-c", 'pwd; echo "$GREETING"; echo "$HOME"', env={"GREETING": "hi"}
+    )
+    stdout = listen(client, PROC_OUTPUT, proc["proc_id"])
+    await client.call("proc.wait", proc_id=proc["proc_id"])
+    data = await stdout.wait_for(b"hi\n")
+    assert data.splitlines() == [
+        str(agent.workspace).encode(),
+        b"hi",
+        str(agent.workspace.parent).encode(),
+    ]
+
+
+async def test_run_returns_code_stdout_and_stderr(client: AgentClient) -> None:
+    result = await client.call("proc.run", command="sh", args=["-c", "cat; echo oops >&2; exit 3"],
+                               stdin=base64.b64encode(b"from stdin").decode())  # fmt: skip
+    assert result["code"] == 3
+    assert base64.b64decode(result["stdout"]) == b"from stdin"
+    assert base64.b64decode(result["stderr"]) == b"oops\n"
+
+
+async def test_run_past_its_timeout_is_etimedout_and_killed(client: AgentClient) -> None:
+    with pytest.raises(AgentOpError) as caught:
+        await client.call("proc.run", command="sleep", args=["600"], timeout_seconds=0.2)
+    assert caught.value.errno == "ETIMEDOUT"
+    assert (await client.call("ping"))["live_procs"] == 0
+
+
+async def test_run_of_a_missing_program_is_127(client: AgentClient) -> None:
+    result = await client.call("proc.run", command="no-such-program-xyz")
+    assert result["code"] == 127
+    assert b"command not found" in base64.b64decode(result["stderr"])
+
+
+async def test_run_does_not_block_other_requests(client: AgentClient) -> None:
+    slow = asyncio.ensure_future(client.call("proc.run", command="sleep", args=["600"], timeout=60))
+    while not (listed := await client.call("proc.list")):
+        assert not slow.done()
+    assert [(p["command"], p["state"]) for p in listed] == [("sleep", "running")]
+    await client.call("proc.kill", proc_id=listed[0]["proc_id"])
+    assert (await slow)["code"] == 128 + signal.SIGTERM
+
+
+async def test_attach_replays_the_scrollback(client: AgentClient) -> None:
+    proc = await spawn(client, "sh", "-c", "echo first line; echo second line; sleep 600", pty=True)
+    output = listen(client, PROC_OUTPUT, proc["proc_id"])
+    await output.wait_for(b"second line")
+    attached = await client.call("proc.attach", proc_id=proc["proc_id"])
+    assert attached["state"] == "running"
+    assert base64.b64decode(attached["scrollback"]) == bytes(output.data)
+
+
+async def test_scrollback_keeps_only_the_newest_bytes(client: AgentClient) -> None:
+    script = "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done; sleep 600"
+    proc = await spawn(client, "sh", "-c", script, scrollback=1000)
+    output = listen(client, PROC_OUTPUT, proc["proc_id"])
+    await output.wait_for(b"line-299\n")
+    scrollback = base64.b64decode(
+        (await client.call("proc.attach", proc_id=proc["proc_id"]))["scrollback"]
+    )
+    assert len(scrollback) == 1000
+    assert scrollback.endswith(b"line-299\n")
+    assert bytes(output.data).endswith(scrollback)
+
+
+async def test_processes_survive_the_client_and_a_new_client_attaches(agent: RunningAgent) -> None:
+    first = await agent.connect()
+    script = "echo before; read answer; echo after:$answer; sleep 600"
+    proc = await spawn(first, "sh", "-c", script, pty=True)
+    await listen(first, PROC_OUTPUT, proc["proc_id"]).wait_for(b"before")
+    await first.aclose()
+
+    second = await agent.connect()
+    listed = {p["proc_id"]: p for p in await second.call("proc.list")}
+    assert listed[proc["proc_id"]]["state"] == "running"
+    output = listen(second, PROC_OUTPUT, proc["proc_id"])
+    attached = await second.call("proc.attach", proc_id=proc["proc_id"])
+    assert b"before" in base64.b64decode(attached["scrollback"])
+    await second.send_input(proc["proc_id"], b"still here\n")
+    await output.wait_for(b"after:still here")
+
+
+async def test_detached_client_gets_no_more_output(agent: RunningAgent) -> None:
+    first, second = await agent.connect(), await agent.connect()
+    proc = await spawn(first, "cat", pty=True)
+    output = listen(first, PROC_OUTPUT, proc["proc_id"])
+    await first.send_input(proc["proc_id"], b"one\n")
+    await output.wait_for(b"one\r\none\r\n")
+    await first.call("proc.detach", proc_id=proc["proc_id"])
+    other = listen(second, PROC_OUTPUT, proc["proc_id"])
+    await second.call("proc.attach", proc_id=proc["proc_id"])
+    await second.send_input(proc["proc_id"], b"two\n")
+    await other.wait_for(b"two\r\ntwo\r\n")
+    await first.call("ping")  # answered after any output queued for `first` before it
+    assert bytes(output.data) == b"one\r\none\r\n"
+
+
+async def test_unknown_process_is_esrch(client: AgentClient) -> None:
+    with pytest.raises(AgentOpError) as caught:
+        await client.call("proc.attach", proc_id=4242)
+    assert caught.value.errno == "ESRCH"
+
+
+async def test_other_clients_see_exit_events(agent: RunningAgent) -> None:
+    first, second = await agent.connect(), await agent.connect()
+    watcher = Events(second)
+    proc = await spawn(first, "true")
+    assert (await watcher.wait("proc.exit", proc_id=proc["proc_id"]))["code"] == 0

@@ -1,0 +1,74 @@
+"""A Docker Engine for the test session (Debian's `docker.io`).
+
+An engine that already answers on /var/run/docker.sock is used as it is. Otherwise (CI starts from a
+bare machine, where nothing starts dockerd) the session starts `dockerd` itself, logging to its own
+file, and stops it at the end; an engine it did not start is never stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+SOCKET = Path("/var/run/docker.sock")
+_START_TIMEOUT_SECONDS = 60
+_STOP_TIMEOUT_SECONDS = 30
+
+
+def engine_answers(socket: Path = SOCKET) -> bool:
+    """True when a Docker Engine answers `GET /_ping` on `socket`."""
+    if not socket.is_socket():
+        return False
+    transport = httpx.HTTPTransport(uds=str(socket))
+    try:
+        with httpx.Client(transport=transport, timeout=2.0) as client:
+            return client.get("http://docker/_ping").text == "OK"
+    except httpx.HTTPError:
+        return False
+
+
+@contextmanager
+def docker_engine(socket: Path = SOCKET) -> Iterator[str]:
+    """Yield the address (unix://...) of a running engine, starting one if none answers."""
+    url = f"unix://{socket}"
+    if engine_answers(socket):
+        yield url
+        return
+    dockerd = shutil.which("dockerd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/bin")
+    if dockerd is None:
+        raise RuntimeError("dockerd is not installed: run `make test` (it installs docker.io)")
+    if os.geteuid() != 0:
+        raise RuntimeError("no Docker Engine answers and only root can start dockerd")
+    handle, name = tempfile.mkstemp(prefix="cc-dockerd-", suffix=".log")
+    log = Path(name)
+    with os.fdopen(handle, "wb") as out:
+        process = subprocess.Popen(
+            [dockerd, "--host", url], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        _wait_until_up(process, socket, log)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_up(process: subprocess.Popen[bytes], socket: Path, log: Path) -> None:
+    deadline = time.monotonic() + _START_TIMEOUT_SECONDS
+    while not engine_answers(socket):
+        if process.poll() is not None or time.monotonic() > deadline:
+            tail = log.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"dockerd did not start (log {log}):\n{tail}")
+        time.sleep(0.2)
