@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import hmac
 import json
 import logging
-import secrets
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
@@ -211,7 +211,7 @@ class Agent:
     def _check_auth(self, connection: ServerConnection, request: Request) -> Optional[Response]:
         given = request.headers.get(AUTH_HEADER, "")
         expected = b"Bearer " + self._secret
-        if not secrets.compare_digest(given.encode("utf-8", "replace"), expected):
+        if not hmac.compare_digest(given.encode("utf-8", "replace"), expected):
             return connection.respond(HTTPStatus.UNAUTHORIZED, "bad agent secret\n")
         return None
 

@@ -152,7 +152,11 @@ class DockerRuntime:
             await container.start()
         except DockerError as exc:
             raise SandboxStartFailed(f"docker could not start the sandbox: {exc.message}") from exc
-        return await self.inspect(spec.sandbox_id)
+        info = await self.inspect(spec.sandbox_id)
+        if info.state is not SandboxState.RUNNING or info.address is None:
+            output = (await self.logs(spec.sandbox_id)).strip()
+            raise SandboxStartFailed(f"the sandbox exited as it started: {output or 'no output'}")
+        return info
 
     async def _remove_container(self, sandbox_id: str) -> None:
         with contextlib.suppress(DockerError):
