@@ -500,7 +500,9 @@ async def test_password_reset_sets_the_password_and_ends_every_session(api: Api)
 
 async def test_password_reset_revokes_api_keys_and_other_reset_links(api: Api) -> None:
     user = await api.user()
-    key = (await api.client.post("/api/auth/keys", json={"name": "ci"}, headers=user.headers)).json()
+    key = (
+        await api.client.post("/api/auth/keys", json={"name": "ci"}, headers=user.headers)
+    ).json()
     for _ in range(2):
         await api.client.post("/api/auth/password-reset/request", json={"email": user.email})
         await api.services.tasks.drain()

@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep, client_ip
-from cloudcontainer.api.schemas import Email, Name, Password, RequestModel, Token
+from cloudcontainer.api.schemas import Email, Name, Password, RequestModel, Token, WholeNumber
 from cloudcontainer.auth.service import TokenPair
 from cloudcontainer.db import ApiKey, User
 from cloudcontainer.errors import Unauthorized
@@ -55,7 +55,7 @@ class ResetConfirmRequest(RequestModel):
 
 class ApiKeyRequest(RequestModel):
     name: Name
-    expires_in_days: Annotated[int | None, Field(ge=1, le=3650)] = None
+    expires_in_days: Annotated[int | None, Field(ge=1, le=3650), WholeNumber] = None
 
 
 # -- answers ----------------------------------------------------------------------------------

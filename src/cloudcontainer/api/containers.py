@@ -19,7 +19,7 @@ from cloudcontainer.agent.protocol import PROC_OUTPUT
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
-from cloudcontainer.api.schemas import RequestModel
+from cloudcontainer.api.schemas import RequestModel, WholeNumber
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, Forbidden
 from cloudcontainer.sandbox.service import Resources, Status
@@ -33,13 +33,18 @@ WS_POLICY_VIOLATION = 1008
 
 class ResourcesIn(RequestModel):
     cpu: Annotated[float, Field(gt=0, le=64, description="Cores.")] = 1.0
-    memory_mb: Annotated[int, Field(ge=64, le=262_144)] = 2048
-    pids: Annotated[int, Field(ge=16, le=65_536)] = 1024
+    memory_mb: Annotated[int, Field(ge=64, le=262_144), WholeNumber] = 2048
+    pids: Annotated[int, Field(ge=16, le=65_536), WholeNumber] = 1024
 
 
 class ContainerCreate(RequestModel):
-    project_id: Annotated[str, Field(min_length=1, max_length=32)]
-    template: Annotated[str, Field(min_length=1, max_length=32, examples=list(TEMPLATES))] = "node"
+    # PostgreSQL refuses text holding a NUL: without the pattern one gave a 500 there.
+    project_id: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[^\x00]+$")]
+    template: Annotated[
+        str,
+        # Documented as an enum; the service answers an unknown one with 422 unknown_template.
+        Field(min_length=1, max_length=32, json_schema_extra={"enum": list(TEMPLATES)}),
+    ] = "node"
     resources: ResourcesIn | None = None
 
 

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from cloudcontainer.errors import CloudContainerError, TooManyRequests
 
@@ -88,13 +89,36 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path, for `Allow` on a 405.
+
+    The router's own `Allow` names only the first route matching the path, while GET and POST
+    of one path are two routes; so each method is tried against every route.
+    """
+    allowed = []
+    for method in _METHODS:
+        probe = {
+            "type": "http", "method": method, "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""), "headers": [], "query_string": b"",
+        }  # fmt: skip
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return ", ".join(allowed)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     code = _CODES.get(status, "error")
     phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else "Error"
     message = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else phrase
-    return error_response(status, code, message, headers=exc.headers)
+    headers = exc.headers
+    if status == 405 and (allowed := _allowed_methods(request)):
+        headers = {**(headers or {}), "Allow": allowed}
+    return error_response(status, code, message, headers=headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
