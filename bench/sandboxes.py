@@ -38,17 +38,22 @@ def _create_then_run(client: httpx.Client, project_id: str) -> tuple[float, str]
     return elapsed, str(container["id"])
 
 
-def create_to_first_command(runtime: str, samples: int) -> dict[str, Any]:
-    with running_server(runtime=runtime, max_containers_per_user="1000") as client:
+def create_to_first_command(runtime: str, samples: int, pool: int) -> dict[str, Any]:
+    """With a warm pool, samples are spaced so the pool has refilled (a user does not create
+    containers back to back); with pool 0 every sample is a cold start."""
+    settings = {"runtime": runtime, "max_containers_per_user": "1000", "warm_pool_size": str(pool)}
+    with running_server(**settings) as client:
         project = client.post("/api/projects", json={"name": "bench"}).json()["id"]
-        _, warm = _create_then_run(client, project)  # first start builds caches
-        client.delete(f"/api/containers/{warm}")
+        _, first = _create_then_run(client, project)  # the first start fills caches
+        client.delete(f"/api/containers/{first}")
         times = []
         for _ in range(samples):
+            if pool:
+                time.sleep(1.5)
             elapsed, container_id = _create_then_run(client, project)
             times.append(elapsed)
             client.delete(f"/api/containers/{container_id}")
-    return {"samples_s": times, "summary": Summary.of(times).__dict__}
+    return {"samples_s": times, "summary": Summary.of(times).__dict__, "warm_pool_size": pool}
 
 
 def bwrap_floor(samples: int) -> dict[str, Any]:
