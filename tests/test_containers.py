@@ -282,3 +282,30 @@ async def test_an_image_without_python3_fails_with_a_clear_reason(sandbox_api_fa
         await api.client.delete(f"/api/containers/{container['id']}", headers=user.headers)
     finally:
         subprocess.run(["docker", "rmi", "--force", tag], capture_output=True)
+
+
+async def test_listening_ports_are_reported_even_on_loopback_only(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    async with sandbox_api.services.events.subscribe(cid) as queue:
+        link = await sandbox_api.services.containers.agent(user.id, cid)
+        server = await link.call(
+            "proc.spawn",
+            command="python3",
+            args=["-m", "http.server", "--bind", "127.0.0.1", "8123"],
+        )
+        async with asyncio.timeout(20):
+            event = await queue.get()
+            while event.get("type") != "port":
+                event = await queue.get()
+        assert (event["port"], event["state"], event["address"]) == (8123, "open", "127.0.0.1")
+        described = (
+            await sandbox_api.client.get(f"/api/containers/{cid}", headers=user.headers)
+        ).json()
+        assert described["ports"] == [8123]
+        await link.call("proc.kill", proc_id=server["proc_id"])
+        async with asyncio.timeout(20):
+            event = await queue.get()
+            while event.get("type") != "port":
+                event = await queue.get()
+        assert (event["port"], event["state"]) == (8123, "close")
