@@ -86,6 +86,13 @@ def test_kill_9_then_restart_readopts_sandboxes_and_cleans_stale_ones(tmp_path: 
         assert container["status_reason"] == "re-adopted after a gateway restart"
         out, code = run(client, kept["id"], "cat keep.txt; pgrep -c -x sleep")
         assert (out, code) == ("precious\n1\n", 0)
+        # No descriptor of the gateway (its database, its log, its sockets) leaked inside.
+        leaked, _ = run(
+            client,
+            kept["id"],
+            "ls -l /proc/[0-9]*/fd/ 2>/dev/null | grep -E 'cloudcontainer.db|serve-|TCP' || true",
+        )
+        assert leaked == ""
         assert [c["id"] for c in client.get("/api/containers").json()] == [kept["id"]]
         deadline = time.monotonic() + 10
         while sandbox_processes(orphan["id"]) and time.monotonic() < deadline:

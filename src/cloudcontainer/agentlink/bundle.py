@@ -26,7 +26,10 @@ __all__ = ["build_agent_zipapp"]
 # Memory per sandbox matters (hundreds per host): the agent serves plain ws:// only, so it
 # keeps OpenSSL out entirely: no `ssl`, and hashlib falls back to its built-in SHA-1 (all the
 # WebSocket handshake needs) instead of loading libcrypto through `_hashlib`. ~5 MiB of RSS.
-MAIN = b"""import sys
+# It also closes every descriptor it did not open: whatever the runtime's spawner let leak
+# (uvloop does not close them) must not reach the sandbox's processes.
+MAIN = b"""import os, sys
+os.closerange(3, 65536)
 sys.modules.setdefault("ssl", None)
 sys.modules.setdefault("_hashlib", None)
 from cloudcontainer.agent.main import main

@@ -172,13 +172,20 @@ class LocalRuntime:
     async def _start_slirp(self, netns: str) -> tuple[int, int]:
         ready_read, ready_write = os.pipe()
         try:
+            # `sh` starts it in the background in a session of its own and says its pid: the
+            # sandbox's network never is the gateway's child and outlives it.
             process = await asyncio.create_subprocess_exec(
-                "setsid", "--fork", "slirp4netns", "--configure", "--mtu=65520",
-                "--disable-host-loopback", "--enable-seccomp", f"--ready-fd={ready_write}",
+                "sh", "-c", 'setsid "$@" </dev/null >/dev/null 2>&1 & echo $!', "sh",
+                "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
+                "--enable-seccomp", f"--ready-fd={ready_write}",
                 "--netns-type=path", str(NETNS_DIR / netns), "tap0",
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.DEVNULL, pass_fds=(ready_write,),
             )  # fmt: skip
+            # One line, not EOF: an event loop that lets children inherit every descriptor
+            # (uvloop) leaves the pipe's write end open in slirp4netns too.
+            assert process.stdout is not None
+            output = await process.stdout.readline()
             await process.wait()
         finally:
             os.close(ready_write)
@@ -188,7 +195,7 @@ class LocalRuntime:
             os.close(ready_read)
         if ready != b"1":
             raise SandboxStartFailed("slirp4netns did not start (no network for the sandbox)")
-        pid = await _pid_of("slirp4netns", str(NETNS_DIR / netns))
+        pid = int(output)
         return pid, _start_time(pid) or 0
 
     def _bwrap_argv(self, spec: SandboxSpec) -> list[str]:
@@ -344,25 +351,6 @@ class LocalRuntime:
 
     async def aclose(self) -> None:
         """Nothing to release: sandboxes outlive the gateway by design."""
-
-
-async def _pid_of(*argv_parts: str) -> int:
-    """The pid of the process whose command line contains all of `argv_parts`.
-
-    Sandbox processes are started through `setsid --fork`, so they are never the gateway's
-    children (nothing to reap, nothing that dies with it); this finds them afterwards."""
-    wanted = [part.encode() for part in argv_parts]
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as handle:
-                argv = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if all(part in argv for part in wanted):
-            return int(name)
-    raise SandboxStartFailed(f"{argv_parts[0]} exited at once")
 
 
 def _link_agent(source: Path, target: Path) -> None:

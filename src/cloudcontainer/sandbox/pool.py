@@ -26,6 +26,8 @@ __all__ = ["WarmPool", "WarmSandbox"]
 log = structlog.get_logger(__name__)
 
 CONNECT_SECONDS = 30.0
+# A claim's request should not pay for starting its replacement (forks block the loop briefly).
+REFILL_DELAY_SECONDS = 0.25
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,13 +54,12 @@ class WarmPool:
         """A ready sandbox with exactly these resources, or None (then start one cold)."""
         if (cpu, memory_mb, pids) != (self.cpu, self.memory_mb, self.pids):
             return None
+        asyncio.get_running_loop().call_later(REFILL_DELAY_SECONDS, self.refill)
         while self._ready:
             warm = self._ready.pop(0)
-            self.refill()
             if not warm.link.closed.is_set():
                 return warm
             self._tasks.spawn(self.runtime.destroy(warm.spec.sandbox_id), name="pool-discard")
-        self.refill()
         return None
 
     def refill(self) -> None:
