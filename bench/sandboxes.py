@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -42,7 +41,8 @@ def create_to_first_command(runtime: str, samples: int, pool: int) -> dict[str, 
     """With a warm pool, samples are spaced so the pool has refilled (a user does not create
     containers back to back); with pool 0 every sample is a cold start."""
     settings = {"runtime": runtime, "max_containers_per_user": "1000", "warm_pool_size": str(pool)}
-    with running_server(**settings) as client:
+    with running_server(**settings) as server:
+        client = server.client
         project = client.post("/api/projects", json={"name": "bench"}).json()["id"]
         _, first = _create_then_run(client, project)  # the first start fills caches
         client.delete(f"/api/containers/{first}")
@@ -80,18 +80,16 @@ def _time_command(argv: list[str], samples: int) -> dict[str, Any]:
     return {"samples_s": times, "summary": Summary.of(times).__dict__}
 
 
-def _agent_memory() -> list[dict[str, int]]:
-    """RSS/PSS/private memory (KiB) of every running sandbox agent on this host."""
+def _agent_memory(data_dir: Path) -> list[dict[str, int]]:
+    """RSS/PSS/private memory (KiB) of the agent of every local sandbox under `data_dir`: the
+    only child of the sandbox's pid-namespace init, whose pid state.json records."""
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for state in sorted((data_dir / "sandboxes").glob("*/state.json")):
+        init = json.loads(state.read_text())["init"]
         try:
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes()
-            if b"agent.pyz" not in cmdline or b"bwrap" in cmdline or b"python3" not in cmdline:
-                continue
-            rollup = Path(f"/proc/{name}/smaps_rollup").read_text()
-        except OSError:
+            children = Path(f"/proc/{init}/task/{init}/children").read_text().split()
+            rollup = Path(f"/proc/{children[0]}/smaps_rollup").read_text()
+        except (OSError, IndexError):
             continue
         fields = {line.split(":")[0]: int(line.split()[1]) for line in rollup.splitlines()[1:]}
         found.append({
@@ -108,7 +106,8 @@ def idle_density(count: int) -> dict[str, Any]:
         "max_cpu_per_user": str(count), "max_memory_mb_per_user": str(count * 256),
         "container_start_concurrency": "8",
     }  # fmt: skip
-    with running_server(**settings) as client:
+    with running_server(**settings) as server:
+        client = server.client
         project = client.post("/api/projects", json={"name": "density"}).json()["id"]
         body = {
             "project_id": project,
@@ -126,7 +125,7 @@ def idle_density(count: int) -> dict[str, Any]:
         start_all = time.perf_counter() - started
         running = [c for c in containers if c.get("status") == "running"]
         time.sleep(5)  # idle
-        memory = _agent_memory()
+        memory = _agent_memory(server.data_dir)
         alive = sum(
             1
             for c in running

@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -24,9 +25,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Server:
+    client: httpx.Client  # logged in as a fresh user
+    data_dir: Path
+
+
 @contextmanager
-def running_server(**settings: str) -> Iterator[httpx.Client]:
-    """Start a server on a fresh data dir; yield a client logged in as a fresh user."""
+def running_server(**settings: str) -> Iterator[Server]:
+    """Start a server on a fresh data dir, with a user logged in."""
     with tempfile.TemporaryDirectory(prefix="cc-bench-") as tmp:
         data = Path(tmp) / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDCONTAINER_")}
@@ -50,7 +57,7 @@ def running_server(**settings: str) -> Iterator[httpx.Client]:
                 "/api/auth/login", json={"email": "bench@example.com", "password": PASSWORD}
             ).json()
             client.headers["Authorization"] = f"Bearer {tokens['access_token']}"
-            yield client
+            yield Server(client, data)
             client.close()
         finally:
             server.send_signal(signal.SIGTERM)

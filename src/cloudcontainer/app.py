@@ -48,7 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=ERROR_RESPONSES,
         docs_url=None,
         redoc_url=None,
-        root_path=settings.root_path,
     )
     install_error_handlers(app)
     install_docs(app)

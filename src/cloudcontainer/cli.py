@@ -113,6 +113,7 @@ def serve(
         uvicorn.Config(
             create_app(settings), host=settings.host, port=settings.port, log_config=None,
             lifespan="on", server_header=False, timeout_graceful_shutdown=10,
+            root_path=settings.root_path,
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=settings.trusted_proxies or None,
         )

@@ -107,7 +107,7 @@ class AgentClient:
                         f"agent at {self.address.describe()} did not answer within {timeout}s"
                     ) from exc
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.1)
+                delay = min(delay * 2, 0.02)  # an agent boots in ~0.1 s: poll finely
         self._reader = asyncio.create_task(self._read(), name="agent-reader")
         self.hello = await self.call("hello")
         return self.hello

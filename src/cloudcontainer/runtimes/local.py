@@ -146,12 +146,21 @@ class LocalRuntime:
             (base / "run" / "agent.sock").unlink()
         netns = self._netns(spec.sandbox_id)
         await self._run("ip", "netns", "add", netns)
-        try:
-            slirp = await self._start_slirp(netns)
-            init = await self._start_bwrap(spec, base, netns)
-        except BaseException:
+        # Network and sandbox start side by side: neither waits for the other.
+        started = await asyncio.gather(
+            self._start_slirp(netns), self._start_bwrap(spec, base, netns), return_exceptions=True
+        )
+        failure = next((half for half in started if isinstance(half, BaseException)), None)
+        if failure is not None:
+            for half in started:
+                if not isinstance(half, BaseException):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(half[0], signal.SIGKILL)
             await self.stop(spec.sandbox_id)
-            raise
+            raise failure
+        slirp, init = started
+        assert not isinstance(slirp, BaseException)
+        assert not isinstance(init, BaseException)
         pids = _Pids(init[0], init[1], slirp[0], slirp[1])
         (base / "state.json").write_text(json.dumps(dataclasses.asdict(pids)))
         return SandboxInfo(spec.sandbox_id, SandboxState.RUNNING, self._address(spec.sandbox_id))
