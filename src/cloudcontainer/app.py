@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cloudcontainer import __version__
-from cloudcontainer.api import auth, containers, ops, projects
+from cloudcontainer.api import auth, containers, files, ops, projects
 from cloudcontainer.api.bodylimit import BodySizeLimitMiddleware
 from cloudcontainer.api.docs import install_docs
 from cloudcontainer.api.errors import ERROR_RESPONSES, install_error_handlers
@@ -51,9 +51,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_docs(app)
-    for module in (ops, auth, projects, containers):
+    for module in (ops, auth, projects, containers, files):
         app.include_router(module.router)
-    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        max_file_bytes=settings.max_file_bytes,
+    )
     app.add_middleware(NulInUrlMiddleware)
     if settings.cors_origins:
         app.add_middleware(

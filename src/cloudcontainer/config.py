@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         1_048_576, ge=1_024, description="Largest request body accepted (413 above)."
     )
+    max_file_bytes: int = Field(
+        50 * 1_048_576,
+        ge=1_024,
+        description="Largest file upload through the file API (413 above).",
+    )
     cors_origins: list[str] = Field(default_factory=list)
 
     # Sandboxes

@@ -9,9 +9,11 @@ Every error a client can see is a `CloudContainerError` carrying an HTTP status 
     ├── Forbidden                      403 forbidden (email_not_verified, ...)
     ├── NotFound                       404 not_found  (also for other users' resources)
     ├── Conflict                       409 conflict
+    ├── PreconditionFailed             412 precondition_failed (etag_mismatch)
     ├── PayloadTooLarge                413 payload_too_large
     ├── ValidationFailed               422 validation_error
     ├── TooManyRequests                429 too_many_requests (carries retry_after)
+    ├── InsufficientStorage            507 insufficient_storage (no_space, quota_exceeded)
     └── Unavailable                    503 unavailable
 
 Lower layers (SQLAlchemy, SMTP, OS) raise their own exceptions; the boundary that calls them maps
@@ -27,8 +29,10 @@ __all__ = [
     "CloudContainerError",
     "Conflict",
     "Forbidden",
+    "InsufficientStorage",
     "NotFound",
     "PayloadTooLarge",
+    "PreconditionFailed",
     "TooManyRequests",
     "Unauthorized",
     "Unavailable",
@@ -82,6 +86,11 @@ class Conflict(CloudContainerError):
     default_code = "conflict"
 
 
+class PreconditionFailed(CloudContainerError):
+    status_code = 412
+    default_code = "precondition_failed"
+
+
 class PayloadTooLarge(CloudContainerError):
     status_code = 413
     default_code = "payload_too_large"
@@ -99,6 +108,11 @@ class TooManyRequests(CloudContainerError):
     def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class InsufficientStorage(CloudContainerError):
+    status_code = 507
+    default_code = "insufficient_storage"
 
 
 class Unavailable(CloudContainerError):

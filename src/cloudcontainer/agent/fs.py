@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 import posixpath
 import stat
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
@@ -66,9 +67,17 @@ class Files:
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(21, "Is a directory", absolute)
             data = handle.read()
-        return {"data": base64.b64encode(data).decode("ascii"), **self.entry(absolute, st)}
+        return {
+            "data": base64.b64encode(data).decode("ascii"),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            **self.entry(absolute, st),
+        }
 
-    def write(self, path: Any, data: Any, mkdirs: bool = False) -> Dict[str, Any]:
+    def write(self, path: Any, data: Any, mkdirs: bool = False,
+              expect_sha256: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
+        """Replace the file's bytes. With `expect_sha256` ("" for: must not exist), refuse
+        with ETAGMISMATCH unless the current content has that hash: a compare-and-swap, atomic
+        because the agent runs one file operation at a time."""
         absolute = self.resolve(path)
         if absolute == self.root:
             raise IsADirectoryError(21, "Is a directory", absolute)
@@ -76,6 +85,8 @@ class Files:
             content = base64.b64decode(data, validate=True)
         except (ValueError, TypeError) as exc:
             raise AgentError("EINVAL", "data is not valid base64") from exc
+        if expect_sha256 is not None and _sha256_of(absolute) != expect_sha256:
+            raise AgentError("ETAGMISMATCH", "the file changed since it was read: '%s'" % absolute)
         parent = posixpath.dirname(absolute)
         if mkdirs:
             os.makedirs(parent, exist_ok=True)
@@ -94,7 +105,10 @@ class Files:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        return self.entry(absolute, os.stat(absolute))
+        return {
+            "sha256": hashlib.sha256(content).hexdigest(),
+            **self.entry(absolute, os.stat(absolute)),
+        }
 
     def listdir(self, path: Any, recursive: bool = False) -> List[Dict[str, Any]]:
         absolute = self.resolve(path)
@@ -187,6 +201,17 @@ def _remove_tree(path: str) -> None:
     os.rmdir(path)
 
 
+def _sha256_of(path: str) -> str:
+    """The file's SHA-256, or "" when there is no file."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except FileNotFoundError:
+        return ""
+    except IsADirectoryError:
+        raise IsADirectoryError(21, "Is a directory", path) from None
+
+
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -200,7 +225,9 @@ def register(registry: Registry, files: Files) -> None:
         return files.read(args["path"])
 
     async def write(session: Session, args: Dict[str, Any]) -> Any:
-        return files.write(args["path"], args["data"], bool(args.get("mkdirs", False)))
+        return files.write(
+            args["path"], args["data"], bool(args.get("mkdirs", False)), args.get("expect_sha256")
+        )
 
     async def listdir(session: Session, args: Dict[str, Any]) -> Any:
         return files.listdir(args.get("path", "/"), bool(args.get("recursive", False)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -10,20 +12,24 @@ from cloudcontainer.api.errors import error_response
 __all__ = ["BodySizeLimitMiddleware"]
 
 TOO_LARGE = "The request body is larger than this server accepts."
+_FILE_ROUTE = re.compile(r"^/api/containers/[^/]+/files(/|$)")
 
 
 class BodySizeLimitMiddleware:
     """Answers 413 at once for a too-large `Content-Length`; counts streamed bodies as they come."""
 
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_file_bytes: int) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
+        self.max_file_bytes = max_file_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_body_bytes
+        # File uploads carry whole files; every other body is a small JSON document.
+        is_file = _FILE_ROUTE.match(scope["path"]) is not None
+        limit = self.max_file_bytes if is_file else self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             status, code = (

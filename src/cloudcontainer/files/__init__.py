@@ -1,0 +1,1 @@
+"""The file API: workspace files through the agent, with HTTP semantics (ETags, MIME types)."""

@@ -1,0 +1,152 @@
+"""Workspace files of a container, through its agent. The gateway never opens workspace paths
+itself, so a symlink made inside a sandbox resolves inside that sandbox only."""
+
+from __future__ import annotations
+
+import base64
+import mimetypes
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.agentlink.errors import AgentOpError
+from cloudcontainer.errors import (
+    BadRequest,
+    CloudContainerError,
+    Conflict,
+    Forbidden,
+    InsufficientStorage,
+    NotFound,
+    PreconditionFailed,
+)
+from cloudcontainer.runtimes.base import WORKSPACE
+from cloudcontainer.sandbox.service import ContainerService
+
+__all__ = ["FileContent", "FileService", "etag_of", "mime_of", "workdir_path"]
+
+_ERRORS: dict[str, tuple[type[CloudContainerError], str]] = {
+    "ENOENT": (NotFound, "file_not_found"),
+    "EISDIR": (Conflict, "is_a_directory"),
+    "ENOTDIR": (Conflict, "not_a_directory"),
+    "EEXIST": (Conflict, "already_exists"),
+    "ENOTEMPTY": (Conflict, "directory_not_empty"),
+    "ETAGMISMATCH": (PreconditionFailed, "etag_mismatch"),
+    "EINVAL": (BadRequest, "invalid_request"),
+    "ENAMETOOLONG": (BadRequest, "path_too_long"),
+    "EPERM": (Forbidden, "operation_not_permitted"),
+    "EACCES": (Forbidden, "permission_denied"),
+    "ENOSPC": (InsufficientStorage, "no_space"),
+    "EDQUOT": (InsufficientStorage, "quota_exceeded"),
+}
+
+
+@contextmanager
+def agent_errors() -> Iterator[None]:
+    """Map the agent's errno codes to API errors (its Node-style message is kept)."""
+    try:
+        yield
+    except AgentOpError as exc:
+        error_class, code = _ERRORS.get(exc.errno, (BadRequest, exc.errno.lower()))
+        raise error_class(exc.message.replace(WORKSPACE, "") or exc.errno, code=code) from exc
+
+
+def workdir_path(absolute: str) -> str:
+    """`/home/project/src/a.ts` → `/src/a.ts` (paths in answers are workdir-rooted)."""
+    if absolute == WORKSPACE:
+        return "/"
+    return absolute[len(WORKSPACE) :] if absolute.startswith(WORKSPACE + "/") else absolute
+
+
+def etag_of(sha256: str) -> str:
+    return f'"{sha256}"'
+
+
+def mime_of(path: str, data: bytes) -> str:
+    """By extension first; otherwise text when the bytes are UTF-8, else binary."""
+    guessed, _ = mimetypes.guess_type(path, strict=False)
+    if guessed:
+        return f"{guessed}; charset=utf-8" if guessed.startswith("text/") else guessed
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return "application/octet-stream"
+    return "text/plain; charset=utf-8"
+
+
+@dataclass(frozen=True, slots=True)
+class FileContent:
+    path: str
+    data: bytes
+    sha256: str
+    size: int
+    mtime: float
+
+
+def _entry(raw: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "path": workdir_path(raw["path"]), "name": raw["name"], "type": raw["type"],
+        "size": raw["size"], "mtime": raw["mtime"], "mode": raw["mode"],
+    }  # fmt: skip
+
+
+class FileService:
+    def __init__(self, containers: ContainerService) -> None:
+        self._containers = containers
+
+    async def _agent(self, owner_id: str, container_id: str) -> AgentClient:
+        return await self._containers.agent(owner_id, container_id)
+
+    async def list(
+        self, owner_id: str, container_id: str, path: str, recursive: bool
+    ) -> list[dict[str, Any]]:
+        agent = await self._agent(owner_id, container_id)
+        with agent_errors():
+            entries = await agent.call("fs.list", path=path, recursive=recursive)
+        return [_entry(entry) for entry in entries]
+
+    async def read(self, owner_id: str, container_id: str, path: str) -> FileContent:
+        agent = await self._agent(owner_id, container_id)
+        with agent_errors():
+            raw = await agent.call("fs.read", path=path)
+        return FileContent(
+            path=workdir_path(raw["path"]), data=base64.b64decode(raw["data"]),
+            sha256=raw["sha256"], size=raw["size"], mtime=raw["mtime"],
+        )  # fmt: skip
+
+    async def write(
+        self, owner_id: str, container_id: str, path: str, data: bytes, *,
+        mkdirs: bool = False, expect_sha256: str | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Write atomically; with `expect_sha256` only if the file still has that content."""
+        agent = await self._agent(owner_id, container_id)
+        args: dict[str, Any] = {
+            "path": path,
+            "data": base64.b64encode(data).decode(),
+            "mkdirs": mkdirs,
+        }
+        if expect_sha256 is not None:
+            args["expect_sha256"] = expect_sha256
+        with agent_errors():
+            raw = await agent.call("fs.write", **args)
+        return {**_entry(raw), "etag": etag_of(raw["sha256"])}
+
+    async def mkdir(
+        self, owner_id: str, container_id: str, path: str, recursive: bool
+    ) -> dict[str, Any]:
+        agent = await self._agent(owner_id, container_id)
+        with agent_errors():
+            return _entry(await agent.call("fs.mkdir", path=path, recursive=recursive))
+
+    async def delete(self, owner_id: str, container_id: str, path: str, recursive: bool) -> None:
+        agent = await self._agent(owner_id, container_id)
+        with agent_errors():
+            await agent.call("fs.remove", path=path, recursive=recursive)
+
+    async def move(
+        self, owner_id: str, container_id: str, source: str, target: str
+    ) -> dict[str, Any]:
+        agent = await self._agent(owner_id, container_id)
+        with agent_errors():
+            return _entry(await agent.call("fs.rename", source=source, target=target))
