@@ -1,0 +1,87 @@
+"""P3: file save through the API; P4: mixed file operations per second (local runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from typing import Any
+
+import httpx
+
+from bench.server import running_server
+from bench.stats import Summary
+
+PAYLOAD = os.urandom(10 * 1024)
+
+
+def _container(client: httpx.Client) -> str:
+    project = client.post("/api/projects", json={"name": "files"}).json()["id"]
+    container = client.post("/api/containers?wait=true", json={"project_id": project}).json()
+    if container.get("status") != "running":
+        raise RuntimeError(f"container did not start: {container}")
+    return str(container["id"])
+
+
+def save_latency(samples: int) -> dict[str, Any]:
+    """PUT 10 KiB over a kept-alive HTTP connection, one at a time."""
+    with running_server(runtime="local") as server:
+        client = server.client
+        files = f"/api/containers/{_container(client)}/files"
+        for _ in range(20):  # warm the connection and the agent link
+            client.put(f"{files}/warm.bin", content=PAYLOAD)
+        times = []
+        for i in range(samples):
+            started = time.perf_counter()
+            response = client.put(f"{files}/save-{i % 10}.bin", content=PAYLOAD)
+            times.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                raise RuntimeError(response.text)
+    return {"samples_s": times, "summary": Summary.of(times).__dict__}
+
+
+def save_floor(samples: int) -> dict[str, Any]:
+    """The same bytes with write() + fsync-less rename() in a local directory."""
+    times = []
+    with tempfile.TemporaryDirectory() as directory:
+        for i in range(samples):
+            started = time.perf_counter()
+            tmp = os.path.join(directory, f".tmp-{i}")
+            with open(tmp, "wb") as handle:
+                handle.write(PAYLOAD)
+            os.rename(tmp, os.path.join(directory, f"save-{i % 10}.bin"))
+            times.append(time.perf_counter() - started)
+    return {"samples_s": times, "summary": Summary.of(times).__dict__}
+
+
+def mixed_throughput(seconds: float = 5.0, clients: int = 16) -> dict[str, Any]:
+    """Concurrent clients doing 3 reads for each write of small files, for `seconds`."""
+    with running_server(runtime="local") as server:
+        files = f"/api/containers/{_container(server.client)}/files"
+        token = server.client.headers["Authorization"]
+        base = str(server.client.base_url)
+        return asyncio.run(_mixed(base, token, files, seconds, clients))
+
+
+async def _mixed(base: str, token: str, files: str, seconds: float, clients: int) -> dict[str, Any]:
+    headers = {"Authorization": token}
+    counts = {"ops": 0, "errors": 0}
+    deadline = time.perf_counter() + seconds
+
+    async def worker(n: int) -> None:
+        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as client:
+            await client.put(f"{files}/mixed-{n}.txt", content=b"x" * 1024)
+            i = 0
+            while time.perf_counter() < deadline:
+                if i % 4 == 0:
+                    response = await client.put(f"{files}/mixed-{n}.txt", content=b"y" * 1024)
+                else:
+                    response = await client.get(f"{files}/mixed-{n}.txt")
+                counts["ops" if response.status_code == 200 else "errors"] += 1
+                i += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(clients)))
+    elapsed = time.perf_counter() - started
+    return {"ops_per_s": counts["ops"] / elapsed, "errors": counts["errors"], "clients": clients}
