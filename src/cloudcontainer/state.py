@@ -17,6 +17,7 @@ from cloudcontainer.auth.tokens import AccessTokenSigner
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Database, migrate
 from cloudcontainer.events import EventBus
+from cloudcontainer.files.service import FileService
 from cloudcontainer.observability.metrics import Metrics
 from cloudcontainer.projects.service import ProjectService
 from cloudcontainer.runtimes import load_runtime
@@ -42,6 +43,7 @@ class Services:
     events: EventBus
     runtime: Runtime
     containers: ContainerService
+    files: FileService
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -110,6 +112,7 @@ async def open_services(
             events=events,
             runtime=runtime,
             containers=containers,
+            files=FileService(containers),
         )
     finally:
         if supervisor is not None:

@@ -24,6 +24,7 @@ from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, Forbidden
 from cloudcontainer.sandbox.service import Resources, Status
 from cloudcontainer.sandbox.templates import TEMPLATES
+from cloudcontainer.state import Services
 
 router = APIRouter(prefix="/api/containers", tags=["containers"])
 
@@ -85,7 +86,7 @@ class ExecRequest(RequestModel):
     stdin: Annotated[str | None, Field(max_length=1_048_576)] = None
 
 
-async def _describe(services: Any, container: Container) -> ContainerOut:
+async def _describe(services: Services, container: Container) -> ContainerOut:
     link: AgentClient | None = services.containers.links.get(container.id)
     connected = link is not None and not link.closed.is_set()
     ports: list[int] = []
@@ -211,7 +212,7 @@ async def exec_command(
 
 
 async def _exec_lines(
-    services: Any, container_id: str, link: AgentClient, proc_id: int, body: ExecRequest
+    services: Services, container_id: str, link: AgentClient, proc_id: int, body: ExecRequest
 ) -> AsyncIterator[bytes]:
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     decoders = {
@@ -269,7 +270,7 @@ def _line(payload: dict[str, Any]) -> bytes:
 @router.websocket("/{container_id}/events")
 async def container_events(websocket: WebSocket, container_id: str, ticket: str = "") -> None:
     """Status changes, agent events (ports, process exits) and, later, file events, as JSON."""
-    services = websocket.app.state.services
+    services: Services = websocket.app.state.services
     try:
         principal = await services.credentials.redeem_ws_ticket(ticket)
         container = await services.containers.get(principal.user_id, container_id)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from fastapi.responses import JSONResponse
@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel
 from cloudcontainer.errors import PreconditionFailed, ValidationFailed
-from cloudcontainer.files.service import FileService, etag_of, mime_of
+from cloudcontainer.files.service import etag_of, mime_of
 
 router = APIRouter(prefix="/api/containers/{container_id}", tags=["files"])
 
@@ -66,10 +66,6 @@ class Move(RequestModel):
     to: FilePath
 
 
-def _files(services: Any) -> FileService:
-    return FileService(services.containers)
-
-
 def _expected(if_match: str | None) -> str | None:
     """The SHA-256 an If-Match header asks for (None: no condition)."""
     if if_match is None:
@@ -85,7 +81,7 @@ async def list_files(
     container_id: str, principal: CurrentPrincipal, services: ServicesDep,
     path: Annotated[str, Query(max_length=4096)] = "/", recursive: bool = False,
 ) -> Listing:  # fmt: skip
-    entries = await _files(services).list(principal.user_id, container_id, path, recursive)
+    entries = await services.files.list(principal.user_id, container_id, path, recursive)
     return Listing(path=path, entries=[Entry(**entry) for entry in entries])
 
 
@@ -98,7 +94,7 @@ async def read_file(
     format: Literal["raw", "json"] = "raw",
 ) -> Response:  # fmt: skip
     """The file's bytes (with its MIME type and ETag), or JSON with `?format=json`."""
-    content = await _files(services).read(principal.user_id, container_id, path)
+    content = await services.files.read(principal.user_id, container_id, path)
     mime = mime_of(content.path, content.data)
     etag = etag_of(content.sha256)
     if format == "json":
@@ -122,7 +118,7 @@ async def put_file(
 ) -> Written:  # fmt: skip
     """Replace the file with the raw request body, atomically."""
     data = await request.body()
-    written = await _files(services).write(
+    written = await services.files.write(
         principal.user_id, container_id, path, data, mkdirs=mkdirs,
         expect_sha256=_expected(if_match),
     )  # fmt: skip
@@ -135,7 +131,7 @@ async def write_file(
     if_match: IfMatch = None,
 ) -> Written | Entry:  # fmt: skip
     """Create or replace a file from JSON (`content` as utf-8 or base64), or make a folder."""
-    files = _files(services)
+    files = services.files
     if body.type == "directory":
         return Entry(**await files.mkdir(principal.user_id, container_id, body.path, body.mkdirs))
     if body.encoding == "base64":
@@ -158,7 +154,7 @@ async def delete_file(
     recursive: bool = False,
 ) -> Response:  # fmt: skip
     """Delete a file, or a folder with `recursive=true`. The workspace root cannot go."""
-    await _files(services).delete(principal.user_id, container_id, path, recursive)
+    await services.files.delete(principal.user_id, container_id, path, recursive)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -167,5 +163,5 @@ async def move_file(
     container_id: str, body: Move, principal: CurrentPrincipal, services: ServicesDep
 ) -> Entry:
     """Rename or move; a folder cannot move into itself."""
-    moved = await _files(services).move(principal.user_id, container_id, body.from_, body.to)
+    moved = await services.files.move(principal.user_id, container_id, body.from_, body.to)
     return Entry(**moved)
