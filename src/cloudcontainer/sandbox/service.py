@@ -77,6 +77,7 @@ class ContainerService:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._start_slots = asyncio.Semaphore(settings.container_start_concurrency)
         self.links: dict[str, AgentClient] = {}
+        self._link_owners: dict[str, str] = {}  # container id → owner id, beside `links`
         self.pool = WarmPool(
             runtime=runtime, size=settings.warm_pool_size, tasks=tasks,
             spec_defaults=(settings.default_cpu, settings.default_memory_mb, settings.default_pids),
@@ -155,7 +156,7 @@ class ContainerService:
                 await self.runtime.stop(container.id)
                 await self.fail(container.id, f"the sandbox could not start: {exc.message}")
                 return
-            self._adopt(container.id, link)
+            self._adopt(container, link)
             await self._update(container.id, started_at=utcnow())
             await self._set_status(container.id, Status.RUNNING)
 
@@ -236,6 +237,16 @@ class ContainerService:
 
     async def agent(self, owner_id: str, container_id: str) -> AgentClient:
         """The live agent link of a container, starting a stopped one transparently."""
+        link = self.links.get(container_id)
+        if (
+            link is not None
+            and not link.closed.is_set()
+            and self._link_owners.get(container_id) == owner_id
+        ):
+            # The hot path of every file and process call: a running container whose owner
+            # is known needs no database round trip (owners never change).
+            self.touch(container_id)
+            return link
         container = await self.get(owner_id, container_id)
         self.touch(container_id)
         link = self.links.get(container_id)
@@ -292,7 +303,7 @@ class ContainerService:
             except OSError as exc:
                 await self.fail(container_id, f"the sandbox could not start: {exc}")
                 return
-            self._adopt(container_id, link)
+            self._adopt(container, link)
             await self._update(container_id, started_at=utcnow(), dev_servers=[])
             await self._set_status(container_id, Status.RUNNING)
             log.info("container running", container_id=container_id)
@@ -322,9 +333,11 @@ class ContainerService:
             raise
         return link
 
-    def _adopt(self, container_id: str, link: AgentClient) -> None:
+    def _adopt(self, container: Container, link: AgentClient) -> None:
         """Keep the link and relay the agent's events to the container's event stream."""
+        container_id = container.id
         self.links[container_id] = link
+        self._link_owners[container_id] = container.owner_id
         self.touch(container_id)
 
         def relay(name: str, data: dict[str, Any]) -> None:
@@ -346,7 +359,7 @@ class ContainerService:
             await link.connect(timeout=5)
         except AgentUnavailable:
             return False
-        self._adopt(container.id, link)
+        self._adopt(container, link)
         await self._set_status(container.id, Status.RUNNING, "re-adopted after a gateway restart")
         return True
 
@@ -358,6 +371,7 @@ class ContainerService:
         async with self._locks[container_id]:
             await self._set_status(container_id, Status.STOPPING, reason)
             link = self.links.pop(container_id, None)
+            self._link_owners.pop(container_id, None)
             servers: list[dict[str, Any]] = []
             if link is not None:
                 if keep_dev_servers:
