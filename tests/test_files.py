@@ -175,6 +175,22 @@ async def test_move_renames_and_refuses_moving_a_folder_into_itself(sandbox_api:
         pytest.param(
             "POST",
             None,
+            {"json": {"path": "x", "content": "äöü", "encoding": "base64"}},
+            422,
+            "invalid_base64",
+            id="non-ascii-base64",
+        ),
+        pytest.param(
+            "POST",
+            None,
+            {"json": {"path": "a\u0000b", "content": "x"}},
+            422,
+            "validation_error",
+            id="nul-in-path",
+        ),
+        pytest.param(
+            "POST",
+            None,
             {"json": {"path": "x", "content": "a", "extra": 1}},
             422,
             "validation_error",

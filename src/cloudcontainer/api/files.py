@@ -21,7 +21,9 @@ from cloudcontainer.files.service import etag_of, mime_of
 
 router = APIRouter(prefix="/api/containers/{container_id}", tags=["files"])
 
-FilePath = Annotated[str, Field(min_length=1, max_length=4096)]
+# No resource is named with a NUL; saying so in the schema lets clients (and fuzzers) know.
+NO_NUL = r"^[^\x00]*$"
+FilePath = Annotated[str, Field(min_length=1, max_length=4096, pattern=NO_NUL)]
 IfMatch = Annotated[str | None, Header(description="Write only while the file has this ETag.")]
 
 
@@ -79,7 +81,7 @@ def _expected(if_match: str | None) -> str | None:
 @router.get("/files")
 async def list_files(
     container_id: str, principal: CurrentPrincipal, services: ServicesDep,
-    path: Annotated[str, Query(max_length=4096)] = "/", recursive: bool = False,
+    path: Annotated[str, Query(max_length=4096, pattern=NO_NUL)] = "/", recursive: bool = False,
 ) -> Listing:  # fmt: skip
     entries = await services.files.list(principal.user_id, container_id, path, recursive)
     return Listing(path=path, entries=[Entry(**entry) for entry in entries])
@@ -137,7 +139,7 @@ async def write_file(
     if body.encoding == "base64":
         try:
             data = base64.b64decode(body.content, validate=True)
-        except binascii.Error as exc:
+        except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII text
             raise ValidationFailed("content is not valid base64.", code="invalid_base64") from exc
     else:
         data = body.content.encode("utf-8", "surrogatepass")
