@@ -11,12 +11,13 @@ import binascii
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel
-from cloudcontainer.errors import PreconditionFailed, ValidationFailed
+from cloudcontainer.errors import ValidationFailed
 from cloudcontainer.files.service import etag_of, mime_of
 
 router = APIRouter(prefix="/api/containers/{container_id}", tags=["files"])
@@ -24,6 +25,7 @@ router = APIRouter(prefix="/api/containers/{container_id}", tags=["files"])
 # No resource is named with a NUL; saying so in the schema lets clients (and fuzzers) know.
 NO_NUL = r"^[^\x00]*$"
 FilePath = Annotated[str, Field(min_length=1, max_length=4096, pattern=NO_NUL)]
+UrlPath = Annotated[str, FastApiPath(pattern=NO_NUL)]
 IfMatch = Annotated[str | None, Header(description="Write only while the file has this ETag.")]
 
 
@@ -69,13 +71,9 @@ class Move(RequestModel):
 
 
 def _expected(if_match: str | None) -> str | None:
-    """The SHA-256 an If-Match header asks for (None: no condition)."""
-    if if_match is None:
-        return None
-    value = if_match.strip()
-    if value.startswith("W/"):
-        raise PreconditionFailed("Weak ETags cannot guard a write.", code="etag_mismatch")
-    return value.strip('"')
+    """The SHA-256 an If-Match header asks for (None: no condition). A weak or foreign tag
+    never equals a content hash, so the agent refuses the write with 412."""
+    return None if if_match is None else if_match.strip().strip('"')
 
 
 @router.get("/files")
@@ -92,7 +90,7 @@ async def list_files(
     responses={200: {"content": {"application/octet-stream": {}}, "description": "The bytes."}},
 )
 async def read_file(
-    container_id: str, path: str, principal: CurrentPrincipal, services: ServicesDep,
+    container_id: str, path: UrlPath, principal: CurrentPrincipal, services: ServicesDep,
     format: Literal["raw", "json"] = "raw",
 ) -> Response:  # fmt: skip
     """The file's bytes (with its MIME type and ETag), or JSON with `?format=json`."""
@@ -114,7 +112,7 @@ async def read_file(
 
 @router.put("/files/{path:path}")
 async def put_file(
-    container_id: str, path: str, request: Request, principal: CurrentPrincipal,
+    container_id: str, path: UrlPath, request: Request, principal: CurrentPrincipal,
     services: ServicesDep, mkdirs: bool = False,
     if_match: IfMatch = None,
 ) -> Written:  # fmt: skip
@@ -152,7 +150,7 @@ async def write_file(
 
 @router.delete("/files/{path:path}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_file(
-    container_id: str, path: str, principal: CurrentPrincipal, services: ServicesDep,
+    container_id: str, path: UrlPath, principal: CurrentPrincipal, services: ServicesDep,
     recursive: bool = False,
 ) -> Response:  # fmt: skip
     """Delete a file, or a folder with `recursive=true`. The workspace root cannot go."""
