@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from cloudcontainer.agent.procs import PROC_STDERR
-from cloudcontainer.agent.protocol import PROC_OUTPUT
+from cloudcontainer.agent.protocol import PROC_OUTPUT, PROC_STDERR
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
 from tests.agent.conftest import Events, RunningAgent, listen, until

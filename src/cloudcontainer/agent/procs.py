@@ -19,10 +19,9 @@ import termios
 import time
 from typing import Any, Dict, List, Optional, Set
 
-from cloudcontainer.agent.protocol import PROC_INPUT, PROC_OUTPUT, AgentError
+from cloudcontainer.agent.protocol import PROC_INPUT, PROC_OUTPUT, PROC_STDERR, AgentError
 from cloudcontainer.agent.server import Registry, Session
 
-PROC_STDERR = 5
 DEFAULT_SCROLLBACK = 256 * 1024
 MAX_EXITED_KEPT = 200
 EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024

@@ -21,6 +21,7 @@ PROC_OUTPUT = 1  # agent -> gateway: bytes a process wrote
 PROC_INPUT = 2  # gateway -> agent: bytes for a process's stdin / PTY
 TUNNEL_DATA = 3  # both ways: bytes of a TCP tunnel
 TUNNEL_EOF = 4  # both ways: the sender will send no more on this tunnel
+PROC_STDERR = 5  # agent -> gateway: stderr of a process without a PTY
 
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size

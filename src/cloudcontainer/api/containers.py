@@ -15,7 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.websockets import WebSocketDisconnect
 
-from cloudcontainer.agent.protocol import PROC_OUTPUT
+from cloudcontainer.agent.protocol import PROC_OUTPUT, PROC_STDERR
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
@@ -28,7 +28,6 @@ from cloudcontainer.state import Services
 
 router = APIRouter(prefix="/api/containers", tags=["containers"])
 
-PROC_STDERR = 5
 WS_POLICY_VIOLATION = 1008
 
 
