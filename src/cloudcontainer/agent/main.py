@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from cloudcontainer.agent import PROTOCOL_VERSION, __version__, fs, ports, procs, tunnel
+from cloudcontainer.agent import PROTOCOL_VERSION, __version__, fs, ports, procs, tunnel, watch
 from cloudcontainer.agent.server import Agent, Session
 
 SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
@@ -34,11 +34,15 @@ def build(
     table.bind(agent.broadcast)
     procs.register(agent.registry, table)
     agent.processes = table  # type: ignore[attr-defined]
-    watcher = ports.PortWatcher(agent.broadcast, table.live, exclude=[own_port] if own_port else [])
-    table.on_change = watcher.wake
-    ports.register(agent.registry, watcher)
+    ports_watcher = ports.PortWatcher(
+        agent.broadcast, table.live, exclude=[own_port] if own_port else []
+    )
+    table.on_change = ports_watcher.wake
+    ports.register(agent.registry, ports_watcher)
     tunnels = tunnel.Tunnels()
     tunnel.register(agent.registry, tunnels)
+    watcher = watch.Watcher(files.root)
+    watch.register(agent.registry, watcher)
     started = time.time()
 
     async def hello(session: Session, args: Dict[str, Any]) -> Any:
@@ -52,7 +56,8 @@ def build(
     async def ping(session: Session, args: Dict[str, Any]) -> Any:
         return {
             "time": time.time(), "cpu_seconds": table.cpu_seconds(), "live_procs": table.live(),
-            "rss_bytes": _rss_bytes(), "polling_ports": watcher.polling,
+            "rss_bytes": _rss_bytes(), "polling_ports": ports_watcher.polling,
+            "watch": watcher.stats(),
         }  # fmt: skip
 
     agent.registry.add("hello", hello)
@@ -65,6 +70,7 @@ def build(
 
     agent.on_session_closed.append(forget)
     agent.on_session_closed.append(tunnels.close_session)
+    agent.on_session_closed.append(watcher.forget_session)
     return agent
 
 
