@@ -5,10 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import uvicorn
+
 from tests.conftest import Api, TestUser
+from tests.support.net import free_port
 
 
 @dataclass
@@ -70,3 +75,29 @@ async def wait_for_status(
             if container.get("status") == wanted:
                 return container
             await asyncio.sleep(0.05)
+
+
+@asynccontextmanager
+async def live_server(api: Api) -> AsyncIterator[str]:
+    """Serve the test's app on a loopback port (for WebSockets, which the in-process
+    transport does not carry); yields its ws:// base URL. The app's lifespan already runs."""
+    port = free_port()
+    config = uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="off",
+                            log_level="warning", ws="websockets-sansio")  # fmt: skip
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(30):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield f"ws://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def events_socket_url(api: Api, user: TestUser, base: str, container_id: str) -> str:
+    response = await api.client.post("/api/auth/ws-ticket", headers=user.headers)
+    return f"{base}/api/containers/{container_id}/events?ticket={response.json()['ticket']}"

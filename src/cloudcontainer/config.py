@@ -99,6 +99,11 @@ class Settings(BaseSettings):
         ge=1_024,
         description="Largest file upload through the file API (413 above).",
     )
+    watch_max_pending_bytes: int = Field(
+        8 * 1024 * 1024, ge=65_536,
+        description="File-watch bytes that may wait for a slow event-stream client; past "
+        "this its watch pauses and resumes from the agent's journal once it caught up.",
+    )  # fmt: skip
     cors_origins: list[str] = Field(default_factory=list)
 
     # Sandboxes

@@ -8,11 +8,11 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, WebSocket, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from cloudcontainer.agent.protocol import PROC_OUTPUT, PROC_STDERR
@@ -22,6 +22,7 @@ from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel, WholeNumber
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, Forbidden
+from cloudcontainer.files.watch import WatchFeed, WatchRequest
 from cloudcontainer.sandbox.service import Resources, Status
 from cloudcontainer.sandbox.templates import TEMPLATES
 from cloudcontainer.state import Services
@@ -29,6 +30,7 @@ from cloudcontainer.state import Services
 router = APIRouter(prefix="/api/containers", tags=["containers"])
 
 WS_POLICY_VIOLATION = 1008
+Glob = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
 class ResourcesIn(RequestModel):
@@ -266,9 +268,30 @@ def _line(payload: dict[str, Any]) -> bytes:
     return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
 
 
+class WatchCommand(RequestModel):
+    """Watch files: PARITY.md watch semantics, globs applied in the sandbox."""
+
+    type: Literal["watch"]
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+    include: Annotated[list[Glob], Field(max_length=100)] = []
+    exclude: Annotated[list[Glob], Field(max_length=100)] = []
+    content: bool = True
+    since: Annotated[str | None, Field(max_length=64)] = None
+    initial: bool = False
+
+
+class UnwatchCommand(RequestModel):
+    type: Literal["unwatch"]
+    id: Annotated[str, Field(min_length=1, max_length=64)]
+
+
+EventCommand = TypeAdapter(Annotated[WatchCommand | UnwatchCommand, Field(discriminator="type")])
+
+
 @router.websocket("/{container_id}/events")
 async def container_events(websocket: WebSocket, container_id: str, ticket: str = "") -> None:
-    """Status changes, agent events (ports, process exits) and, later, file events, as JSON."""
+    """Status changes, agent events (ports, process exits) and file watches, as JSON frames.
+    The client sends `watch`/`unwatch` commands; see docs/api.md for the whole protocol."""
     services: Services = websocket.app.state.services
     try:
         principal = await services.credentials.redeem_ws_ticket(ticket)
@@ -276,33 +299,94 @@ async def container_events(websocket: WebSocket, container_id: str, ticket: str 
     except CloudContainerError:
         await websocket.close(code=WS_POLICY_VIOLATION)
         return
+    outbox: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue()
+    feed = WatchFeed(
+        services.containers, principal.user_id, container_id,
+        lambda message, size: outbox.put_nowait((message, size)),
+        max_pending_bytes=services.settings.watch_max_pending_bytes,
+    )  # fmt: skip
     async with services.events.subscribe(container_id) as queue:
         await websocket.accept()
-        await websocket.send_json({"type": "status", "status": container.status,
-                                   "reason": container.status_reason})  # fmt: skip
-        receiver = asyncio.ensure_future(_drain_client(websocket))
+        outbox.put_nowait(({"type": "status", "status": container.status,
+                            "reason": container.status_reason}, 0))  # fmt: skip
+        workers = [
+            asyncio.ensure_future(_send_events(websocket, outbox, feed)),
+            asyncio.ensure_future(_read_commands(websocket, feed, outbox)),
+            asyncio.ensure_future(_pump_bus(queue, feed, outbox)),
+        ]
         try:
-            while True:
-                getter = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait(
-                    {getter, receiver}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if receiver in done:
-                    getter.cancel()
-                    return
-                event = getter.result()
-                await websocket.send_json(event)
-                if event.get("type") == "status" and event.get("status") == Status.DELETED:
-                    await websocket.close(code=1000)
-                    return
-        except WebSocketDisconnect:
-            return
+            await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            receiver.cancel()
+            for worker in workers:
+                worker.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            await feed.close()
 
 
-async def _drain_client(websocket: WebSocket) -> None:
-    """Read (and ignore) what the client sends, to notice when it goes away."""
-    with contextlib.suppress(WebSocketDisconnect):
+async def _send_events(
+    websocket: WebSocket, outbox: asyncio.Queue[tuple[dict[str, Any], int]], feed: WatchFeed
+) -> None:
+    """The only writer of the socket: messages in the order they were queued."""
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
-            await websocket.receive_text()
+            message, size = await outbox.get()
+            await websocket.send_text(json.dumps(message, separators=(",", ":")))
+            if size:
+                feed.sent(size)
+            if message.get("type") == "status" and message.get("status") == Status.DELETED:
+                await websocket.close(code=1000)
+                return
+            if outbox.empty():
+                with contextlib.suppress(CloudContainerError, AgentUnavailable, AgentOpError):
+                    await feed.caught_up()
+
+
+async def _pump_bus(
+    queue: asyncio.Queue[dict[str, Any]], feed: WatchFeed,
+    outbox: asyncio.Queue[tuple[dict[str, Any], int]],
+) -> None:  # fmt: skip
+    """Container events to the client; a container running again gets the watches back."""
+    while True:
+        event = await queue.get()
+        outbox.put_nowait((event, 0))
+        if event.get("type") == "status" and event.get("status") == Status.RUNNING:
+            with contextlib.suppress(CloudContainerError, AgentUnavailable, AgentOpError):
+                await feed.relink()
+
+
+async def _read_commands(
+    websocket: WebSocket, feed: WatchFeed, outbox: asyncio.Queue[tuple[dict[str, Any], int]]
+) -> None:
+    """Client commands, answered in order; returns when the client goes away."""
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        outbox.put_nowait((await _command(feed, message.get("text")), 0))
+
+
+async def _command(feed: WatchFeed, text: str | None) -> dict[str, Any]:
+    if text is None:
+        return _command_error(None, "invalid_command", "Commands are JSON text frames.")
+    try:
+        command = EventCommand.validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        return _command_error(None, "invalid_command", f"{where}: {first['msg']}".lstrip(": "))
+    try:
+        if isinstance(command, WatchCommand):
+            request = WatchRequest(
+                id=command.id, include=command.include, exclude=command.exclude,
+                content=command.content, since=command.since, initial=command.initial,
+            )  # fmt: skip
+            return await feed.watch(request)
+        return await feed.unwatch(command.id)
+    except CloudContainerError as exc:
+        return _command_error(command.id, exc.code, exc.message)
+    except (AgentUnavailable, AgentOpError) as exc:
+        return _command_error(command.id, "agent_unavailable", str(exc))
+
+
+def _command_error(command_id: str | None, code: str, message: str) -> dict[str, Any]:
+    return {"type": "error", "id": command_id, "error": {"code": code, "message": message}}

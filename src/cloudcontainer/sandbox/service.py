@@ -44,6 +44,10 @@ AGENT_CONNECT_SECONDS = 30.0
 SETTLE_SECONDS = 120.0
 
 
+# Agent events meant for one subscriber (a file watch), not for every event-stream client.
+PRIVATE_EVENTS = frozenset({"fs.watch"})
+
+
 class Status(enum.StrEnum):
     CREATING = "creating"
     STARTING = "starting"
@@ -266,6 +270,13 @@ class ContainerService:
             )
         return link
 
+    def live_link(self, owner_id: str, container_id: str) -> AgentClient | None:
+        """The agent link of a running container of `owner_id`, without starting anything."""
+        link = self.links.get(container_id)
+        if link is None or link.closed.is_set():
+            return None
+        return link if self._link_owners.get(container_id) == owner_id else None
+
     async def idle_stop(self, container_id: str, reason: str) -> None:
         """Stop for inactivity: remember dev servers; the next access starts it again."""
         await self._update(container_id, desired=Status.STOPPED)
@@ -345,6 +356,8 @@ class ContainerService:
                 if self.links.get(container_id) is link:
                     self.events.publish(container_id, {"type": "agent", "state": "disconnected"})
                 return
+            if name in PRIVATE_EVENTS:
+                return  # addressed to one subscriber, which listens on the link itself
             self.events.publish(container_id, {"type": name, **data})
 
         link.on_event(relay)
