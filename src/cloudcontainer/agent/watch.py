@@ -111,6 +111,9 @@ class Watcher:
     ) -> Dict[str, Any]:  # fmt: skip
         """Start (or restart) a subscription. With `since`, replay what changed after that
         cursor first; with `initial`, report the current state first."""
+        # A re-subscription replaces the old one before the flush below: what is flushed now
+        # reaches it through the replay, after its cursor, never ahead of it.
+        self.subs.pop(sub_id, None)
         tracked_since = self._retain(path_filter)
         if self._inotify is None:
             self._start()
@@ -396,10 +399,14 @@ class Watcher:
             self._send(sub, records)
 
     def _send(self, sub: Subscription, records: Iterable[Record], resync: bool = False) -> None:
-        """Send the records this subscription wants, in messages of bounded size."""
+        """Send the records this subscription wants, in messages of bounded size. The last
+        message carries the current cursor; an earlier one the seq of its last record (none
+        for state reports), so a client that lost a later part resumes from where it is."""
         batch: List[Dict[str, Any]] = []
         size = 0
-        for _, kind, path, mtime, ino in records:
+        last_seq = 0
+        for seq, kind, path, mtime, ino in records:
+            last_seq = seq
             if not sub.filter.wants(path):
                 continue
             event: Dict[str, Any] = {"type": kind, "path": path, "mtime": mtime, "ino": ino}
@@ -410,13 +417,17 @@ class Watcher:
                     size += len(data)
             batch.append(event)
             if size >= MESSAGE_CONTENT_BYTES:
-                self._message(sub, batch, resync)
+                part_cursor = "%s:%d" % (self.epoch, last_seq) if last_seq else None
+                self._message(sub, batch, resync, part_cursor)
                 batch, size = [], 0
         if batch or resync:
-            self._message(sub, batch, resync)
+            self._message(sub, batch, resync, self.cursor)
 
-    def _message(self, sub: Subscription, events: List[Dict[str, Any]], resync: bool) -> None:
-        data: Dict[str, Any] = {"sub": sub.id, "cursor": self.cursor, "events": events}
+    def _message(
+        self, sub: Subscription, events: List[Dict[str, Any]], resync: bool,
+        cursor: Optional[str],
+    ) -> None:  # fmt: skip
+        data: Dict[str, Any] = {"sub": sub.id, "cursor": cursor, "events": events}
         if resync:
             data["resync"] = True
         sub.session.event("fs.watch", data)

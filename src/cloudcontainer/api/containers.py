@@ -302,7 +302,7 @@ async def container_events(websocket: WebSocket, container_id: str, ticket: str 
     outbox: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue()
     feed = WatchFeed(
         services.containers, principal.user_id, container_id,
-        lambda message, size: outbox.put_nowait((message, size)),
+        lambda message, size: outbox.put_nowait((message, size)), services.metrics,
         max_pending_bytes=services.settings.watch_max_pending_bytes,
     )  # fmt: skip
     async with services.events.subscribe(container_id) as queue:

@@ -24,6 +24,7 @@ from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.errors import BadRequest, CloudContainerError, Conflict
 from cloudcontainer.files.service import agent_errors
+from cloudcontainer.observability.metrics import Metrics
 from cloudcontainer.sandbox.service import ContainerService
 
 __all__ = ["WatchFeed", "WatchRequest"]
@@ -61,13 +62,15 @@ class WatchFeed:
 
     def __init__(
         self, containers: ContainerService, owner_id: str, container_id: str,
-        deliver: Callable[[Message, int], None], max_pending_bytes: int = 8 * 1024 * 1024,
+        deliver: Callable[[Message, int], None], metrics: Metrics,
+        max_pending_bytes: int = 8 * 1024 * 1024,
     ) -> None:  # fmt: skip
         self.containers = containers
         self.owner_id = owner_id
         self.container_id = container_id
         self.deliver = deliver
         self.max_pending_bytes = max_pending_bytes
+        self.metrics = metrics
         self._watches: dict[str, _Watch] = {}
         self._link: AgentClient | None = None  # listened to
         self._subscribed_on: AgentClient | None = None  # the watches live on this one
@@ -127,7 +130,10 @@ class WatchFeed:
                 return
             for watch in lagging:
                 watch.lagging = False
-                await self._subscribe(link, watch, watch.cursor, False)
+                self.metrics.watch_resumes.inc()
+                # No cursor yet: the initial state report was cut short; ask for it again.
+                initial = watch.cursor is None and watch.request.initial
+                await self._subscribe(link, watch, watch.cursor, initial)
 
     async def relink(self) -> None:
         """The container is running again, perhaps with a new agent: follow it."""
@@ -138,6 +144,7 @@ class WatchFeed:
             if link is None or link is self._subscribed_on:
                 return
             for watch in self._watches.values():
+                self.metrics.watch_resumes.inc()
                 await self._subscribe(link, watch, watch.cursor, False)
 
     # -- the agent side -------------------------------------------------------------------
@@ -172,7 +179,7 @@ class WatchFeed:
         with agent_errors():
             answer = await link.call("watch.subscribe", **args)
         self._subscribed_on = link
-        if watch.cursor is None or not answer.get("resync"):
+        if not watch.lagging:  # every batch of the answer reached the client's queue
             watch.cursor = answer["cursor"]
         return {"cursor": answer["cursor"], "resync": bool(answer.get("resync"))}
 
@@ -182,12 +189,16 @@ class WatchFeed:
         watch = self._by_agent_id(data.get("sub"))
         if watch is None or watch.lagging:
             return
-        size = sum(len(event.get("buffer", "")) + 120 for event in data["events"])
+        content = sum(len(event.get("buffer", "")) for event in data["events"])
+        size = content + 120 * len(data["events"])
         if self._pending_bytes + size > self.max_pending_bytes and self._pending_bytes > 0:
             watch.lagging = True  # resumed from watch.cursor once the client caught up
             return
-        watch.cursor = data["cursor"]
+        if data.get("cursor"):  # a part of a state report has none
+            watch.cursor = data["cursor"]
         self._pending_bytes += size
+        self.metrics.watch_events.inc(len(data["events"]))
+        self.metrics.watch_bytes.inc(content)
         message: Message = {"type": "fs", "watch": watch.request.id, "cursor": data["cursor"],
                             "events": data["events"]}  # fmt: skip
         if data.get("resync"):

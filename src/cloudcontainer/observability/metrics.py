@@ -28,3 +28,19 @@ class Metrics:
             "HTTP requests being answered now.",
             registry=self.registry,
         )
+        self.watch_events = Counter(
+            "cloudcontainer_watch_events_total",
+            "File-watch events handed to event-stream clients.",
+            registry=self.registry,
+        )
+        self.watch_bytes = Counter(
+            "cloudcontainer_watch_content_bytes_total",
+            "File content (base64) in file-watch events handed to clients.",
+            registry=self.registry,
+        )
+        self.watch_resumes = Counter(
+            "cloudcontainer_watch_resumes_total",
+            "Watches paused for a slow client or a replaced agent, then resumed from the "
+            "agent's journal.",
+            registry=self.registry,
+        )
