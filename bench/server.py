@@ -29,6 +29,7 @@ def free_port() -> int:
 class Server:
     client: httpx.Client  # logged in as a fresh user
     data_dir: Path
+    pid: int  # of the server process, to read its CPU time
 
 
 @contextmanager
@@ -57,7 +58,7 @@ def running_server(**settings: str) -> Iterator[Server]:
                 "/api/auth/login", json={"email": "bench@example.com", "password": PASSWORD}
             ).json()
             client.headers["Authorization"] = f"Bearer {tokens['access_token']}"
-            yield Server(client, data)
+            yield Server(client, data, server.pid)
             client.close()
         finally:
             server.send_signal(signal.SIGTERM)

@@ -25,11 +25,22 @@ run_deps() {
   command -v npm >/dev/null || need npm
 }
 
+# Every local sandbox runs as the same host user id, and each watched workspace holds one inotify
+# instance: the kernel's default of 128 per user would cap watched sandboxes at 128.
+inotify_limits() {
+  local current; current=$(cat /proc/sys/fs/inotify/max_user_instances 2>/dev/null || echo 0)
+  if [ "$current" -lt 8192 ] && [ "$(id -u)" -eq 0 ]; then
+    echo "fs.inotify.max_user_instances = 8192" > /etc/sysctl.d/60-cloudcontainer.conf
+    sysctl -q -w fs.inotify.max_user_instances=8192 \
+      && echo "Raised fs.inotify.max_user_instances to 8192 (/etc/sysctl.d/60-cloudcontainer.conf)"
+  fi
+}
+
 case "${1:-run}" in
-  run) run_deps ;;
+  run) run_deps; inotify_limits ;;
   image) image_deps ;;
   test)
-    run_deps
+    run_deps; inotify_limits
     need postgresql   # the suite runs on SQLite and on a private PostgreSQL cluster it starts
     image_deps        # the sandbox image is built once per session; the session starts dockerd
     ;;
