@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=300)
     email_token_ttl_seconds: int = Field(86_400, ge=60)
     ws_ticket_ttl_seconds: int = Field(60, ge=5, le=3_600)
+    auth_cache_seconds: float = Field(
+        2.0, ge=0, le=60,
+        description="How long a checked session or API key is trusted without asking the "
+        "database again (0: every request asks). Revocations through another gateway take "
+        "effect within this time; through this one, at once.",
+    )  # fmt: skip
     require_email_verification: bool = True
     allow_registration: bool = True
     argon2_time_cost: int = Field(3, ge=1, le=20)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import structlog
 
 from cloudcontainer.agentlink.bundle import build_agent_zipapp
-from cloudcontainer.auth.credentials import CredentialService
+from cloudcontainer.auth.credentials import CredentialService, PrincipalCache
 from cloudcontainer.auth.mail import mailer_from_settings
 from cloudcontainer.auth.passwords import PasswordHasher
 from cloudcontainer.auth.service import AccountService
@@ -92,6 +92,7 @@ async def open_services(
         if supervise and containers.runtime_problem is None:
             supervisor = Supervisor(containers)
             await supervisor.start()
+        principals = PrincipalCache(settings.auth_cache_seconds)
         yield Services(
             settings=settings,
             database=database,
@@ -104,9 +105,13 @@ async def open_services(
                 signer=signer,
                 mailer=mailer_from_settings(settings),
                 tasks=tasks,
+                principals=principals,
             ),
             credentials=CredentialService(
-                database=database, signer=signer, ticket_ttl_seconds=settings.ws_ticket_ttl_seconds
+                database=database,
+                signer=signer,
+                ticket_ttl_seconds=settings.ws_ticket_ttl_seconds,
+                cache=principals,
             ),
             projects=ProjectService(database),
             events=events,

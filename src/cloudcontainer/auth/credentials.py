@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 
@@ -12,7 +13,7 @@ from cloudcontainer.db import ApiKey, AuthSession, Database, User, WsTicket
 from cloudcontainer.db.types import new_id, utcnow
 from cloudcontainer.errors import NotFound, Unauthorized
 
-__all__ = ["CredentialService", "Principal"]
+__all__ = ["CredentialService", "Principal", "PrincipalCache"]
 
 # Refresh `api_keys.last_used_at` at most this often, so using a key is not a write per request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -31,17 +32,69 @@ class Principal:
         return self.user.id
 
 
+class PrincipalCache:
+    """Credentials checked against the database in the last `ttl` seconds, so a burst of API
+    calls (an editor saving, bolt writing a project) is not one query each. Revocations made
+    through this process apply at once (`forget`); one made by another gateway sharing the
+    database takes effect here within `ttl`. Signatures and expiry are checked every time."""
+
+    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
+        self._ttl = ttl_seconds
+        self._max = max_entries
+        self._entries: dict[str, tuple[float, Principal, datetime | None]] = {}
+
+    def get(self, key: str) -> tuple[Principal, datetime | None] | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] < time.monotonic():
+            del self._entries[key]
+            return None
+        return entry[1], entry[2]
+
+    def put(self, key: str, principal: Principal, expires_at: datetime | None = None) -> None:
+        if self._ttl <= 0:
+            return
+        if len(self._entries) >= self._max:
+            now = time.monotonic()
+            self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
+            while len(self._entries) >= self._max:
+                del self._entries[next(iter(self._entries))]  # the oldest
+        self._entries[key] = (time.monotonic() + self._ttl, principal, expires_at)
+
+    def forget(
+        self, *, user_id: str | None = None, session_id: str | None = None,
+        api_key_id: str | None = None,
+    ) -> None:  # fmt: skip
+        """Drop what a revocation ended: a session, an API key, or everything of a user."""
+        for key, (_, principal, _) in list(self._entries.items()):
+            if (
+                (user_id is not None and principal.user_id == user_id)
+                or (session_id is not None and principal.session_id == session_id)
+                or (api_key_id is not None and principal.api_key_id == api_key_id)
+            ):
+                del self._entries[key]
+
+
 class CredentialService:
-    def __init__(self, *, database: Database, signer: AccessTokenSigner, ticket_ttl_seconds: int):
+    def __init__(
+        self, *, database: Database, signer: AccessTokenSigner, ticket_ttl_seconds: int,
+        cache: PrincipalCache,
+    ) -> None:  # fmt: skip
         self._db = database
         self._signer = signer
         self._ticket_ttl = timedelta(seconds=ticket_ttl_seconds)
+        self.cache = cache
 
     async def authenticate(self, bearer: str) -> Principal:
         """Resolve a bearer credential (an access token or an API key) to its principal."""
         if bearer.startswith(API_KEY_PREFIX):
             return await self._authenticate_api_key(bearer)
         claims = self._signer.decode(bearer)
+        key = f"session:{claims.session_id}:{claims.user_id}"
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached[0]
         async with self._db.session() as session:
             user = await session.scalar(
                 select(User)
@@ -54,10 +107,18 @@ class CredentialService:
             )
         if user is None:
             raise Unauthorized("This session has ended.", code="session_revoked")
-        return Principal(user=user, session_id=claims.session_id)
+        principal = Principal(user=user, session_id=claims.session_id)
+        self.cache.put(key, principal)
+        return principal
 
     async def _authenticate_api_key(self, key: str) -> Principal:
         now = utcnow()
+        cache_key = "key:" + digest(key)
+        cached = self.cache.get(cache_key)
+        if cached is not None:
+            principal, expires_at = cached
+            if expires_at is None or expires_at > now:
+                return principal
         async with self._db.session() as session:
             row = (
                 await session.execute(
@@ -73,7 +134,9 @@ class CredentialService:
                 raise Unauthorized("The API key has expired.", code="api_key_expired")
             if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
                 api_key.last_used_at = now
-        return Principal(user=user, api_key_id=api_key.id)
+        principal = Principal(user=user, api_key_id=api_key.id)
+        self.cache.put(cache_key, principal, api_key.expires_at)
+        return principal
 
     # -- API keys -------------------------------------------------------------------------
 
@@ -113,6 +176,7 @@ class CredentialService:
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
+        self.cache.forget(api_key_id=key_id)
 
     # -- WebSocket tickets ----------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudcontainer.auth import emails
+from cloudcontainer.auth.credentials import PrincipalCache
 from cloudcontainer.auth.mail import Mailer, compose
 from cloudcontainer.auth.passwords import PasswordHasher
 from cloudcontainer.auth.throttle import SlidingWindow
@@ -51,8 +52,10 @@ class AccountService:
         signer: AccessTokenSigner,
         mailer: Mailer,
         tasks: TaskSet,
+        principals: PrincipalCache,
     ) -> None:
         self._settings = settings
+        self._principals = principals
         self._db = database
         self._hasher = hasher
         self._signer = signer
@@ -158,6 +161,7 @@ class AccountService:
                 )
                 .values(used_at=now)
             )
+        self._principals.forget(user_id=row.user_id)
         log.info("password reset", user_id=row.user_id)
 
     @property
@@ -306,3 +310,4 @@ class AccountService:
                 .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
                 .values(revoked_at=utcnow(), revoked_reason=reason)
             )
+        self._principals.forget(session_id=session_id)
