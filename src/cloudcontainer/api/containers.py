@@ -140,7 +140,8 @@ async def list_containers(
             "Listing every user's containers needs an administrator.", code="admin_required"
         )
     containers = await services.containers.list(None if all else principal.user_id)
-    return [await _describe(services, c) for c in containers]
+    # Each running container's agent is asked for its ports: all at once, not in turn.
+    return list(await asyncio.gather(*(_describe(services, c) for c in containers)))
 
 
 @router.get("/{container_id}")
