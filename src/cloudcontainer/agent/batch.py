@@ -141,7 +141,7 @@ class Batch:
     def apply(self, operation: Any) -> Any:
         if not isinstance(operation, dict):
             raise AgentError("EINVAL", "an operation must be an object")
-        kind = operation.get("op")
+        kind = str(operation.get("op"))
         handler = {
             "write": self.write, "mkdir": self.mkdir, "delete": self.delete, "move": self.move,
         }.get(kind)  # fmt: skip
