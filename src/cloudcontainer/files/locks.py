@@ -155,7 +155,8 @@ class LockService:
         return [lock for lock in locks if lock.expires_at > now]
 
     def _arm(self, lock: FileLock) -> None:
-        delay = max(0.0, (lock.expires_at - utcnow()).total_seconds())
+        # A little late rather than early: the loop's clock is not the wall clock.
+        delay = max(0.0, (lock.expires_at - utcnow()).total_seconds()) + 0.05
         loop = asyncio.get_running_loop()
         self._timers[lock.id] = loop.call_later(
             delay, lambda: self._tasks.spawn(self._expire(lock), name=f"lock-expiry:{lock.id}")
@@ -182,4 +183,8 @@ class LockService:
 
 
 def _json(lock: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in lock.items()}
+    """As the API renders a lock (UTC times end in `Z`, as pydantic writes them)."""
+    return {
+        k: v.isoformat().replace("+00:00", "Z") if isinstance(v, datetime) else v
+        for k, v in lock.items()
+    }
