@@ -219,6 +219,8 @@ async def test_changes_report_the_locks_covering_them(sandbox_api: Api) -> None:
     user = await sandbox_api.user()
     cid = (await new_container(sandbox_api, user))["id"]
     files, client = f"/api/containers/{cid}/files", sandbox_api.client
+    before = await client.put(f"{files}/first.ts", content=b"0", headers=user.headers)
+    assert before.json()["locks"] == []  # no lock yet (and the gateway remembers that)
     lock = (await acquire(sandbox_api, user, cid, path="/src", owner="ai", reason="r")).json()
     put = await client.put(f"{files}/src/deep/a.ts?mkdirs=true", content=b"1", headers=user.headers)
     assert put.status_code == 200, put.text  # advisory: the write happens

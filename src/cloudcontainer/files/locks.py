@@ -65,6 +65,11 @@ class LockService:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         # Check-then-insert of one container's locks runs one at a time (one gateway).
         self._mutex: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Containers known to hold no live lock, so most file changes need no query. An
+        # acquire bumps the container's generation after its commit; a query that saw none
+        # marks the container free only if no acquire committed meanwhile.
+        self._free: set[str] = set()
+        self._generation: defaultdict[str, int] = defaultdict(int)
 
     async def held(self, user_id: str, container_id: str) -> list[dict[str, Any]]:
         await self._containers.get(user_id, container_id)
@@ -96,6 +101,8 @@ class LockService:
                 expires_at=now + timedelta(seconds=ttl),
             )  # fmt: skip
             session.add(lock)
+        self._generation[container_id] += 1
+        self._free.discard(container_id)
         self._publish(container_id, "acquired", lock)
         self._arm(lock)
         return _as_dict(lock)
@@ -118,16 +125,21 @@ class LockService:
 
     async def covering(self, container_id: str, paths: Iterable[str]) -> list[dict[str, Any]]:
         """The live locks covering any of these (workdir-rooted) paths: what a change reports."""
+        if container_id in self._free:
+            return []
+        generation = self._generation[container_id]
         wanted = {workdir(path) for path in paths}
         async with self._db.session() as session:
-            locks = await session.scalars(
-                select(FileLock)
-                .where(FileLock.container_id == container_id, FileLock.expires_at > utcnow())
-                .order_by(FileLock.created_at, FileLock.id)
+            locks = list(
+                await session.scalars(
+                    select(FileLock)
+                    .where(FileLock.container_id == container_id, FileLock.expires_at > utcnow())
+                    .order_by(FileLock.created_at, FileLock.id)
+                )
             )
-            return [
-                _as_dict(lock) for lock in locks if any(covers(lock.path, path) for path in wanted)
-            ]
+        if not locks and self._generation[container_id] == generation:
+            self._free.add(container_id)
+        return [_as_dict(lock) for lock in locks if any(covers(lock.path, p) for p in wanted)]
 
     def aclose(self) -> None:
         for timer in self._timers.values():
