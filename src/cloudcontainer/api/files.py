@@ -390,10 +390,12 @@ async def _batch(
         )
     if outcome.error is not None:
         error = outcome.error
-        return JSONResponse(
-            {"error": {"code": error.code, "message": error.message, "operation": outcome.failed}},
-            status_code=error.status_code,
-        )
+        answer: dict[str, Any] = {
+            "code": error.code, "message": error.message, "operation": outcome.failed,
+        }  # fmt: skip
+        if not outcome.rolled_back:
+            answer["rolled_back"] = False
+        return JSONResponse({"error": answer}, status_code=error.status_code)
     locks = await report_locks(services, container_id, _named_paths(body), response)
     return BatchResult(
         atomic=body.atomic,

@@ -103,6 +103,7 @@ class BatchOutcome:
     results: list[dict[str, Any]]
     failed: int | None = None
     error: CloudContainerError | None = None
+    rolled_back: bool = True  # False: some undo step failed (a process changed things too)
 
 
 def _result(raw: dict[str, Any]) -> dict[str, Any]:
@@ -199,5 +200,7 @@ class FileService:
             )
         if "failed" in raw:
             error = api_error(raw["error"]["code"], raw["error"]["message"])
-            return BatchOutcome(results=[], failed=raw["failed"], error=error)
+            return BatchOutcome(
+                results=[], failed=raw["failed"], error=error, rolled_back=raw["rolled_back"]
+            )
         return BatchOutcome(results=[_result(result) for result in raw["results"]])
