@@ -53,14 +53,6 @@ expected-statuses = [
 include-path = ["/api/auth/verify-email", "/api/auth/password-reset/confirm"]
 [operations.checks.positive_data_acceptance]
 expected-statuses = ["2xx", "3xx", "400", "401", "403", "404", "409", "413", "429", "5xx"]
-
-# - 422 invalid_base64: whether `content` must be base64 depends on the `encoding` beside it,
-#   which the file write schema does not tie together.
-[[operations]]
-include-path = ["/api/containers/{container_id}/files"]
-include-method = ["POST"]
-[operations.checks.positive_data_acceptance]
-expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "413", "422", "429", "5xx"]
 """
 )
 

@@ -112,6 +112,17 @@ class Settings(BaseSettings):
     )  # fmt: skip
     cors_origins: list[str] = Field(default_factory=list)
 
+    # Files
+    fifo_wait_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=60,
+        description="How long a file call waits for its client's missing predecessor.",
+    )
+    lock_default_ttl_seconds: int = Field(
+        600, ge=1, le=604_800, description="Lifetime of a file lock acquired without ttl_seconds."
+    )
+
     # Sandboxes
     sandbox_image: str = Field(
         "cloudcontainer/sandbox:node20", description="Image for the docker runtime."

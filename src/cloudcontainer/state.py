@@ -17,6 +17,8 @@ from cloudcontainer.auth.tokens import AccessTokenSigner
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Database, migrate
 from cloudcontainer.events import EventBus
+from cloudcontainer.files.locks import LockService
+from cloudcontainer.files.ordering import Sequencer
 from cloudcontainer.files.service import FileService
 from cloudcontainer.observability.metrics import Metrics
 from cloudcontainer.projects.service import ProjectService
@@ -44,6 +46,8 @@ class Services:
     runtime: Runtime
     containers: ContainerService
     files: FileService
+    locks: LockService
+    order: Sequencer
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -72,6 +76,7 @@ async def open_services(
     tasks = TaskSet()
     runtime = build_runtime(settings)
     supervisor: Supervisor | None = None
+    locks: LockService | None = None
     try:
         await migrate.upgrade(database)
         signer = AccessTokenSigner(settings.signing_key(), settings.access_token_ttl_seconds)
@@ -89,6 +94,10 @@ async def open_services(
             log.error(
                 "the sandbox runtime cannot run here", runtime=runtime.name, problem=exc.message
             )
+        locks = LockService(
+            database=database, containers=containers, events=events, tasks=tasks,
+            default_ttl_seconds=settings.lock_default_ttl_seconds,
+        )  # fmt: skip
         if supervise and containers.runtime_problem is None:
             supervisor = Supervisor(containers)
             await supervisor.start()
@@ -118,8 +127,12 @@ async def open_services(
             runtime=runtime,
             containers=containers,
             files=FileService(containers),
+            locks=locks,
+            order=Sequencer(settings.fifo_wait_seconds),
         )
     finally:
+        if locks is not None:
+            locks.aclose()
         if supervisor is not None:
             await supervisor.aclose()
         await tasks.aclose()

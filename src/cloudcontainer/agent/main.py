@@ -10,7 +10,16 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from cloudcontainer.agent import PROTOCOL_VERSION, __version__, fs, ports, procs, tunnel, watch
+from cloudcontainer.agent import (
+    PROTOCOL_VERSION,
+    __version__,
+    batch,
+    fs,
+    ports,
+    procs,
+    tunnel,
+    watch,
+)
 from cloudcontainer.agent.server import Agent, Session
 
 SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
@@ -30,6 +39,8 @@ def build(
     agent = Agent(secret)
     files = fs.Files(workspace)
     fs.register(agent.registry, files)
+    batch.register(agent.registry, files)
+    batch.clean(files)  # what a batch interrupted by a crash left behind
     table = procs.ProcessTable(env, workspace)
     table.bind(agent.broadcast)
     procs.register(agent.registry, table)

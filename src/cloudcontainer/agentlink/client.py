@@ -9,6 +9,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ from cloudcontainer.agent.protocol import (
 )
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 
-__all__ = ["AgentAddress", "AgentClient"]
+__all__ = ["REQUEST_SENT", "AgentAddress", "AgentClient"]
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +36,9 @@ MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 # the process's first output can reach us together) are held this long, up to this much.
 ORPHAN_SECONDS = 5.0
 ORPHAN_BYTES = 4 * 1024 * 1024
+# Called (in the caller's context) once a request is on its way to the agent: the per-client
+# FIFO of the file API lets the client's next request go at that moment.
+REQUEST_SENT: ContextVar[Callable[[], None] | None] = ContextVar("request_sent", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +149,8 @@ class AgentClient:
         self._pending[request_id] = future
         try:
             await self._ws.send(json.dumps({"id": request_id, "op": op, "args": args}))
+            if (sent := REQUEST_SENT.get()) is not None:
+                sent()
             async with asyncio.timeout(timeout):
                 return await future
         except ConnectionClosed as exc:

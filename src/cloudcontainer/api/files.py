@@ -7,18 +7,28 @@ Paths are workdir-rooted as in WebContainer: `src/App.tsx`, `/src/App.tsx` and
 from __future__ import annotations
 
 import base64
-import binascii
-from typing import Annotated, Literal
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Discriminator, Field, Tag
 
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
+from cloudcontainer.api.locks import LOCKED_HEADER, Lock
 from cloudcontainer.api.schemas import RequestModel
-from cloudcontainer.errors import ValidationFailed
+from cloudcontainer.auth.credentials import Principal
+from cloudcontainer.errors import BadRequest
+from cloudcontainer.files.ordering import (
+    CLIENT_ID_PATTERN,
+    CLIENT_SEQ_PATTERN,
+    ClientOrder,
+    parse_order,
+)
 from cloudcontainer.files.service import etag_of, mime_of
+from cloudcontainer.state import Services
 
 router = APIRouter(prefix="/api/containers/{container_id}", tags=["files"])
 
@@ -27,6 +37,12 @@ NO_NUL = r"^[^\x00]*$"
 FilePath = Annotated[str, Field(min_length=1, max_length=4096, pattern=NO_NUL)]
 UrlPath = Annotated[str, FastApiPath(pattern=NO_NUL)]
 IfMatch = Annotated[str | None, Header(description="Write only while the file has this ETag.")]
+MAX_OPERATIONS = 1000
+# Exactly the strings base64.b64decode(validate=True) accepts: the schema ties `content` to
+# `encoding`, so a body the schema allows is never refused for its base64.
+BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+TextContent = Annotated[str, Field(max_length=64 * 1024 * 1024)]
+Base64Content = Annotated[str, Field(max_length=64 * 1024 * 1024, pattern=BASE64)]
 
 
 class Entry(BaseModel):
@@ -39,6 +55,16 @@ class Entry(BaseModel):
 
 
 class Written(Entry):
+    etag: str
+
+
+class Changed(Entry):
+    """A changed entry, with the advisory locks that cover it."""
+
+    locks: list[Lock] = Field(default_factory=list)
+
+
+class WrittenChanged(Changed):
     etag: str
 
 
@@ -57,17 +83,181 @@ class FileJson(BaseModel):
     mtime: float
 
 
-class FileWrite(RequestModel):
+# -- writes: one file or folder, or a batch ---------------------------------------------------
+
+
+class TextWrite(RequestModel):
     path: FilePath
-    type: Literal["file", "directory"] = "file"
-    content: Annotated[str, Field(max_length=64 * 1024 * 1024)] = ""
-    encoding: Literal["utf-8", "base64"] = "utf-8"
+    type: Literal["file"] = "file"
+    content: TextContent = ""
+    encoding: Literal["utf-8"] = "utf-8"
     mkdirs: bool = Field(False, description="Create missing parent folders.")
+
+
+class Base64Write(RequestModel):
+    path: FilePath
+    type: Literal["file"] = "file"
+    content: Base64Content = ""
+    encoding: Literal["base64"]
+    mkdirs: bool = Field(False, description="Create missing parent folders.")
+
+
+class FolderWrite(RequestModel):
+    path: FilePath
+    type: Literal["directory"]
+    mkdirs: bool = Field(False, description="Create missing parent folders.")
+
+
+class WriteOp(RequestModel):
+    op: Literal["write"]
+    path: FilePath
+    content: TextContent = ""
+    encoding: Literal["utf-8"] = "utf-8"
+    mkdirs: bool = False
+
+
+class Base64WriteOp(RequestModel):
+    op: Literal["write"]
+    path: FilePath
+    content: Base64Content = ""
+    encoding: Literal["base64"]
+    mkdirs: bool = False
+
+
+class MkdirOp(RequestModel):
+    op: Literal["mkdir"]
+    path: FilePath
+    recursive: bool = False
+
+
+class DeleteOp(RequestModel):
+    op: Literal["delete"]
+    path: FilePath
+    recursive: bool = False
+    force: bool = Field(False, description="A missing path is no error.")
+
+
+class MoveOp(RequestModel):
+    op: Literal["move"]
+    from_: FilePath = Field(alias="from")
+    to: FilePath
+
+
+def _field(value: Any, name: str, default: Any = None) -> Any:
+    """A field of a body being validated (a dict) or already validated (a model)."""
+    if isinstance(value, dict):
+        return value.get(name, default)
+    return getattr(value, name, default)
+
+
+def _operation_tag(value: Any) -> str | None:
+    op = _field(value, "op")
+    if op == "write" and _field(value, "encoding") == "base64":
+        return "write-base64"
+    return op if isinstance(op, str) else None
+
+
+def _write_tag(value: Any) -> str:
+    if (isinstance(value, dict) and "operations" in value) or isinstance(value, Batch):
+        return "batch"
+    if _field(value, "type") == "directory":
+        return "directory"
+    return "base64" if _field(value, "encoding") == "base64" else "utf-8"
+
+
+Operation = Annotated[
+    Annotated[WriteOp, Tag("write")] | Annotated[Base64WriteOp, Tag("write-base64")]
+    | Annotated[MkdirOp, Tag("mkdir")] | Annotated[DeleteOp, Tag("delete")]
+    | Annotated[MoveOp, Tag("move")],
+    Discriminator(_operation_tag),
+]  # fmt: skip
+
+
+class Batch(RequestModel):
+    operations: list[Operation] = Field(min_length=1, max_length=MAX_OPERATIONS)
+    atomic: bool = Field(True, description="All or nothing; else each is tried and reported.")
+
+
+WriteBody = Annotated[
+    Annotated[TextWrite, Tag("utf-8")] | Annotated[Base64Write, Tag("base64")]
+    | Annotated[FolderWrite, Tag("directory")] | Annotated[Batch, Tag("batch")],
+    Discriminator(_write_tag),
+]  # fmt: skip
+
+
+class OperationError(BaseModel):
+    code: str
+    message: str
+    status: int = Field(description="The HTTP status this error has on its own.")
+
+
+class OperationResult(BaseModel):
+    ok: bool
+    entry: Written | Entry | None = None
+    error: OperationError | None = None
+
+
+class BatchResult(BaseModel):
+    atomic: bool
+    results: list[OperationResult]
+    locks: list[Lock] = Field(description="Advisory locks covering any path the batch named.")
 
 
 class Move(RequestModel):
     from_: FilePath = Field(alias="from")
     to: FilePath
+
+
+# -- per-client order and lock reports --------------------------------------------------------
+
+
+def client_order(
+    x_client_id: Annotated[
+        str | None,
+        Header(
+            description="An opaque id of the client; with X-Client-Seq, its file calls are "
+            "applied in seq order.",
+            json_schema_extra={"pattern": CLIENT_ID_PATTERN, "maxLength": 64},
+        ),
+    ] = None,
+    x_client_seq: Annotated[
+        str | None,
+        Header(
+            description="1, 2, 3, ... for each file call of this client (with X-Client-Id).",
+            json_schema_extra={"pattern": CLIENT_SEQ_PATTERN},
+        ),
+    ] = None,
+) -> tuple[str | None, str | None]:
+    return x_client_id, x_client_seq
+
+
+Order = Annotated[tuple[str | None, str | None], Depends(client_order)]
+
+
+@asynccontextmanager
+async def turn(
+    services: Services, principal: Principal, container_id: str,
+    headers: tuple[str | None, str | None],
+) -> AsyncIterator[None]:  # fmt: skip
+    """This request's turn among its client's calls (at once without order headers). The
+    container is checked first: only its owner's requests take part in its order, and a
+    missing container is a 404 before malformed headers are a 400."""
+    order: ClientOrder | None = None
+    if headers != (None, None):
+        await services.containers.agent(principal.user_id, container_id)
+        order = parse_order(*headers, lambda m: BadRequest(m, code="bad_client_order"))
+    async with services.order.turn(container_id, order):
+        yield
+
+
+async def report_locks(
+    services: Services, container_id: str, paths: Iterable[str], response: Response
+) -> list[Lock]:
+    """The locks covering changed paths; also named in X-Cloudcontainer-Locked."""
+    locks = [Lock(**lock) for lock in await services.locks.covering(container_id, paths)]
+    if locks:
+        response.headers[LOCKED_HEADER] = ", ".join(lock.id for lock in locks)
+    return locks
 
 
 def _expected(if_match: str | None) -> str | None:
@@ -79,9 +269,11 @@ def _expected(if_match: str | None) -> str | None:
 @router.get("/files")
 async def list_files(
     container_id: str, principal: CurrentPrincipal, services: ServicesDep,
-    path: Annotated[str, Query(max_length=4096, pattern=NO_NUL)] = "/", recursive: bool = False,
+    order: Order, path: Annotated[str, Query(max_length=4096, pattern=NO_NUL)] = "/",
+    recursive: bool = False,
 ) -> Listing:  # fmt: skip
-    entries = await services.files.list(principal.user_id, container_id, path, recursive)
+    async with turn(services, principal, container_id, order):
+        entries = await services.files.list(principal.user_id, container_id, path, recursive)
     return Listing(path=path, entries=[Entry(**entry) for entry in entries])
 
 
@@ -91,10 +283,11 @@ async def list_files(
 )
 async def read_file(
     container_id: str, path: UrlPath, principal: CurrentPrincipal, services: ServicesDep,
-    format: Literal["raw", "json"] = "raw",
+    order: Order, format: Literal["raw", "json"] = "raw",
 ) -> Response:  # fmt: skip
     """The file's bytes (with its MIME type and ETag), or JSON with `?format=json`."""
-    content = await services.files.read(principal.user_id, container_id, path)
+    async with turn(services, principal, container_id, order):
+        content = await services.files.read(principal.user_id, container_id, path)
     mime = mime_of(content.path, content.data)
     etag = etag_of(content.sha256)
     if format == "json":
@@ -112,56 +305,126 @@ async def read_file(
 
 @router.put("/files/{path:path}")
 async def put_file(
-    container_id: str, path: UrlPath, request: Request, principal: CurrentPrincipal,
-    services: ServicesDep, mkdirs: bool = False,
+    container_id: str, path: UrlPath, request: Request, response: Response,
+    principal: CurrentPrincipal, services: ServicesDep, order: Order, mkdirs: bool = False,
     if_match: IfMatch = None,
-) -> Written:  # fmt: skip
+) -> WrittenChanged:  # fmt: skip
     """Replace the file with the raw request body, atomically."""
     data = await request.body()
-    written = await services.files.write(
-        principal.user_id, container_id, path, data, mkdirs=mkdirs,
-        expect_sha256=_expected(if_match),
-    )  # fmt: skip
-    return Written(**written)
+    async with turn(services, principal, container_id, order):
+        written = await services.files.write(
+            principal.user_id, container_id, path, data, mkdirs=mkdirs,
+            expect_sha256=_expected(if_match),
+        )  # fmt: skip
+    locks = await report_locks(services, container_id, [written["path"]], response)
+    return WrittenChanged(**written, locks=locks)
 
 
-@router.post("/files", status_code=status.HTTP_200_OK)
+@router.post(
+    "/files", status_code=status.HTTP_200_OK, response_model=WrittenChanged | Changed | BatchResult
+)
 async def write_file(
-    container_id: str, body: FileWrite, principal: CurrentPrincipal, services: ServicesDep,
-    if_match: IfMatch = None,
-) -> Written | Entry:  # fmt: skip
-    """Create or replace a file from JSON (`content` as utf-8 or base64), or make a folder."""
+    container_id: str, body: Annotated[WriteBody, Body()], response: Response,
+    principal: CurrentPrincipal, services: ServicesDep, order: Order, if_match: IfMatch = None,
+) -> Any:  # fmt: skip
+    """Create or replace a file from JSON (`content` as utf-8 or base64), make a folder, or
+    apply a batch of operations (`{"operations": [...], "atomic": true}`)."""
+    if isinstance(body, Batch):
+        return await _batch(container_id, body, response, principal, services, order, if_match)
     files = services.files
-    if body.type == "directory":
-        return Entry(**await files.mkdir(principal.user_id, container_id, body.path, body.mkdirs))
-    if body.encoding == "base64":
-        try:
-            data = base64.b64decode(body.content, validate=True)
-        except (binascii.Error, ValueError) as exc:  # ValueError: non-ASCII text
-            raise ValidationFailed("content is not valid base64.", code="invalid_base64") from exc
-    else:
-        data = body.content.encode("utf-8", "surrogatepass")
-    written = await files.write(
-        principal.user_id, container_id, body.path, data, mkdirs=body.mkdirs,
-        expect_sha256=_expected(if_match),
-    )  # fmt: skip
-    return Written(**written)
+    async with turn(services, principal, container_id, order):
+        if isinstance(body, FolderWrite):
+            made = await files.mkdir(principal.user_id, container_id, body.path, body.mkdirs)
+        else:
+            data = _bytes(body.content, body.encoding)
+            made = await files.write(
+                principal.user_id, container_id, body.path, data, mkdirs=body.mkdirs,
+                expect_sha256=_expected(if_match),
+            )  # fmt: skip
+    locks = await report_locks(services, container_id, [made["path"]], response)
+    return WrittenChanged(**made, locks=locks) if "etag" in made else Changed(**made, locks=locks)
+
+
+def _bytes(content: str, encoding: str) -> bytes:
+    if encoding == "base64":
+        return base64.b64decode(content, validate=True)  # the schema's pattern vouches for it
+    return content.encode("utf-8", "surrogatepass")
+
+
+def _agent_operation(
+    operation: WriteOp | Base64WriteOp | MkdirOp | DeleteOp | MoveOp,
+) -> dict[str, Any]:
+    """An operation as fs.batch takes it (content as base64 `data`)."""
+    if isinstance(operation, WriteOp | Base64WriteOp):
+        data = (
+            operation.content
+            if operation.encoding == "base64"
+            else base64.b64encode(operation.content.encode("utf-8", "surrogatepass")).decode()
+        )
+        return {"op": "write", "path": operation.path, "data": data, "mkdirs": operation.mkdirs}
+    if isinstance(operation, MoveOp):
+        return {"op": "move", "from": operation.from_, "to": operation.to}
+    return operation.model_dump()
+
+
+def _named_paths(batch: Batch) -> list[str]:
+    paths: list[str] = []
+    for operation in batch.operations:
+        paths.extend(
+            [operation.from_, operation.to] if isinstance(operation, MoveOp) else [operation.path]
+        )
+    return paths
+
+
+async def _batch(
+    container_id: str, body: Batch, response: Response, principal: Principal,
+    services: Services, order: tuple[str | None, str | None], if_match: str | None,
+) -> BatchResult | JSONResponse:  # fmt: skip
+    if if_match is not None:
+        await services.containers.agent(principal.user_id, container_id)  # 404 comes first
+        raise BadRequest("If-Match applies to single writes, not batches.", code="bad_request")
+    operations = [_agent_operation(operation) for operation in body.operations]
+    async with turn(services, principal, container_id, order):
+        outcome = await services.files.batch(
+            principal.user_id, container_id, operations, body.atomic
+        )
+    if outcome.error is not None:
+        error = outcome.error
+        answer: dict[str, Any] = {
+            "code": error.code, "message": error.message, "operation": outcome.failed,
+        }  # fmt: skip
+        if not outcome.rolled_back:
+            answer["rolled_back"] = False
+        return JSONResponse({"error": answer}, status_code=error.status_code)
+    locks = await report_locks(services, container_id, _named_paths(body), response)
+    return BatchResult(
+        atomic=body.atomic,
+        results=[OperationResult(**result) for result in outcome.results],
+        locks=locks,
+    )
 
 
 @router.delete("/files/{path:path}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_file(
     container_id: str, path: UrlPath, principal: CurrentPrincipal, services: ServicesDep,
-    recursive: bool = False,
+    order: Order, recursive: bool = False,
 ) -> Response:  # fmt: skip
-    """Delete a file, or a folder with `recursive=true`. The workspace root cannot go."""
-    await services.files.delete(principal.user_id, container_id, path, recursive)
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    """Delete a file, or a folder with `recursive=true`. The workspace root cannot go.
+    Advisory locks covering the path are named in `X-Cloudcontainer-Locked`."""
+    async with turn(services, principal, container_id, order):
+        await services.files.delete(principal.user_id, container_id, path, recursive)
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    await report_locks(services, container_id, [path], response)
+    return response
 
 
 @router.post("/files:move")
 async def move_file(
-    container_id: str, body: Move, principal: CurrentPrincipal, services: ServicesDep
-) -> Entry:
+    container_id: str, body: Move, response: Response, principal: CurrentPrincipal,
+    services: ServicesDep, order: Order,
+) -> Changed:  # fmt: skip
     """Rename or move; a folder cannot move into itself."""
-    moved = await services.files.move(principal.user_id, container_id, body.from_, body.to)
-    return Entry(**moved)
+    async with turn(services, principal, container_id, order):
+        moved = await services.files.move(principal.user_id, container_id, body.from_, body.to)
+    locks = await report_locks(services, container_id, [body.from_, body.to], response)
+    return Changed(**moved, locks=locks)

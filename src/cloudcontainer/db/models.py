@@ -27,6 +27,7 @@ __all__ = [
     "Base",
     "Container",
     "EmailToken",
+    "FileLock",
     "Project",
     "RefreshToken",
     "User",
@@ -174,3 +175,21 @@ class Container(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_active_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class FileLock(Base):
+    """An advisory lock on a workspace path (a folder covers everything below it). Writes are
+    not refused; they report the locks covering what they changed. Gone with its container."""
+
+    __tablename__ = "file_locks"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    container_id: Mapped[str] = mapped_column(
+        ForeignKey("containers.id", ondelete="CASCADE"), index=True
+    )
+    path: Mapped[str] = mapped_column(Text)
+    owner: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_by: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,12 @@ from cloudcontainer.errors import (
 from cloudcontainer.runtimes.base import WORKSPACE
 from cloudcontainer.sandbox.service import ContainerService
 
-__all__ = ["FileContent", "FileService", "etag_of", "mime_of", "workdir_path"]
+__all__ = [
+    "BatchOutcome", "FileContent", "FileService", "api_error", "etag_of", "mime_of",
+    "workdir_path",
+]  # fmt: skip
+
+BATCH_SECONDS = 120.0
 
 _ERRORS: dict[str, tuple[type[CloudContainerError], str]] = {
     "ENOENT": (NotFound, "file_not_found"),
@@ -38,18 +43,24 @@ _ERRORS: dict[str, tuple[type[CloudContainerError], str]] = {
     "EPERM": (Forbidden, "operation_not_permitted"),
     "EACCES": (Forbidden, "permission_denied"),
     "ENOSPC": (InsufficientStorage, "no_space"),
+    "EXDEV": (Conflict, "cross_device"),
     "EDQUOT": (InsufficientStorage, "quota_exceeded"),
 }
 
 
+def api_error(errno: str, message: str) -> CloudContainerError:
+    """The API error for an agent's errno code (its Node-style message is kept)."""
+    error_class, code = _ERRORS.get(errno, (BadRequest, errno.lower()))
+    return error_class(message.replace(WORKSPACE, "") or errno, code=code)
+
+
 @contextmanager
 def agent_errors() -> Iterator[None]:
-    """Map the agent's errno codes to API errors (its Node-style message is kept)."""
+    """Map the agent's errno codes to API errors."""
     try:
         yield
     except AgentOpError as exc:
-        error_class, code = _ERRORS.get(exc.errno, (BadRequest, exc.errno.lower()))
-        raise error_class(exc.message.replace(WORKSPACE, "") or exc.errno, code=code) from exc
+        raise api_error(exc.errno, exc.message) from exc
 
 
 def workdir_path(absolute: str) -> str:
@@ -82,6 +93,33 @@ class FileContent:
     sha256: str
     size: int
     mtime: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """Per-operation results (`{"ok": true, "entry"}` or `{"ok": false, "error"}`), or, for an
+    atomic batch that was undone, the index of the operation that failed and its error."""
+
+    results: list[dict[str, Any]]
+    failed: int | None = None
+    error: CloudContainerError | None = None
+    rolled_back: bool = True  # False: some undo step failed (a process changed things too)
+
+
+def _result(raw: dict[str, Any]) -> dict[str, Any]:
+    if not raw["ok"]:
+        error = api_error(raw["error"]["code"], raw["error"]["message"])
+        return {
+            "ok": False,
+            "error": {"code": error.code, "message": error.message, "status": error.status_code},
+        }
+    value = raw["result"]
+    if value is None:
+        return {"ok": True, "entry": None}
+    entry = _entry(value)
+    if "sha256" in value:
+        entry["etag"] = etag_of(value["sha256"])
+    return {"ok": True, "entry": entry}
 
 
 def _entry(raw: dict[str, Any]) -> dict[str, Any]:
@@ -150,3 +188,19 @@ class FileService:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
             return _entry(await agent.call("fs.rename", source=source, target=target))
+
+    async def batch(
+        self, owner_id: str, container_id: str, operations: Sequence[dict[str, Any]], atomic: bool
+    ) -> BatchOutcome:
+        """Apply operations in the agent in one request (see agent/batch.py)."""
+        agent = await self._agent(owner_id, container_id)
+        with agent_errors():
+            raw = await agent.call(
+                "fs.batch", timeout=BATCH_SECONDS, operations=list(operations), atomic=atomic
+            )
+        if "failed" in raw:
+            error = api_error(raw["error"]["code"], raw["error"]["message"])
+            return BatchOutcome(
+                results=[], failed=raw["failed"], error=error, rolled_back=raw["rolled_back"]
+            )
+        return BatchOutcome(results=[_result(result) for result in raw["results"]])
