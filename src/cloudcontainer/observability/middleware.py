@@ -60,6 +60,10 @@ class RequestContextMiddleware:
                 status = message["status"]
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (REQUEST_ID_HEADER, request_id.encode())]
+            elif message["type"] == "websocket.accept":
+                status = 101
+            elif message["type"] == "websocket.close" and status == 500:
+                status = 403  # closed before the handshake: refused
             await send(message)
 
         self.metrics.http_in_flight.inc()
