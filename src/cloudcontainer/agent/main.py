@@ -10,7 +10,16 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from cloudcontainer.agent import PROTOCOL_VERSION, __version__, fs, ports, procs, tunnel
+from cloudcontainer.agent import (
+    PROTOCOL_VERSION,
+    __version__,
+    archive,
+    fs,
+    ports,
+    procs,
+    search,
+    tunnel,
+)
 from cloudcontainer.agent.server import Agent, Session
 
 SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
@@ -39,6 +48,10 @@ def build(
     ports.register(agent.registry, watcher)
     tunnels = tunnel.Tunnels()
     tunnel.register(agent.registry, tunnels)
+    searches = search.Searches(files)
+    search.register(agent.registry, searches)
+    archives = archive.Archives(files)
+    archive.register(agent.registry, archives)
     started = time.time()
 
     async def hello(session: Session, args: Dict[str, Any]) -> Any:
@@ -65,6 +78,8 @@ def build(
 
     agent.on_session_closed.append(forget)
     agent.on_session_closed.append(tunnels.close_session)
+    agent.on_session_closed.append(searches.close_session)
+    agent.on_session_closed.append(archives.close_session)
     return agent
 
 
