@@ -23,11 +23,11 @@ import posixpath
 import sys
 from typing import Any, Dict, List, Optional
 
-from cloudcontainer.agent.archiver import STAGING_PREFIX
 from cloudcontainer.agent.fs import Files, _remove_tree
 from cloudcontainer.agent.protocol import ARCHIVE_ACK, ARCHIVE_DATA, ARCHIVE_END, AgentError
 from cloudcontainer.agent.server import Registry, Session
 
+STAGING_PREFIX = ".cc-extract-"  # uploads being extracted; downloads leave them out
 WINDOW = 1024 * 1024
 READ_CHUNK = 64 * 1024
 STALL_SECONDS = 10.0
@@ -103,8 +103,9 @@ class Archives:
             if os.path.exists(folder):
                 raise NotADirectoryError(20, "Not a directory", absolute)
             raise FileNotFoundError(2, "No such file or directory", absolute)
-        proc = await self._spawn("create", {"folder": folder, "format": fmt,
-                                            "exclude": exclude}, stdin=False)  # fmt: skip
+        worker_args = {"folder": folder, "format": fmt, "exclude": exclude,
+                       "skip_prefix": STAGING_PREFIX}  # fmt: skip
+        proc = await self._spawn("create", worker_args, stdin=False)
         stream = self._add(session, proc)
         # Runs after the answer is queued, so the gateway knows the id before any data.
         stream.pump = asyncio.ensure_future(self._pump(stream))

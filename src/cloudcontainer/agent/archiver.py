@@ -31,7 +31,6 @@ from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Type
 
 CHUNK = 256 * 1024
 MAX_LINK_TARGET = 4096
-STAGING_PREFIX = ".cc-extract-"  # uploads being extracted (agent/archive.py) are not content
 MAX_LISTED = 1000  # file names returned in the answer; `count` has them all
 
 
@@ -68,8 +67,11 @@ def _excluded(relative: str, globs: List[str]) -> bool:
     return False
 
 
-def walk(folder: str, exclude: List[str]) -> Iterator[Tuple[str, str, os.stat_result]]:
-    """(absolute, relative, lstat) of everything below `folder`, parents first, by name."""
+def walk(
+    folder: str, exclude: List[str], skip_prefix: str
+) -> Iterator[Tuple[str, str, os.stat_result]]:
+    """(absolute, relative, lstat) of everything below `folder`, parents first, by name;
+    names starting with `skip_prefix` (uploads being extracted) are not content."""
     stack = [("", folder)]
     while stack:
         prefix, current = stack.pop()
@@ -78,7 +80,7 @@ def walk(folder: str, exclude: List[str]) -> Iterator[Tuple[str, str, os.stat_re
         children = []
         for entry in entries:
             relative = prefix + entry.name
-            if entry.name.startswith(STAGING_PREFIX) or _excluded(relative, exclude):
+            if entry.name.startswith(skip_prefix) or _excluded(relative, exclude):
                 continue
             st = entry.stat(follow_symlinks=False)
             kind = stat.S_IFMT(st.st_mode)
@@ -90,11 +92,11 @@ def walk(folder: str, exclude: List[str]) -> Iterator[Tuple[str, str, os.stat_re
         stack.extend(reversed(children))
 
 
-def create_tar(out: IO[bytes], folder: str, exclude: List[str]) -> None:
+def create_tar(out: IO[bytes], folder: str, exclude: List[str], skip_prefix: str) -> None:
     import tarfile
 
     with tarfile.open(fileobj=out, mode="w|gz", format=tarfile.PAX_FORMAT) as tar:
-        for absolute, relative, st in walk(folder, exclude):
+        for absolute, relative, st in walk(folder, exclude, skip_prefix):
             info = tarfile.TarInfo(relative)
             info.mode = stat.S_IMODE(st.st_mode)
             info.mtime = int(st.st_mtime)
@@ -110,12 +112,12 @@ def create_tar(out: IO[bytes], folder: str, exclude: List[str]) -> None:
                     tar.addfile(info, handle)
 
 
-def create_zip(out: IO[bytes], folder: str, exclude: List[str]) -> None:
+def create_zip(out: IO[bytes], folder: str, exclude: List[str], skip_prefix: str) -> None:
     import time
     import zipfile
 
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for absolute, relative, st in walk(folder, exclude):
+        for absolute, relative, st in walk(folder, exclude, skip_prefix):
             when = time.localtime(max(st.st_mtime, 315532800 + 86400))[:6]  # zip starts in 1980
             if stat.S_ISDIR(st.st_mode):
                 info = zipfile.ZipInfo(relative + "/", when)
@@ -369,7 +371,8 @@ def main() -> None:
         if command == "create":
             out = sys.stdout.buffer
             folder, exclude = args["folder"], list(args.get("exclude") or [])
-            (create_zip if args["format"] == "zip" else create_tar)(out, folder, exclude)
+            create = create_zip if args["format"] == "zip" else create_tar
+            create(out, folder, exclude, str(args.get("skip_prefix") or "\x00"))
             out.flush()
         else:
             sys.stdout.write(json.dumps(extract(args)))
