@@ -31,6 +31,9 @@ STAGING_PREFIX = ".cc-extract-"  # uploads being extracted; downloads leave them
 WINDOW = 1024 * 1024
 READ_CHUNK = 64 * 1024
 STALL_SECONDS = 10.0
+# A stream nobody moves for this long (a gateway that vanished without archive.cancel) is
+# aborted, so its worker does not wait on a pipe for the life of the sandbox.
+IDLE_SECONDS = 120.0
 FORMATS = ("zip", "tar.gz")
 MAX_GLOBS = 256
 # The worker's interpreter finds the agent package where this one did (agent.pyz, or src/).
@@ -55,6 +58,7 @@ class Stream:
         self.credit = asyncio.Event()
         self.broken: Optional[AgentError] = None
         self.pump: Optional[asyncio.Future[None]] = None
+        self.idle: Optional[asyncio.TimerHandle] = None
 
 
 class Archives:
@@ -85,7 +89,15 @@ class Archives:
         stream = Stream(self._next_id, session, proc, staging)
         self._next_id += 1
         self.streams[stream.stream_id] = stream
+        self._touch(stream)
         return stream
+
+    def _touch(self, stream: Stream) -> None:
+        """Restart the stream's idle timer (at every chunk in or acknowledgement)."""
+        if stream.idle is not None:
+            stream.idle.cancel()
+        loop = asyncio.get_event_loop()
+        stream.idle = loop.call_later(IDLE_SECONDS, self._abort, stream)
 
     def get(self, session: Session, stream_id: Any) -> Stream:
         stream = self.streams.get(int(stream_id))
@@ -138,6 +150,7 @@ class Archives:
         if stream is not None and stream.session is session and len(payload) == 4:
             stream.acked += int.from_bytes(payload, "big")
             stream.credit.set()
+            self._touch(stream)
 
     # -- upload -------------------------------------------------------------------------
 
@@ -180,6 +193,7 @@ class Archives:
             return
         stdin = stream.proc.stdin
         assert stdin is not None
+        self._touch(stream)
         try:
             stdin.write(data)
             await asyncio.wait_for(stdin.drain(), STALL_SECONDS)
@@ -191,6 +205,8 @@ class Archives:
 
     async def finish(self, session: Session, stream_id: Any) -> Any:
         stream = self.get(session, stream_id)
+        if stream.idle is not None:
+            stream.idle.cancel()  # extracting may take long; the worker is not idle
         try:
             out, _ = await _communicate(stream.proc)
             error = await _worker_error(stream.proc)
@@ -220,8 +236,11 @@ class Archives:
             stream.pump.cancel()
         if stream.staging is not None:
             stream.pump = asyncio.ensure_future(self._reap(stream))  # kept: not collected early
-        else:
-            self.streams.pop(stream.stream_id, None)
+        else:  # a download: whoever still reads it learns that it ended badly
+            self._end(stream)
+            error = {"code": "ECANCELED", "message": "the archive download was stopped"}
+            end = json.dumps({"ok": False, "error": error}).encode()
+            stream.session.send_stream(ARCHIVE_END, stream.stream_id, end, droppable=False)
 
     async def _reap(self, stream: Stream) -> None:
         await stream.proc.wait()
@@ -229,6 +248,8 @@ class Archives:
 
     def _end(self, stream: Stream) -> None:
         self.streams.pop(stream.stream_id, None)
+        if stream.idle is not None:
+            stream.idle.cancel()
         if stream.proc.returncode is None:
             stream.proc.kill()
         if stream.staging is not None and os.path.lexists(stream.staging):

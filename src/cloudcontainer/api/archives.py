@@ -54,7 +54,7 @@ async def download_archive(
     without `/` they match a name at any depth (`node_modules`), with `/` a path from the
     folder (`dist/assets`)."""
     link = await services.containers.agent(principal.user_id, container_id)
-    download = await Download.open(link, path, format, exclude)
+    download = await Download.open(link, services.tasks, path, format, exclude)
     headers = {"Content-Disposition": _disposition(download.name, format)}
     return StreamingResponse(download.chunks(), media_type=MEDIA_TYPES[format], headers=headers)
 

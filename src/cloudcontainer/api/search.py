@@ -43,6 +43,6 @@ async def search(
     matches)`), then `{"type": "done", "files", "matches", "truncated", "timed_out"}`."""
     link = await services.containers.agent(principal.user_id, container_id)
     args = body.model_dump()
-    text_search = TextSearch(link, args, services.settings.search_timeout_seconds)
+    text_search = TextSearch(link, services.tasks, args, services.settings.search_timeout_seconds)
     await text_search.start()
     return StreamingResponse(text_search.lines(), media_type="application/x-ndjson")

@@ -22,6 +22,7 @@ from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.errors import BadRequest, CloudContainerError, Conflict, PayloadTooLarge
 from cloudcontainer.files.service import agent_errors
+from cloudcontainer.tasks import TaskSet
 
 __all__ = ["ArchiveStreamError", "Download", "archive_errors", "upload"]
 
@@ -58,17 +59,19 @@ def archive_errors() -> Iterator[None]:
 @dataclass
 class Download:
     link: AgentClient
+    tasks: TaskSet
     stream_id: int
     name: str
     queue: asyncio.Queue[tuple[int, bytes]]
 
     @classmethod
-    async def open(cls, link: AgentClient, path: str, fmt: str, exclude: list[str]) -> Download:
+    async def open(
+        cls, link: AgentClient, tasks: TaskSet, path: str, fmt: str, exclude: list[str]
+    ) -> Download:
         with archive_errors():
             opened = await link.call("archive.create", path=path, format=fmt, exclude=exclude)
         queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-        download = cls(link, int(opened["stream_id"]), str(opened["name"]), queue)
-        return download
+        return cls(link, tasks, int(opened["stream_id"]), str(opened["name"]), queue)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The archive's bytes; raises ArchiveStreamError (cutting the response) on failure."""
@@ -93,9 +96,12 @@ class Download:
         finally:
             for remove in unsubscribe:
                 remove()
-            if not ended:
-                with contextlib.suppress(AgentUnavailable, AgentOpError):
-                    await self.link.call("archive.cancel", stream_id=self.stream_id, timeout=5)
+            if not ended:  # the client went away: stop the worker (this task may be cancelled)
+                self.tasks.spawn(self._cancel(), name=f"archive-cancel:{self.stream_id}")
+
+    async def _cancel(self) -> None:
+        with contextlib.suppress(AgentUnavailable, AgentOpError):
+            await self.link.call("archive.cancel", stream_id=self.stream_id, timeout=5)
 
     def _on_frame(self, kind: int, payload: bytes) -> None:
         self.queue.put_nowait((kind, payload))

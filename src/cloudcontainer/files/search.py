@@ -20,6 +20,7 @@ from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.errors import BadRequest, CloudContainerError, Unavailable
 from cloudcontainer.files.service import agent_errors
+from cloudcontainer.tasks import TaskSet
 
 __all__ = ["TextSearch", "search_errors"]
 
@@ -49,8 +50,11 @@ def _line(payload: dict[str, Any]) -> bytes:
 class TextSearch:
     """One search on one agent link: `start()` waits for its first result, `lines()` relays."""
 
-    def __init__(self, link: AgentClient, args: dict[str, Any], timeout: float) -> None:
+    def __init__(
+        self, link: AgentClient, tasks: TaskSet, args: dict[str, Any], timeout: float
+    ) -> None:
         self.link = link
+        self.tasks = tasks
         self.args = args
         self.timeout = timeout
         self.search_id = secrets.token_hex(8)
@@ -122,5 +126,9 @@ class TextSearch:
             self._unsubscribe = None
         if self._call is not None and not self._call.done():
             self._call.cancel()
-            with contextlib.suppress(AgentUnavailable, AgentOpError):
-                await self.link.call("search.cancel", search_id=self.search_id, timeout=5)
+            # In a task of its own: the caller may itself be cancelled (client gone).
+            self.tasks.spawn(self._cancel(), name=f"search-cancel:{self.search_id}")
+
+    async def _cancel(self) -> None:
+        with contextlib.suppress(AgentUnavailable, AgentOpError):
+            await self.link.call("search.cancel", search_id=self.search_id, timeout=5)
