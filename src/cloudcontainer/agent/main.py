@@ -10,16 +10,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from cloudcontainer.agent import (
-    PROTOCOL_VERSION,
-    __version__,
-    archive,
-    fs,
-    ports,
-    procs,
-    search,
-    tunnel,
-)
+from cloudcontainer.agent import PROTOCOL_VERSION, __version__, fs, lazy, ports, procs, tunnel
 from cloudcontainer.agent.server import Agent, Session
 
 SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
@@ -48,10 +39,7 @@ def build(
     ports.register(agent.registry, watcher)
     tunnels = tunnel.Tunnels()
     tunnel.register(agent.registry, tunnels)
-    searches = search.Searches(files)
-    search.register(agent.registry, searches)
-    archives = archive.Archives(files)
-    archive.register(agent.registry, archives)
+    lazy.register(agent, files)  # search and archives: imported on first use
     started = time.time()
 
     async def hello(session: Session, args: Dict[str, Any]) -> Any:
@@ -78,8 +66,6 @@ def build(
 
     agent.on_session_closed.append(forget)
     agent.on_session_closed.append(tunnels.close_session)
-    agent.on_session_closed.append(searches.close_session)
-    agent.on_session_closed.append(archives.close_session)
     return agent
 
 
