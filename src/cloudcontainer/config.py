@@ -111,6 +111,15 @@ class Settings(BaseSettings):
         "this its watch pauses and resumes from the agent's journal once it caught up.",
     )  # fmt: skip
     cors_origins: list[str] = Field(default_factory=list)
+    search_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="A text search stops (truncated) after this long."
+    )
+    archive_max_uncompressed_bytes: int = Field(
+        1 << 30, ge=1_024, description="An uploaded archive unpacking to more is refused (413)."
+    )
+    archive_max_entries: int = Field(
+        100_000, ge=1, description="An uploaded archive with more entries is refused (413)."
+    )
 
     # Files
     fifo_wait_seconds: float = Field(

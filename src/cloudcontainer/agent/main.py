@@ -15,6 +15,7 @@ from cloudcontainer.agent import (
     __version__,
     batch,
     fs,
+    lazy,
     ports,
     procs,
     tunnel,
@@ -54,6 +55,7 @@ def build(
     tunnel.register(agent.registry, tunnels)
     watcher = watch.Watcher(files.root)
     watch.register(agent.registry, watcher)
+    lazy.register(agent, files)  # search and archives: imported on first use
     started = time.time()
 
     async def hello(session: Session, args: Dict[str, Any]) -> Any:

@@ -22,6 +22,9 @@ PROC_INPUT = 2  # gateway -> agent: bytes for a process's stdin / PTY
 TUNNEL_DATA = 3  # both ways: bytes of a TCP tunnel
 TUNNEL_EOF = 4  # both ways: the sender will send no more on this tunnel
 PROC_STDERR = 5  # agent -> gateway: stderr of a process without a PTY
+ARCHIVE_DATA = 6  # both ways: archive bytes of a download (agent ->) or an upload (-> agent)
+ARCHIVE_END = 7  # agent -> gateway: a download ended; payload {"ok": true|false, "error"?}
+ARCHIVE_ACK = 8  # gateway -> agent: payload 4-byte big-endian count of download bytes consumed
 
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size

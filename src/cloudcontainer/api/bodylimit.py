@@ -12,7 +12,7 @@ from cloudcontainer.api.errors import error_response
 __all__ = ["BodySizeLimitMiddleware"]
 
 TOO_LARGE = "The request body is larger than this server accepts."
-_FILE_ROUTE = re.compile(r"^/api/containers/[^/]+/files(/|$)")
+_FILE_ROUTE = re.compile(r"^/api/containers/[^/]+/(files|archive)(/|$)")
 
 
 class BodySizeLimitMiddleware:
@@ -27,7 +27,7 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # File uploads carry whole files; every other body is a small JSON document.
+        # File and archive uploads carry whole files; every other body is a small JSON document.
         is_file = _FILE_ROUTE.match(scope["path"]) is not None
         limit = self.max_file_bytes if is_file else self.max_body_bytes
         declared = dict(scope["headers"]).get(b"content-length")

@@ -1,0 +1,134 @@
+"""Text search through the agent (`search.text`), relayed as NDJSON while ripgrep runs.
+
+The agent sends each file's matches as a `search.file` event tagged with a search id this
+side picks, then answers with the totals; both travel in order on the one link, so every
+file event has arrived when the answer does. Nothing is answered before the first file (or
+the end): an invalid regex, a missing folder or a sandbox without rg then still become a
+plain 4xx/5xx instead of a broken stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.errors import BadRequest, CloudContainerError, Unavailable
+from cloudcontainer.files.service import agent_errors
+from cloudcontainer.tasks import TaskSet
+
+__all__ = ["TextSearch", "search_errors"]
+
+_ERRORS: dict[str, tuple[type[CloudContainerError], str]] = {
+    "EREGEX": (BadRequest, "invalid_regex"),
+    "ENOTSUP": (Unavailable, "search_unavailable"),
+}
+
+
+@contextlib.contextmanager
+def search_errors() -> Iterator[None]:
+    """Search's own agent codes first, then the file API's mapping."""
+    try:
+        yield
+    except AgentOpError as exc:
+        if exc.errno in _ERRORS:
+            error_class, code = _ERRORS[exc.errno]
+            raise error_class(exc.message, code=code) from exc
+        with agent_errors():
+            raise
+
+
+def _line(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False).encode() + b"\n"
+
+
+class TextSearch:
+    """One search on one agent link: `start()` waits for its first result, `lines()` relays."""
+
+    def __init__(
+        self, link: AgentClient, tasks: TaskSet, args: dict[str, Any], timeout: float
+    ) -> None:
+        self.link = link
+        self.tasks = tasks
+        self.args = args
+        self.timeout = timeout
+        self.search_id = secrets.token_hex(8)
+        self.files: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.arrived = asyncio.Event()
+        self._call: asyncio.Future[Any] | None = None
+        self._unsubscribe: Callable[[], None] | None = link.on_event(self._on_event)
+
+    def _on_event(self, name: str, data: dict[str, Any]) -> None:
+        if name == "search.file" and data.get("search_id") == self.search_id:
+            self.files.put_nowait(data)
+            self.arrived.set()
+        elif name == "link.closed":
+            self.arrived.set()
+
+    async def start(self) -> None:
+        """Run the search until it produced something; its early failures raise here."""
+        self._call = asyncio.ensure_future(
+            self.link.call(
+                "search.text",
+                timeout=self.timeout + 30,
+                search_id=self.search_id,
+                timeout_seconds=self.timeout,
+                **self.args,
+            )
+        )
+        try:
+            await self._next()
+            if self._call.done() and self.files.empty():
+                with search_errors():
+                    self._call.result()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _next(self) -> None:
+        """Wait until a file arrived or the search ended."""
+        assert self._call is not None
+        while self.files.empty() and not self._call.done():
+            self.arrived.clear()
+            waiter = asyncio.ensure_future(self.arrived.wait())
+            try:
+                await asyncio.wait({self._call, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        assert self._call is not None
+        try:
+            while True:
+                while not self.files.empty():
+                    data = self.files.get_nowait()
+                    yield _line({"type": "file", "path": data["path"], "matches": data["matches"]})
+                if self._call.done():
+                    break
+                await self._next()
+            with search_errors():
+                totals = self._call.result()
+            yield _line({"type": "done", **totals})
+        except CloudContainerError as exc:
+            yield _line({"type": "error", "code": exc.code, "message": exc.message})
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        """Stop listening; a search still running (the client went away) is cancelled."""
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
+        if self._call is not None and not self._call.done():
+            self._call.cancel()
+            # In a task of its own: the caller may itself be cancelled (client gone).
+            self.tasks.spawn(self._cancel(), name=f"search-cancel:{self.search_id}")
+
+    async def _cancel(self) -> None:
+        with contextlib.suppress(AgentUnavailable, AgentOpError):
+            await self.link.call("search.cancel", search_id=self.search_id, timeout=5)
