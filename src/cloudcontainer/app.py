@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cloudcontainer import __version__
-from cloudcontainer.api import auth, containers, files, ops, projects
+from cloudcontainer.api import auth, containers, files, history, ops, projects, snapshots
 from cloudcontainer.api.bodylimit import BodySizeLimitMiddleware
 from cloudcontainer.api.docs import install_docs
 from cloudcontainer.api.errors import ERROR_RESPONSES, install_error_handlers
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_docs(app)
-    for module in (ops, auth, projects, containers, files):
+    for module in (ops, auth, projects, containers, files, history, snapshots):
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimitMiddleware,

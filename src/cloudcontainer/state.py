@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from cloudcontainer.auth.tokens import AccessTokenSigner
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Database, migrate
 from cloudcontainer.events import EventBus
+from cloudcontainer.files.history import FileHistory
 from cloudcontainer.files.service import FileService
 from cloudcontainer.observability.metrics import Metrics
 from cloudcontainer.projects.service import ProjectService
@@ -24,6 +27,8 @@ from cloudcontainer.runtimes import load_runtime
 from cloudcontainer.runtimes.base import Runtime, RuntimeOptions, RuntimeUnavailable
 from cloudcontainer.sandbox.service import ContainerService
 from cloudcontainer.sandbox.supervisor import Supervisor
+from cloudcontainer.snapshots import SnapshotService
+from cloudcontainer.storage import ObjectStorage, open_storage
 from cloudcontainer.tasks import TaskSet
 
 __all__ = ["Services", "open_services"]
@@ -44,6 +49,8 @@ class Services:
     runtime: Runtime
     containers: ContainerService
     files: FileService
+    storage: ObjectStorage
+    snapshots: SnapshotService
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -72,6 +79,7 @@ async def open_services(
     tasks = TaskSet()
     runtime = build_runtime(settings)
     supervisor: Supervisor | None = None
+    periodic: asyncio.Task[None] | None = None
     try:
         await migrate.upgrade(database)
         signer = AccessTokenSigner(settings.signing_key(), settings.access_token_ttl_seconds)
@@ -82,6 +90,14 @@ async def open_services(
         containers = ContainerService(
             settings=settings, database=database, runtime=runtime, events=events, tasks=tasks
         )
+        storage = open_storage(settings)
+        history = FileHistory(settings=settings, database=database, storage=storage)
+        containers.hooks.destroyed.append(history.forget)
+        snapshots = SnapshotService(
+            settings=settings, database=database, storage=storage, containers=containers,
+            tasks=tasks,
+        )  # fmt: skip
+        snapshots.install()
         try:
             await runtime.check()
         except RuntimeUnavailable as exc:
@@ -92,6 +108,9 @@ async def open_services(
         if supervise and containers.runtime_problem is None:
             supervisor = Supervisor(containers)
             await supervisor.start()
+            if settings.snapshot_interval_seconds > 0:
+                # Not in `tasks`: it never ends by itself, and `tasks` is drained at shutdown.
+                periodic = asyncio.create_task(snapshots.run_periodically(), name="snapshots")
         yield Services(
             settings=settings,
             database=database,
@@ -112,9 +131,15 @@ async def open_services(
             events=events,
             runtime=runtime,
             containers=containers,
-            files=FileService(containers),
+            files=FileService(containers, history),
+            storage=storage,
+            snapshots=snapshots,
         )
     finally:
+        if periodic is not None:
+            periodic.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await periodic
         if supervisor is not None:
             await supervisor.aclose()
         await tasks.aclose()

@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, Dict, List, Optional
 
-from cloudcontainer.agent import PROTOCOL_VERSION, __version__, fs, ports, procs, tunnel
+from cloudcontainer.agent import PROTOCOL_VERSION, __version__, fs, ports, procs, snapshot, tunnel
 from cloudcontainer.agent.server import Agent, Session
 
 SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
@@ -30,6 +30,7 @@ def build(
     agent = Agent(secret)
     files = fs.Files(workspace)
     fs.register(agent.registry, files)
+    snapshot.register(agent.registry, snapshot.Snapshots(files))
     table = procs.ProcessTable(env, workspace)
     table.bind(agent.broadcast)
     procs.register(agent.registry, table)

@@ -7,8 +7,10 @@ from cloudcontainer.db.models import (
     Base,
     Container,
     EmailToken,
+    FileVersion,
     Project,
     RefreshToken,
+    Snapshot,
     User,
     WsTicket,
 )
@@ -20,8 +22,10 @@ __all__ = [
     "Container",
     "Database",
     "EmailToken",
+    "FileVersion",
     "Project",
     "RefreshToken",
+    "Snapshot",
     "User",
     "WsTicket",
 ]

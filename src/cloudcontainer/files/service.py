@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import base64
 import mimetypes
-from collections.abc import Iterator
+import posixpath
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
+from cloudcontainer.db import FileVersion
 from cloudcontainer.errors import (
     BadRequest,
     CloudContainerError,
@@ -21,6 +23,7 @@ from cloudcontainer.errors import (
     NotFound,
     PreconditionFailed,
 )
+from cloudcontainer.files.history import FileHistory
 from cloudcontainer.runtimes.base import WORKSPACE
 from cloudcontainer.sandbox.service import ContainerService
 
@@ -92,8 +95,9 @@ def _entry(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class FileService:
-    def __init__(self, containers: ContainerService) -> None:
+    def __init__(self, containers: ContainerService, history: FileHistory | None = None) -> None:
         self._containers = containers
+        self.history = history
 
     async def _agent(self, owner_id: str, container_id: str) -> AgentClient:
         return await self._containers.agent(owner_id, container_id)
@@ -117,7 +121,7 @@ class FileService:
 
     async def write(
         self, owner_id: str, container_id: str, path: str, data: bytes, *,
-        mkdirs: bool = False, expect_sha256: str | None = None,
+        mkdirs: bool = False, expect_sha256: str | None = None, reason: str = "write",
     ) -> dict[str, Any]:  # fmt: skip
         """Write atomically; with `expect_sha256` only if the file still has that content."""
         agent = await self._agent(owner_id, container_id)
@@ -128,9 +132,25 @@ class FileService:
         }
         if expect_sha256 is not None:
             args["expect_sha256"] = expect_sha256
+        args.update(self._keep_previous())
         with agent_errors():
             raw = await agent.call("fs.write", **args)
+        await self._record(owner_id, container_id, raw.get("previous"), reason)
         return {**_entry(raw), "etag": etag_of(raw["sha256"])}
+
+    def _keep_previous(self) -> dict[str, int]:
+        if self.history is None or not self.history.enabled:
+            return {}
+        return {"keep_previous": self.history.keep_previous}
+
+    async def _record(
+        self, owner_id: str, container_id: str, previous: dict[str, Any] | None, reason: str
+    ) -> None:
+        if self.history is not None and previous is not None:
+            await self.history.record(
+                container_id, workdir_path(previous["path"]), previous,
+                user_id=owner_id, reason=reason,
+            )  # fmt: skip
 
     async def mkdir(
         self, owner_id: str, container_id: str, path: str, recursive: bool
@@ -142,11 +162,56 @@ class FileService:
     async def delete(self, owner_id: str, container_id: str, path: str, recursive: bool) -> None:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            await agent.call("fs.remove", path=path, recursive=recursive)
+            raw = await agent.call(
+                "fs.remove", path=path, recursive=recursive, **self._keep_previous()
+            )
+        if raw is not None:
+            await self._record(owner_id, container_id, raw.get("previous"), "delete")
 
     async def move(
         self, owner_id: str, container_id: str, source: str, target: str
     ) -> dict[str, Any]:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            return _entry(await agent.call("fs.rename", source=source, target=target))
+            raw = await agent.call(
+                "fs.rename", source=source, target=target, **self._keep_previous()
+            )
+        await self._record(owner_id, container_id, raw.get("previous"), "move")
+        await self._record(owner_id, container_id, raw.get("replaced"), "overwrite")
+        return _entry(raw)
+
+    # -- history --------------------------------------------------------------------------
+
+    def _history(self) -> FileHistory:
+        if self.history is None:
+            raise NotFound("File history is not kept on this server.", code="history_disabled")
+        return self.history
+
+    async def versions(self, owner_id: str, container_id: str, path: str) -> Sequence[FileVersion]:
+        """The kept versions of a file, newest first (the path is workdir-rooted)."""
+        await self._containers.get(owner_id, container_id)
+        return await self._history().versions(container_id, _workdir_rooted(path))
+
+    async def version(
+        self, owner_id: str, container_id: str, version_id: str
+    ) -> tuple[FileVersion, bytes]:
+        await self._containers.get(owner_id, container_id)
+        return await self._history().get(container_id, version_id)
+
+    async def restore_version(
+        self, owner_id: str, container_id: str, version_id: str
+    ) -> dict[str, Any]:
+        """Write a version's bytes back to its path (the content it replaces becomes a
+        version itself)."""
+        version, data = await self.version(owner_id, container_id, version_id)
+        return await self.write(
+            owner_id, container_id, version.path, data, mkdirs=True, reason="restore"
+        )
+
+
+def _workdir_rooted(path: str) -> str:
+    """The path as history stores it, resolved as the agent's `Files.resolve` does:
+    `src/a.ts`, `/src/a.ts`, `../src/a.ts` and `/home/project/src/a.ts` are one."""
+    if path == WORKSPACE or path.startswith(WORKSPACE + "/"):
+        path = path[len(WORKSPACE) :]
+    return "/" + posixpath.normpath("/" + path).lstrip("/")

@@ -1,0 +1,141 @@
+"""File history: the earlier contents of workspace files written through the file API.
+
+The agent hands back the bytes a write, delete or move replaced (when asked, and only for
+regular files up to `history_max_file_bytes`); they become a blob under the container's prefix
+in object storage and a `file_versions` row. Each path keeps at most `history_max_versions`;
+older rows go, and so do blobs no remaining row names. Everything goes with the container.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from typing import Any
+
+import structlog
+from sqlalchemy import delete, func, select
+
+from cloudcontainer.config import Settings
+from cloudcontainer.db import Database, FileVersion
+from cloudcontainer.errors import NotFound
+from cloudcontainer.storage import ObjectMissing, ObjectStorage, StorageError
+
+__all__ = ["FileHistory"]
+
+log = structlog.get_logger(__name__)
+
+
+def version_id() -> str:
+    """Ids that sort by creation (nanoseconds, then random), so "newest first" is exact."""
+    return f"ver_{time.time_ns():016x}{secrets.token_hex(4)}"
+
+
+def history_prefix(container_id: str) -> str:
+    return f"containers/{container_id}/history"
+
+
+class FileHistory:
+    def __init__(self, *, settings: Settings, database: Database, storage: ObjectStorage) -> None:
+        self.max_versions = settings.history_max_versions
+        self.max_file_bytes = settings.history_max_file_bytes
+        self._db = database
+        self._storage = storage
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_versions > 0
+
+    @property
+    def keep_previous(self) -> int:
+        """The agent's `keep_previous` argument: the size cap, or 0 when history is off."""
+        return max(self.max_file_bytes, 1) if self.enabled else 0
+
+    async def record(
+        self, container_id: str, path: str, previous: dict[str, Any] | None, *,
+        user_id: str | None, reason: str,
+    ) -> FileVersion | None:  # fmt: skip
+        """Keep `previous` (the agent's answer) as a version of `path`, if it carries bytes.
+
+        The write it belongs to has already happened, so a storage failure is logged and
+        answered with None rather than failing the request.
+        """
+        if previous is None or "data" not in previous or not self.enabled:
+            return None
+        data = base64.b64decode(previous["data"])
+        if len(data) > self.max_file_bytes:
+            return None
+        try:
+            sha256 = await self._storage.put_blob(history_prefix(container_id), data)
+        except StorageError as exc:
+            log.warning("file history not kept", container_id=container_id, error=exc.message)
+            return None
+        version = FileVersion(
+            id=version_id(), container_id=container_id, path=path, size=len(data),
+            sha256=sha256, created_by=user_id, reason=reason,
+        )  # fmt: skip
+        async with self._db.session() as session:
+            session.add(version)
+        await self._prune(container_id, path)
+        return version
+
+    async def versions(self, container_id: str, path: str) -> list[FileVersion]:
+        """The versions of `path`, newest first."""
+        query = (
+            select(FileVersion)
+            .where(FileVersion.container_id == container_id, FileVersion.path == path)
+            .order_by(FileVersion.id.desc())
+        )
+        async with self._db.session() as session:
+            return list(await session.scalars(query))
+
+    async def get(self, container_id: str, version_id: str) -> tuple[FileVersion, bytes]:
+        async with self._db.session() as session:
+            version = await session.scalar(
+                select(FileVersion).where(
+                    FileVersion.id == version_id, FileVersion.container_id == container_id
+                )
+            )
+        if version is None:
+            raise NotFound("No such version.", code="version_not_found")
+        try:
+            data = await self._storage.get_blob(history_prefix(container_id), version.sha256)
+        except ObjectMissing as exc:
+            raise NotFound(
+                "The version's content is missing from object storage.", code="version_not_found"
+            ) from exc
+        return version, data
+
+    async def forget(self, container_id: str) -> None:
+        """Drop every version of a container (its rows go with it by the foreign key)."""
+        async with self._db.session() as session:
+            await session.execute(
+                delete(FileVersion).where(FileVersion.container_id == container_id)
+            )
+        await self._storage.delete_prefix(history_prefix(container_id))
+
+    async def _prune(self, container_id: str, path: str) -> None:
+        """Keep the newest `max_versions` of `path`; delete blobs nothing names any more."""
+        async with self._db.session() as session:
+            stale = list(
+                await session.scalars(
+                    select(FileVersion)
+                    .where(FileVersion.container_id == container_id, FileVersion.path == path)
+                    .order_by(FileVersion.id.desc())
+                    .offset(self.max_versions)
+                )
+            )
+            for version in stale:
+                await session.delete(version)
+        for sha256 in {version.sha256 for version in stale}:
+            async with self._db.session() as session:
+                still = await session.scalar(
+                    select(func.count()).where(
+                        FileVersion.container_id == container_id, FileVersion.sha256 == sha256
+                    )
+                )
+            if not still:
+                try:
+                    await self._storage.delete_blob(history_prefix(container_id), sha256)
+                except StorageError as exc:
+                    log.warning("history blob not pruned", sha256=sha256, error=exc.message)
