@@ -115,8 +115,9 @@ class ObjectStorage:
         return len(keys)
 
     async def check(self) -> None:
-        """Raise StorageError unless the store answers (a HEAD of one key; missing is fine)."""
-        await self._exists(PROBE)
+        """Raise StorageError unless the store answers: a listing of an empty prefix (a HEAD
+        would not do: S3 answers 404 for a missing key and for a missing bucket alike)."""
+        await self._list(PROBE + "/")
 
     # -- obstore calls, errors translated --------------------------------------------------
 
