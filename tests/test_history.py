@@ -23,7 +23,7 @@ async def versions(api: Api, user: TestUser, base: str, path: str) -> list[dict[
 
 
 async def test_writes_keep_previous_versions_newest_first(sandbox_api: Api) -> None:
-    user, cid, base = await setup(sandbox_api)
+    user, _, base = await setup(sandbox_api)
     client = sandbox_api.client
     for text in ("one", "two", "three"):
         response = await client.put(
@@ -44,8 +44,7 @@ async def test_writes_keep_previous_versions_newest_first(sandbox_api: Api) -> N
     assert first["created_by"] == user.id
     assert set(first) == {"id", "path", "size", "sha256", "created_at", "created_by", "reason"}
     contents = [
-        (await client.get(f"{base}/versions/{v['id']}", headers=user.headers)).content
-        for v in kept
+        (await client.get(f"{base}/versions/{v['id']}", headers=user.headers)).content for v in kept
     ]
     assert contents == [b"three", b"two", b"one"]
 
@@ -64,7 +63,9 @@ async def test_restore_writes_the_version_back_and_keeps_the_replaced_content(
     assert (await sh(sandbox_api, user, cid, "cat a.txt")).stdout == "old"
     kept = await versions(sandbox_api, user, base, "/a.txt")
     assert [(v["reason"], v["size"]) for v in kept] == [("restore", 3), ("write", 3)]
-    assert (await client.get(f"{base}/versions/{kept[0]['id']}", headers=user.headers)).content == b"new"
+    assert (
+        await client.get(f"{base}/versions/{kept[0]['id']}", headers=user.headers)
+    ).content == b"new"
 
 
 async def test_delete_and_move_keep_versions_and_a_deleted_file_can_be_restored(
@@ -89,7 +90,9 @@ async def test_delete_and_move_keep_versions_and_a_deleted_file_can_be_restored(
     assert at_old[0]["reason"] == "move"
     (overwritten,) = await versions(sandbox_api, user, base, "/b.txt")
     assert overwritten["reason"] == "overwrite"
-    assert (await client.get(f"{base}/versions/{overwritten['id']}", headers=user.headers)).content == b"bee"
+    assert (
+        await client.get(f"{base}/versions/{overwritten['id']}", headers=user.headers)
+    ).content == b"bee"
 
 
 async def test_versions_are_bounded_and_big_files_are_not_kept(
@@ -98,7 +101,9 @@ async def test_versions_are_bounded_and_big_files_are_not_kept(
     api: Api = await sandbox_api_factory(history_max_versions=3, history_max_file_bytes=1024)
     user, cid, base = await setup(api)
     for number in range(6):
-        await api.client.put(f"{base}/files/n.txt", content=str(number).encode(), headers=user.headers)
+        await api.client.put(
+            f"{base}/files/n.txt", content=str(number).encode(), headers=user.headers
+        )
     kept = await versions(api, user, base, "/n.txt")
     contents = [
         (await api.client.get(f"{base}/versions/{v['id']}", headers=user.headers)).content
@@ -119,7 +124,7 @@ async def test_versions_are_bounded_and_big_files_are_not_kept(
 
 async def test_history_can_be_switched_off(sandbox_api_factory: Any) -> None:
     api: Api = await sandbox_api_factory(history_max_versions=0)
-    user, cid, base = await setup(api)
+    user, _, base = await setup(api)
     await api.client.put(f"{base}/files/a.txt", content=b"1", headers=user.headers)
     await api.client.put(f"{base}/files/a.txt", content=b"2", headers=user.headers)
     assert await versions(api, user, base, "/a.txt") == []

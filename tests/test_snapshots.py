@@ -4,9 +4,9 @@ excludes hold; a stop snapshots; a broken store is a clear error and never block
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from typing import Any
-
-import pytest
 
 from tests.conftest import Api, TestUser
 from tests.sandbox_helpers import new_container, new_project, sh, wait_for_status
@@ -86,9 +86,7 @@ async def test_a_new_container_of_the_project_gets_its_snapshot(sandbox_api: Api
     await round_trip(sandbox_api)
 
 
-async def test_snapshots_in_s3(
-    sandbox_api_factory: Any, s3: S3Server, s3_bucket: str
-) -> None:
+async def test_snapshots_in_s3(sandbox_api_factory: Any, s3: S3Server, s3_bucket: str) -> None:
     await round_trip(await sandbox_api_factory(**s3.settings(s3_bucket)))
 
 
@@ -125,7 +123,9 @@ async def test_restore_makes_the_workspace_equal_to_a_snapshot(sandbox_api: Api)
     assert response.status_code == 200, response.text
     assert await listing(sandbox_api, user, cid) == before
     # Excluded paths are not the snapshot's business: they stay as they are.
-    assert (await sh(sandbox_api, user, cid, "cat node_modules/left-pad/index.js")).stdout == "module"
+    assert (
+        await sh(sandbox_api, user, cid, "cat node_modules/left-pad/index.js")
+    ).stdout == "module"
 
 
 async def test_excludes_come_from_the_settings(sandbox_api_factory: Any) -> None:
@@ -225,8 +225,8 @@ async def test_deleting_the_project_deletes_its_snapshots(sandbox_api: Api) -> N
     assert await storage.list_blobs(f"projects/{project}") == set()
 
 
-@pytest.mark.parametrize("keep", [2])
-async def test_old_snapshots_and_their_blobs_are_pruned(sandbox_api_factory: Any, keep: int) -> None:
+async def test_old_snapshots_and_their_blobs_are_pruned(sandbox_api_factory: Any) -> None:
+    keep = 2
     api: Api = await sandbox_api_factory(snapshot_keep=keep)
     user = await api.user()
     project = await new_project(api, user)
@@ -237,8 +237,25 @@ async def test_old_snapshots_and_their_blobs_are_pruned(sandbox_api_factory: Any
     listed = await project_snapshots(api, user, project)
     assert len(listed) == keep
     stored = await api.services.storage.list_blobs(f"projects/{project}")
-    import hashlib
-
     assert hashlib.sha256(b"0").hexdigest() not in stored
     assert hashlib.sha256(b"3").hexdigest() in stored
     assert hashlib.sha256(b"2").hexdigest() in stored
+
+
+async def test_changed_workspaces_are_snapshotted_in_the_background(
+    sandbox_api_factory: Any,
+) -> None:
+    api: Api = await sandbox_api_factory(snapshot_interval_seconds=0.2)
+    user = await api.user()
+    project = await new_project(api, user)
+    cid = (await new_container(api, user, project_id=project))["id"]
+    await sh(api, user, cid, "printf auto > auto.txt")
+    async with asyncio.timeout(60):  # an upper bound, not a measured timing
+        while not (listed := await project_snapshots(api, user, project)):
+            await asyncio.sleep(0.1)
+    assert listed[0]["reason"] == "auto"
+    assert listed[0]["container_id"] == cid
+    # An unchanged workspace is not snapshotted again.
+    container = await api.services.containers.get(None, cid)
+    link = api.services.containers.links[cid]
+    assert await api.services.snapshots._take(container, link, "auto", only_if_changed=True) is None
