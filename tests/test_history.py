@@ -116,6 +116,10 @@ async def test_versions_are_bounded_and_big_files_are_not_kept(
     await api.client.put(f"{base}/files/big.bin", content=b"x" * 2048, headers=user.headers)
     await api.client.put(f"{base}/files/big.bin", content=b"y", headers=user.headers)
     assert await versions(api, user, base, "/big.bin") == []
+    # Saving the same bytes again (editors autosave) keeps nothing.
+    for _ in range(2):
+        await api.client.put(f"{base}/files/same.txt", content=b"same", headers=user.headers)
+    assert await versions(api, user, base, "/same.txt") == []
     # Exactly at the cap is still kept.
     await api.client.put(f"{base}/files/edge.bin", content=b"e" * 1024, headers=user.headers)
     await api.client.put(f"{base}/files/edge.bin", content=b"f", headers=user.headers)

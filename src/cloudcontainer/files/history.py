@@ -9,12 +9,14 @@ older rows go, and so do blobs no remaining row names. Everything goes with the 
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 import time
 from typing import Any
 
 import structlog
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Database, FileVersion
@@ -53,20 +55,25 @@ class FileHistory:
 
     async def record(
         self, container_id: str, path: str, previous: dict[str, Any] | None, *,
-        user_id: str | None, reason: str,
+        user_id: str | None, reason: str, unchanged: str | None = None,
     ) -> FileVersion | None:  # fmt: skip
         """Keep `previous` (the agent's answer) as a version of `path`, if it carries bytes.
 
         The write it belongs to has already happened, so a storage failure is logged and
-        answered with None rather than failing the request.
+        answered with None rather than failing the request. `unchanged` is the SHA-256 of the
+        new content: a write of the same bytes keeps no version.
         """
         if previous is None or "data" not in previous or not self.enabled:
             return None
         data = base64.b64decode(previous["data"])
         if len(data) > self.max_file_bytes:
             return None
+        sha256 = hashlib.sha256(data).hexdigest()
+        if sha256 == unchanged:
+            return None  # saved again with the same bytes (editors' autosave): nothing to keep
         try:
-            sha256 = await self._storage.put_blob(history_prefix(container_id), data)
+            # Small blobs are written without asking first: one request instead of two.
+            await self._storage.put_blob(history_prefix(container_id), data, check=False)
         except StorageError as exc:
             log.warning("file history not kept", container_id=container_id, error=exc.message)
             return None
@@ -76,7 +83,9 @@ class FileHistory:
         )  # fmt: skip
         async with self._db.session() as session:
             session.add(version)
-        await self._prune(container_id, path)
+            stale = await self._stale(session, container_id, path)
+        if stale:
+            await self._sweep(container_id, stale)
         return version
 
     async def versions(self, container_id: str, path: str) -> list[FileVersion]:
@@ -114,28 +123,34 @@ class FileHistory:
             )
         await self._storage.delete_prefix(history_prefix(container_id))
 
-    async def _prune(self, container_id: str, path: str) -> None:
-        """Keep the newest `max_versions` of `path`; delete blobs nothing names any more."""
-        async with self._db.session() as session:
-            stale = list(
-                await session.scalars(
-                    select(FileVersion)
-                    .where(FileVersion.container_id == container_id, FileVersion.path == path)
-                    .order_by(FileVersion.id.desc())
-                    .offset(self.max_versions)
-                )
+    async def _stale(self, session: AsyncSession, container_id: str, path: str) -> set[str]:
+        """Delete the versions of `path` beyond the newest `max_versions` (inside the
+        caller's transaction); answer their SHA-256s."""
+        stale = list(
+            await session.scalars(
+                select(FileVersion)
+                .where(FileVersion.container_id == container_id, FileVersion.path == path)
+                .order_by(FileVersion.id.desc())
+                .offset(self.max_versions)
             )
-            for version in stale:
-                await session.delete(version)
-        for sha256 in {version.sha256 for version in stale}:
-            async with self._db.session() as session:
-                still = await session.scalar(
-                    select(func.count()).where(
-                        FileVersion.container_id == container_id, FileVersion.sha256 == sha256
+        )
+        for version in stale:
+            await session.delete(version)
+        return {version.sha256 for version in stale}
+
+    async def _sweep(self, container_id: str, candidates: set[str]) -> None:
+        """Delete the blobs among `candidates` that no version of the container names."""
+        async with self._db.session() as session:
+            named = set(
+                await session.scalars(
+                    select(FileVersion.sha256).where(
+                        FileVersion.container_id == container_id,
+                        FileVersion.sha256.in_(candidates),
                     )
                 )
-            if not still:
-                try:
-                    await self._storage.delete_blob(history_prefix(container_id), sha256)
-                except StorageError as exc:
-                    log.warning("history blob not pruned", sha256=sha256, error=exc.message)
+            )
+        for sha256 in candidates - named:
+            try:
+                await self._storage.delete_blob(history_prefix(container_id), sha256)
+            except StorageError as exc:
+                log.warning("history blob not pruned", sha256=sha256, error=exc.message)

@@ -135,7 +135,7 @@ class FileService:
         args.update(self._keep_previous())
         with agent_errors():
             raw = await agent.call("fs.write", **args)
-        await self._record(owner_id, container_id, raw.get("previous"), reason)
+        await self._record(owner_id, container_id, raw.get("previous"), reason, raw["sha256"])
         return {**_entry(raw), "etag": etag_of(raw["sha256"])}
 
     def _keep_previous(self) -> dict[str, int]:
@@ -144,12 +144,13 @@ class FileService:
         return {"keep_previous": self.history.keep_previous}
 
     async def _record(
-        self, owner_id: str, container_id: str, previous: dict[str, Any] | None, reason: str
-    ) -> None:
+        self, owner_id: str, container_id: str, previous: dict[str, Any] | None, reason: str,
+        unchanged: str | None = None,
+    ) -> None:  # fmt: skip
         if self.history is not None and previous is not None:
             await self.history.record(
                 container_id, workdir_path(previous["path"]), previous,
-                user_id=owner_id, reason=reason,
+                user_id=owner_id, reason=reason, unchanged=unchanged,
             )  # fmt: skip
 
     async def mkdir(

@@ -69,10 +69,12 @@ class ObjectStorage:
 
     # -- blobs -----------------------------------------------------------------------------
 
-    async def put_blob(self, prefix: str, data: bytes) -> str:
-        """Store `data` (if not stored yet) and return its SHA-256."""
+    async def put_blob(self, prefix: str, data: bytes, *, check: bool = True) -> str:
+        """Store `data` and return its SHA-256. With `check`, a blob already stored is not
+        sent again (one HEAD); without, it is simply written again (same name, same bytes),
+        which is cheaper for small blobs."""
         sha256 = hashlib.sha256(data).hexdigest()
-        if not await self.has_blob(prefix, sha256):
+        if not check or not await self.has_blob(prefix, sha256):
             await self._put(blob_key(prefix, sha256), data)
         return sha256
 
