@@ -259,3 +259,24 @@ async def test_changed_workspaces_are_snapshotted_in_the_background(
     container = await api.services.containers.get(None, cid)
     link = api.services.containers.links[cid]
     assert await api.services.snapshots._take(container, link, "auto", only_if_changed=True) is None
+
+
+async def test_a_project_whose_snapshot_is_lost_does_not_start_from_the_template(
+    sandbox_api: Api,
+) -> None:
+    """Starting from the template would hide the saved work (and the next snapshot would
+    overwrite it); the container fails and says why instead."""
+    user = await sandbox_api.user()
+    project = await new_project(sandbox_api, user)
+    cid = (await new_container(sandbox_api, user, project_id=project))["id"]
+    taken = await snapshot(sandbox_api, user, cid)
+    await delete_container(sandbox_api, user, cid)
+    storage = sandbox_api.services.storage
+    await storage.delete_object(f"projects/{project}/snapshots/{taken['id']}.json")
+    response = await sandbox_api.client.post(
+        "/api/containers?wait=true", json={"project_id": project}, headers=user.headers
+    )
+    assert response.status_code == 201, response.text
+    failed = response.json()
+    assert failed["status"] == "failed"
+    assert f"Snapshot {taken['id']} is missing from object storage" in failed["status_reason"]

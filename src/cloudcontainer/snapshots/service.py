@@ -26,6 +26,7 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
@@ -175,7 +176,9 @@ class SnapshotService:
                     if container.status != Status.RUNNING or link.closed.is_set():
                         continue
                     await self._take(container, link, "auto", only_if_changed=True)
-                except (CloudContainerError, TimeoutError) as exc:
+                except (CloudContainerError, TimeoutError, OSError, SQLAlchemyError) as exc:
+                    # One container's failure (or its project deleted meanwhile) must not end
+                    # the loop for all the others.
                     log.warning(
                         "automatic snapshot failed", container_id=container_id, error=str(exc)
                     )
