@@ -94,9 +94,8 @@ async def open_services(
         history = FileHistory(settings=settings, database=database, storage=storage)
         containers.hooks.destroyed.append(history.forget)
         snapshots = SnapshotService(
-            settings=settings, database=database, storage=storage, containers=containers,
-            tasks=tasks,
-        )  # fmt: skip
+            settings=settings, database=database, storage=storage, containers=containers
+        )
         snapshots.install()
         try:
             await runtime.check()

@@ -35,7 +35,6 @@ from cloudcontainer.db import Container, Database, Snapshot
 from cloudcontainer.errors import CloudContainerError, Conflict, NotFound
 from cloudcontainer.sandbox.service import ContainerService, Status
 from cloudcontainer.storage import ObjectMissing, ObjectStorage, StorageError
-from cloudcontainer.tasks import TaskSet
 
 __all__ = ["SnapshotService"]
 
@@ -78,13 +77,12 @@ def _agent_errors(what: str) -> Iterator[None]:
 class SnapshotService:
     def __init__(
         self, *, settings: Settings, database: Database, storage: ObjectStorage,
-        containers: ContainerService, tasks: TaskSet,
+        containers: ContainerService,
     ) -> None:  # fmt: skip
         self.settings = settings
         self.storage = storage
         self._db = database
         self._containers = containers
-        self._tasks = tasks
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     def install(self) -> None:
