@@ -176,6 +176,7 @@ async def test_versions_go_with_their_container(sandbox_api: Api) -> None:
             f"{base}/files/a.txt", content=content, headers=user.headers
         )
         assert response.status_code == 200, response.text
+    assert len(await versions(sandbox_api, user, base, "/a.txt")) == 1
     storage = sandbox_api.services.storage
     assert await storage.list_blobs(f"containers/{cid}/history")
     response = await sandbox_api.client.delete(f"/api/containers/{cid}", headers=user.headers)

@@ -91,7 +91,7 @@ async def open_services(
             settings=settings, database=database, runtime=runtime, events=events, tasks=tasks
         )
         storage = open_storage(settings)
-        history = FileHistory(settings=settings, database=database, storage=storage)
+        history = FileHistory(settings=settings, database=database, storage=storage, tasks=tasks)
         containers.hooks.destroyed.append(history.forget)
         snapshots = SnapshotService(
             settings=settings, database=database, storage=storage, containers=containers

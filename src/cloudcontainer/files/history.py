@@ -4,10 +4,16 @@ The agent hands back the bytes a write, delete or move replaced (when asked, and
 regular files up to `history_max_file_bytes`); they become a blob under the container's prefix
 in object storage and a `file_versions` row. Each path keeps at most `history_max_versions`;
 older rows go, and so do blobs no remaining row names. Everything goes with the container.
+
+Keeping a version costs a blob write and a database transaction, a few milliseconds that a
+file save should not wait for: versions are kept by a background task per container, in the
+order of the writes, and every read of the history first waits for that container's pending
+ones, so an API client always sees the versions of the writes it was answered for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import secrets
@@ -16,12 +22,14 @@ from typing import Any
 
 import structlog
 from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Database, FileVersion
 from cloudcontainer.errors import NotFound
 from cloudcontainer.storage import ObjectMissing, ObjectStorage, StorageError
+from cloudcontainer.tasks import TaskSet
 
 __all__ = ["FileHistory"]
 
@@ -38,11 +46,49 @@ def history_prefix(container_id: str) -> str:
 
 
 class FileHistory:
-    def __init__(self, *, settings: Settings, database: Database, storage: ObjectStorage) -> None:
+    def __init__(
+        self, *, settings: Settings, database: Database, storage: ObjectStorage, tasks: TaskSet
+    ) -> None:
         self.max_versions = settings.history_max_versions
         self.max_file_bytes = settings.history_max_file_bytes
         self._db = database
         self._storage = storage
+        self._tasks = tasks
+        self._tails: dict[str, asyncio.Task[None]] = {}  # container id → its last pending keep
+
+    def record_later(
+        self, container_id: str, path: str, previous: dict[str, Any] | None, *,
+        user_id: str | None, reason: str, unchanged: str | None = None,
+    ) -> None:  # fmt: skip
+        """`record` in the background, after the container's earlier pending ones."""
+        if previous is None or "data" not in previous or not self.enabled:
+            return
+        before = self._tails.get(container_id)
+
+        async def keep() -> None:
+            if before is not None:
+                await asyncio.wait([before])
+            try:
+                await self.record(
+                    container_id, path, previous, user_id=user_id, reason=reason,
+                    unchanged=unchanged,
+                )  # fmt: skip
+            except SQLAlchemyError as exc:  # e.g. the container was deleted meanwhile
+                log.warning("file history not kept", container_id=container_id, error=str(exc))
+
+        task = self._tasks.spawn(keep(), name=f"history:{container_id}")
+        self._tails[container_id] = task
+        task.add_done_callback(lambda done: self._forget_tail(container_id, done))
+
+    def _forget_tail(self, container_id: str, task: asyncio.Task[None]) -> None:
+        if self._tails.get(container_id) is task:
+            del self._tails[container_id]
+
+    async def settle(self, container_id: str) -> None:
+        """Wait until the versions of every write answered so far are kept."""
+        tail = self._tails.get(container_id)
+        if tail is not None:
+            await asyncio.wait([tail])
 
     @property
     def enabled(self) -> bool:
@@ -90,6 +136,7 @@ class FileHistory:
 
     async def versions(self, container_id: str, path: str) -> list[FileVersion]:
         """The versions of `path`, newest first."""
+        await self.settle(container_id)
         query = (
             select(FileVersion)
             .where(FileVersion.container_id == container_id, FileVersion.path == path)
@@ -99,6 +146,7 @@ class FileHistory:
             return list(await session.scalars(query))
 
     async def get(self, container_id: str, version_id: str) -> tuple[FileVersion, bytes]:
+        await self.settle(container_id)
         async with self._db.session() as session:
             version = await session.scalar(
                 select(FileVersion).where(
@@ -117,6 +165,7 @@ class FileHistory:
 
     async def forget(self, container_id: str) -> None:
         """Drop every version of a container (its rows go with it by the foreign key)."""
+        await self.settle(container_id)
         async with self._db.session() as session:
             await session.execute(
                 delete(FileVersion).where(FileVersion.container_id == container_id)

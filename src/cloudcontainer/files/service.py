@@ -135,7 +135,7 @@ class FileService:
         args.update(self._keep_previous())
         with agent_errors():
             raw = await agent.call("fs.write", **args)
-        await self._record(owner_id, container_id, raw.get("previous"), reason, raw["sha256"])
+        self._record(owner_id, container_id, raw.get("previous"), reason, raw["sha256"])
         return {**_entry(raw), "etag": etag_of(raw["sha256"])}
 
     def _keep_previous(self) -> dict[str, int]:
@@ -143,12 +143,13 @@ class FileService:
             return {}
         return {"keep_previous": self.history.keep_previous}
 
-    async def _record(
+    def _record(
         self, owner_id: str, container_id: str, previous: dict[str, Any] | None, reason: str,
         unchanged: str | None = None,
     ) -> None:  # fmt: skip
+        """Keep the replaced content as a version (in the background)."""
         if self.history is not None and previous is not None:
-            await self.history.record(
+            self.history.record_later(
                 container_id, workdir_path(previous["path"]), previous,
                 user_id=owner_id, reason=reason, unchanged=unchanged,
             )  # fmt: skip
@@ -167,7 +168,7 @@ class FileService:
                 "fs.remove", path=path, recursive=recursive, **self._keep_previous()
             )
         if raw is not None:
-            await self._record(owner_id, container_id, raw.get("previous"), "delete")
+            self._record(owner_id, container_id, raw.get("previous"), "delete")
 
     async def move(
         self, owner_id: str, container_id: str, source: str, target: str
@@ -177,8 +178,8 @@ class FileService:
             raw = await agent.call(
                 "fs.rename", source=source, target=target, **self._keep_previous()
             )
-        await self._record(owner_id, container_id, raw.get("previous"), "move")
-        await self._record(owner_id, container_id, raw.get("replaced"), "overwrite")
+        self._record(owner_id, container_id, raw.get("previous"), "move")
+        self._record(owner_id, container_id, raw.get("replaced"), "overwrite")
         return _entry(raw)
 
     # -- history --------------------------------------------------------------------------
