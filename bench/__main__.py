@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import files, sandboxes, watch
+from bench import files, sandboxes, snapshots, watch
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -102,6 +102,21 @@ def main() -> None:
             f"{density['rss_mib']['p50']:.1f} MiB, max {density['rss_max_mib']:.1f} MiB; "
             f"PSS p50 {density['pss_mib']['p50']:.1f} MiB",
             f"all started in {density['start_all_s']:.1f} s", "≥ 200, RSS ≤ 20 MiB each",
+        )  # fmt: skip
+    if want("S1"):
+        console.print("S1: snapshots of a Vite-sized workspace …")
+        shots = snapshots.snapshot_round(3 if args.quick else 10)
+        report["results"]["S1"] = shots
+        first, delta = shots["first"], shots["delta"]
+        fastest, slowest = min(d["seconds"] for d in delta), max(d["seconds"] for d in delta)
+        table.add_row(
+            "S1", f"snapshot, {first['file_count']} files, {first['total_bytes'] / 2**20:.1f} MiB",
+            f"first {first['seconds']:.2f} s ({first['uploaded_count']} uploaded); "
+            f"delta {fastest:.2f}-{slowest:.2f} s "
+            f"({delta[0]['uploaded_count']} uploaded); unchanged "
+            f"{min(u['seconds'] for u in shots['unchanged']):.2f} s; "
+            f"new container restored in {shots['create_with_restore_s']:.2f} s",
+            "—", "delta uploads only changed files",
         )  # fmt: skip
     console.print(table)
     RESULTS.mkdir(exist_ok=True)

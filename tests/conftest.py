@@ -23,6 +23,7 @@ from cloudcontainer.state import Services
 from tests.support.docker import docker_engine
 from tests.support.image import BuiltImage, build
 from tests.support.postgres import postgres_server
+from tests.support.s3 import S3Server, s3_server
 from tests.support.smtp import Mailbox, smtp_server
 
 PASSWORD = "correct horse battery staple"
@@ -42,6 +43,21 @@ def postgres_url() -> Iterator[str]:
 def smtp() -> Iterator[tuple[Mailbox, int]]:
     with smtp_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """moto's S3 server, for the object storage tests."""
+    with s3_server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(s3: S3Server) -> str:
+    """A fresh bucket on the S3 server."""
+    bucket = f"cc-{secrets.token_hex(6)}"
+    s3.create_bucket(bucket)
+    return bucket
 
 
 @pytest.fixture

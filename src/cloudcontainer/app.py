@@ -9,7 +9,18 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cloudcontainer import __version__
-from cloudcontainer.api import archives, auth, containers, files, locks, ops, projects, search
+from cloudcontainer.api import (
+    archives,
+    auth,
+    containers,
+    files,
+    history,
+    locks,
+    ops,
+    projects,
+    search,
+    snapshots,
+)
 from cloudcontainer.api.bodylimit import BodySizeLimitMiddleware
 from cloudcontainer.api.docs import install_docs
 from cloudcontainer.api.errors import ERROR_RESPONSES, install_error_handlers
@@ -51,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_error_handlers(app)
     install_docs(app)
-    for module in (ops, auth, projects, containers, files, locks, search, archives):
+    for module in (ops, auth, projects, containers, files, locks, search, archives, history,
+                   snapshots):  # fmt: skip
         app.include_router(module.router)
     app.add_middleware(
         BodySizeLimitMiddleware,

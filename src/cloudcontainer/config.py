@@ -160,6 +160,40 @@ class Settings(BaseSettings):
         2, ge=0, le=64, description="Sandboxes kept started ahead of demand (0: none)."
     )
 
+    # Object storage, file history, snapshots
+    storage_url: str = Field(
+        "",
+        description="Object store: empty for DATA_DIR/objects, file:///path, or s3://bucket/prefix.",
+    )
+    storage_endpoint: str = Field(
+        "", description="S3 endpoint URL (MinIO, moto, Ceph...); empty: AWS for the region."
+    )
+    storage_region: str = Field("", description="S3 region; empty: the SDK default.")
+    storage_access_key_id: str = Field("", description="S3 access key; empty: the environment's.")
+    storage_secret_access_key: SecretStr = Field(SecretStr(""), description="S3 secret key.")
+    storage_allow_http: bool = Field(
+        False, description="Allow a plain-HTTP S3 endpoint (a local MinIO or moto)."
+    )
+    history_max_versions: int = Field(
+        20, ge=0, description="Earlier versions kept per file (0: no file history)."
+    )
+    history_max_file_bytes: int = Field(
+        1_048_576, ge=0, description="Files larger than this are not versioned."
+    )
+    snapshot_interval_seconds: float = Field(
+        300,
+        ge=0,
+        description="Snapshot changed workspaces this often (0: only manual and on stop).",
+    )
+    snapshot_on_stop: bool = Field(True, description="Snapshot a workspace when it stops.")
+    snapshot_keep: int = Field(
+        10, ge=1, description="Snapshots kept per project; older are pruned."
+    )
+    snapshot_exclude: list[str] = Field(
+        default_factory=lambda: ["node_modules", ".npm", ".cache", ".next/cache"],
+        description="Globs left out of snapshots: a name matches at any depth, a/b from the root.",
+    )
+
     # Observability
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from cloudcontainer.auth.tokens import AccessTokenSigner
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Database, migrate
 from cloudcontainer.events import EventBus
+from cloudcontainer.files.history import FileHistory
 from cloudcontainer.files.locks import LockService
 from cloudcontainer.files.ordering import Sequencer
 from cloudcontainer.files.service import FileService
@@ -26,6 +29,8 @@ from cloudcontainer.runtimes import load_runtime
 from cloudcontainer.runtimes.base import Runtime, RuntimeOptions, RuntimeUnavailable
 from cloudcontainer.sandbox.service import ContainerService
 from cloudcontainer.sandbox.supervisor import Supervisor
+from cloudcontainer.snapshots import SnapshotService
+from cloudcontainer.storage import ObjectStorage, open_storage
 from cloudcontainer.tasks import TaskSet
 
 __all__ = ["Services", "open_services"]
@@ -48,6 +53,8 @@ class Services:
     files: FileService
     locks: LockService
     order: Sequencer
+    storage: ObjectStorage
+    snapshots: SnapshotService
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -77,6 +84,7 @@ async def open_services(
     runtime = build_runtime(settings)
     supervisor: Supervisor | None = None
     locks: LockService | None = None
+    periodic: asyncio.Task[None] | None = None
     try:
         await migrate.upgrade(database)
         signer = AccessTokenSigner(settings.signing_key(), settings.access_token_ttl_seconds)
@@ -87,6 +95,13 @@ async def open_services(
         containers = ContainerService(
             settings=settings, database=database, runtime=runtime, events=events, tasks=tasks
         )
+        storage = open_storage(settings)
+        history = FileHistory(settings=settings, database=database, storage=storage, tasks=tasks)
+        containers.hooks.destroyed.append(history.forget)
+        snapshots = SnapshotService(
+            settings=settings, database=database, storage=storage, containers=containers
+        )
+        snapshots.install()
         try:
             await runtime.check()
         except RuntimeUnavailable as exc:
@@ -101,6 +116,9 @@ async def open_services(
         if supervise and containers.runtime_problem is None:
             supervisor = Supervisor(containers)
             await supervisor.start()
+            if settings.snapshot_interval_seconds > 0:
+                # Not in `tasks`: it never ends by itself, and `tasks` is drained at shutdown.
+                periodic = asyncio.create_task(snapshots.run_periodically(), name="snapshots")
         principals = PrincipalCache(settings.auth_cache_seconds)
         yield Services(
             settings=settings,
@@ -126,11 +144,17 @@ async def open_services(
             events=events,
             runtime=runtime,
             containers=containers,
-            files=FileService(containers),
+            files=FileService(containers, history),
             locks=locks,
             order=Sequencer(settings.fifo_wait_seconds),
+            storage=storage,
+            snapshots=snapshots,
         )
     finally:
+        if periodic is not None:
+            periodic.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await periodic
         if locks is not None:
             locks.aclose()
         if supervisor is not None:

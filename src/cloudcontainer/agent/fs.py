@@ -74,10 +74,12 @@ class Files:
         }
 
     def write(self, path: Any, data: Any, mkdirs: bool = False,
-              expect_sha256: Optional[str] = None) -> Dict[str, Any]:  # fmt: skip
+              expect_sha256: Optional[str] = None,
+              keep_previous: int = 0) -> Dict[str, Any]:  # fmt: skip
         """Replace the file's bytes. With `expect_sha256` ("" for: must not exist), refuse
         with ETAGMISMATCH unless the current content has that hash: a compare-and-swap, atomic
-        because the agent runs one file operation at a time."""
+        because the agent runs one file operation at a time. With `keep_previous` (a size
+        cap), the answer carries the replaced content as `previous` (file history)."""
         absolute = self.resolve(path)
         if absolute == self.root:
             raise IsADirectoryError(21, "Is a directory", absolute)
@@ -87,6 +89,7 @@ class Files:
             raise AgentError("EINVAL", "data is not valid base64") from exc
         if expect_sha256 is not None and _sha256_of(absolute) != expect_sha256:
             raise AgentError("ETAGMISMATCH", "the file changed since it was read: '%s'" % absolute)
+        previous = _previous(absolute, keep_previous)
         parent = posixpath.dirname(absolute)
         if mkdirs:
             os.makedirs(parent, exist_ok=True)
@@ -105,10 +108,13 @@ class Files:
         except BaseException:
             _unlink_quietly(tmp)
             raise
-        return {
+        answer = {
             "sha256": hashlib.sha256(content).hexdigest(),
             **self.entry(absolute, os.stat(absolute)),
         }
+        if previous is not None:
+            answer["previous"] = previous
+        return answer
 
     def listdir(self, path: Any, recursive: bool = False) -> List[Dict[str, Any]]:
         absolute = self.resolve(path)
@@ -136,7 +142,9 @@ class Files:
             os.mkdir(absolute)
         return self.entry(absolute, os.stat(absolute))
 
-    def remove(self, path: Any, recursive: bool = False, force: bool = False) -> None:
+    def remove(self, path: Any, recursive: bool = False, force: bool = False,
+               keep_previous: int = 0) -> Optional[Dict[str, Any]]:  # fmt: skip
+        """Delete; with `keep_previous`, answer {"previous": ...} for a removed regular file."""
         absolute = self.resolve(path)
         if absolute == self.root:
             raise AgentError("EPERM", "EPERM: operation not permitted, rm '%s'" % absolute)
@@ -144,23 +152,34 @@ class Files:
             st = os.lstat(absolute)
         except FileNotFoundError:
             if force:
-                return
+                return None
             raise
         if stat.S_ISDIR(st.st_mode):
             if not recursive:
                 raise IsADirectoryError(21, "Is a directory", absolute)
             _remove_tree(absolute)
-        else:
-            os.unlink(absolute)
+            return None
+        previous = _previous(absolute, keep_previous)
+        os.unlink(absolute)
+        return None if previous is None else {"previous": previous}
 
-    def rename(self, source: Any, target: Any) -> Dict[str, Any]:
+    def rename(self, source: Any, target: Any, keep_previous: int = 0) -> Dict[str, Any]:
+        """Move; with `keep_previous`, the answer carries the moved file's content as
+        `previous` and the content of a file it replaced as `replaced`."""
         old, new = self.resolve(source), self.resolve(target)
         if old == self.root or new == self.root:
             raise AgentError("EPERM", "EPERM: operation not permitted, rename '%s'" % old)
         if new.startswith(old + "/"):
             raise AgentError("EINVAL", "EINVAL: cannot move '%s' into itself" % old)
+        previous = _previous(old, keep_previous) if old != new else None
+        replaced = _previous(new, keep_previous) if old != new else None
         os.rename(old, new)
-        return self.entry(new, os.lstat(new))
+        answer = self.entry(new, os.lstat(new))
+        if previous is not None:
+            answer["previous"] = previous
+        if replaced is not None:
+            answer["replaced"] = replaced
+        return answer
 
 
 def _type(mode: int) -> str:
@@ -212,6 +231,27 @@ def _sha256_of(path: str) -> str:
         raise IsADirectoryError(21, "Is a directory", path) from None
 
 
+def _previous(path: str, limit: Any) -> Optional[Dict[str, Any]]:
+    """The content of the regular file at `path` for file history: {"path", "data", "size"} when it
+    is at most `limit` bytes, without "data" when larger, None when there is none (or
+    `limit` is 0: not asked)."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+        return None
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    if st.st_size > limit:
+        return {"path": path, "size": st.st_size}
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        return {"path": path, "size": len(data)}
+    return {"path": path, "data": base64.b64encode(data).decode("ascii"), "size": len(data)}
+
+
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
@@ -226,8 +266,9 @@ def register(registry: Registry, files: Files) -> None:
 
     async def write(session: Session, args: Dict[str, Any]) -> Any:
         return files.write(
-            args["path"], args["data"], bool(args.get("mkdirs", False)), args.get("expect_sha256")
-        )
+            args["path"], args["data"], bool(args.get("mkdirs", False)), args.get("expect_sha256"),
+            args.get("keep_previous", 0),
+        )  # fmt: skip
 
     async def listdir(session: Session, args: Dict[str, Any]) -> Any:
         return files.listdir(args.get("path", "/"), bool(args.get("recursive", False)))
@@ -236,13 +277,13 @@ def register(registry: Registry, files: Files) -> None:
         return files.mkdir(args["path"], bool(args.get("recursive", False)))
 
     async def remove(session: Session, args: Dict[str, Any]) -> Any:
-        files.remove(
-            args["path"], bool(args.get("recursive", False)), bool(args.get("force", False))
-        )
-        return None
+        return files.remove(
+            args["path"], bool(args.get("recursive", False)), bool(args.get("force", False)),
+            args.get("keep_previous", 0),
+        )  # fmt: skip
 
     async def rename(session: Session, args: Dict[str, Any]) -> Any:
-        return files.rename(args["source"], args["target"])
+        return files.rename(args["source"], args["target"], args.get("keep_previous", 0))
 
     for name, handler in (
         ("fs.stat", stat_), ("fs.read", read), ("fs.write", write), ("fs.list", listdir),

@@ -18,6 +18,7 @@ from cloudcontainer.agent import (
     lazy,
     ports,
     procs,
+    snapshot,
     tunnel,
     watch,
 )
@@ -42,6 +43,7 @@ def build(
     fs.register(agent.registry, files)
     batch.register(agent.registry, files)
     batch.clean(files)  # what a batch interrupted by a crash left behind
+    snapshot.register(agent.registry, snapshot.Snapshots(files))
     table = procs.ProcessTable(env, workspace)
     table.bind(agent.broadcast)
     procs.register(agent.registry, table)

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloudcontainer.api.deps import ServicesDep
 from cloudcontainer.errors import Unavailable
+from cloudcontainer.storage import StorageError
 
 router = APIRouter(tags=["ops"])
 log = structlog.get_logger(__name__)
@@ -29,12 +30,17 @@ async def healthz() -> Health:
 
 @router.get("/readyz", responses={503: {"description": "A dependency is unreachable."}})
 async def readyz(services: ServicesDep) -> Health:
-    """The database answers; the server can take traffic."""
+    """The database and the object store answer; the server can take traffic."""
     try:
         await services.database.ping()
     except (SQLAlchemyError, OSError) as exc:
         log.warning("database not reachable", error=str(exc))
         raise Unavailable("The database is not reachable.", code="database_unavailable") from exc
+    try:
+        await services.storage.check()
+    except StorageError as exc:
+        log.warning("object storage not reachable", error=exc.message)
+        raise exc from None
     return Health(status="ready")
 
 

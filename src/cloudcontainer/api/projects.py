@@ -113,4 +113,5 @@ async def delete_project(
     await services.projects.get(principal.user_id, project_id)
     await services.containers.delete_project_containers(principal.user_id, project_id)
     await services.projects.delete(principal.user_id, project_id)
+    await services.snapshots.forget_project(project_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

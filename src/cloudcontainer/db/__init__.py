@@ -8,8 +8,10 @@ from cloudcontainer.db.models import (
     Container,
     EmailToken,
     FileLock,
+    FileVersion,
     Project,
     RefreshToken,
+    Snapshot,
     User,
     WsTicket,
 )
@@ -22,8 +24,10 @@ __all__ = [
     "Database",
     "EmailToken",
     "FileLock",
+    "FileVersion",
     "Project",
     "RefreshToken",
+    "Snapshot",
     "User",
     "WsTicket",
 ]

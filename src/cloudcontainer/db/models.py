@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Float,
     ForeignKey,
@@ -28,8 +29,10 @@ __all__ = [
     "Container",
     "EmailToken",
     "FileLock",
+    "FileVersion",
     "Project",
     "RefreshToken",
+    "Snapshot",
     "User",
     "WsTicket",
 ]
@@ -193,3 +196,42 @@ class FileLock(Base):
     created_by: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
+class FileVersion(Base):
+    """An earlier content of a workspace file, kept when the file API replaced, deleted or
+    moved it. The bytes are a blob in object storage under the container's prefix."""
+
+    __tablename__ = "file_versions"
+    __table_args__ = (
+        Index("ix_file_versions_container_id_created_at", "container_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    container_id: Mapped[str] = mapped_column(ForeignKey("containers.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_by: Mapped[str | None] = mapped_column(String(32), default=None)
+    reason: Mapped[str] = mapped_column(String(16))
+
+
+class Snapshot(Base):
+    """A project's workspace at one moment: a manifest in object storage (under the project's
+    prefix, beside the blobs it names) and these counts."""
+
+    __tablename__ = "snapshots"
+    __table_args__ = (Index("ix_snapshots_project_id_created_at", "project_id", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    # Not a foreign key: the snapshot outlives the container it was taken from.
+    container_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    reason: Mapped[str] = mapped_column(String(16))
+    file_count: Mapped[int] = mapped_column(Integer)
+    total_bytes: Mapped[int] = mapped_column(BigInteger)
+    uploaded_count: Mapped[int] = mapped_column(Integer)
+    uploaded_bytes: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64))

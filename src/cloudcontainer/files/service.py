@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import mimetypes
+import posixpath
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
+from cloudcontainer.db import FileVersion
 from cloudcontainer.errors import (
     BadRequest,
     CloudContainerError,
@@ -21,6 +23,7 @@ from cloudcontainer.errors import (
     NotFound,
     PreconditionFailed,
 )
+from cloudcontainer.files.history import FileHistory
 from cloudcontainer.runtimes.base import WORKSPACE
 from cloudcontainer.sandbox.service import ContainerService
 
@@ -130,8 +133,9 @@ def _entry(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class FileService:
-    def __init__(self, containers: ContainerService) -> None:
+    def __init__(self, containers: ContainerService, history: FileHistory | None = None) -> None:
         self._containers = containers
+        self.history = history
 
     async def _agent(self, owner_id: str, container_id: str) -> AgentClient:
         return await self._containers.agent(owner_id, container_id)
@@ -155,7 +159,7 @@ class FileService:
 
     async def write(
         self, owner_id: str, container_id: str, path: str, data: bytes, *,
-        mkdirs: bool = False, expect_sha256: str | None = None,
+        mkdirs: bool = False, expect_sha256: str | None = None, reason: str = "write",
     ) -> dict[str, Any]:  # fmt: skip
         """Write atomically; with `expect_sha256` only if the file still has that content."""
         agent = await self._agent(owner_id, container_id)
@@ -166,9 +170,27 @@ class FileService:
         }
         if expect_sha256 is not None:
             args["expect_sha256"] = expect_sha256
+        args.update(self._keep_previous())
         with agent_errors():
             raw = await agent.call("fs.write", **args)
+        self._record(owner_id, container_id, raw.get("previous"), reason, raw["sha256"])
         return {**_entry(raw), "etag": etag_of(raw["sha256"])}
+
+    def _keep_previous(self) -> dict[str, int]:
+        if self.history is None or not self.history.enabled:
+            return {}
+        return {"keep_previous": self.history.keep_previous}
+
+    def _record(
+        self, owner_id: str, container_id: str, previous: dict[str, Any] | None, reason: str,
+        unchanged: str | None = None,
+    ) -> None:  # fmt: skip
+        """Keep the replaced content as a version (in the background)."""
+        if self.history is not None and previous is not None:
+            self.history.record_later(
+                container_id, workdir_path(previous["path"]), previous,
+                user_id=owner_id, reason=reason, unchanged=unchanged,
+            )  # fmt: skip
 
     async def mkdir(
         self, owner_id: str, container_id: str, path: str, recursive: bool
@@ -180,14 +202,23 @@ class FileService:
     async def delete(self, owner_id: str, container_id: str, path: str, recursive: bool) -> None:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            await agent.call("fs.remove", path=path, recursive=recursive)
+            raw = await agent.call(
+                "fs.remove", path=path, recursive=recursive, **self._keep_previous()
+            )
+        if raw is not None:
+            self._record(owner_id, container_id, raw.get("previous"), "delete")
 
     async def move(
         self, owner_id: str, container_id: str, source: str, target: str
     ) -> dict[str, Any]:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            return _entry(await agent.call("fs.rename", source=source, target=target))
+            raw = await agent.call(
+                "fs.rename", source=source, target=target, **self._keep_previous()
+            )
+        self._record(owner_id, container_id, raw.get("previous"), "move")
+        self._record(owner_id, container_id, raw.get("replaced"), "overwrite")
+        return _entry(raw)
 
     async def batch(
         self, owner_id: str, container_id: str, operations: Sequence[dict[str, Any]], atomic: bool
@@ -204,3 +235,39 @@ class FileService:
                 results=[], failed=raw["failed"], error=error, rolled_back=raw["rolled_back"]
             )
         return BatchOutcome(results=[_result(result) for result in raw["results"]])
+
+    # -- history --------------------------------------------------------------------------
+
+    def _history(self) -> FileHistory:
+        if self.history is None:
+            raise NotFound("File history is not kept on this server.", code="history_disabled")
+        return self.history
+
+    async def versions(self, owner_id: str, container_id: str, path: str) -> Sequence[FileVersion]:
+        """The kept versions of a file, newest first (the path is workdir-rooted)."""
+        await self._containers.get(owner_id, container_id)
+        return await self._history().versions(container_id, _workdir_rooted(path))
+
+    async def version(
+        self, owner_id: str, container_id: str, version_id: str
+    ) -> tuple[FileVersion, bytes]:
+        await self._containers.get(owner_id, container_id)
+        return await self._history().get(container_id, version_id)
+
+    async def restore_version(
+        self, owner_id: str, container_id: str, version_id: str
+    ) -> dict[str, Any]:
+        """Write a version's bytes back to its path (the content it replaces becomes a
+        version itself)."""
+        version, data = await self.version(owner_id, container_id, version_id)
+        return await self.write(
+            owner_id, container_id, version.path, data, mkdirs=True, reason="restore"
+        )
+
+
+def _workdir_rooted(path: str) -> str:
+    """The path as history stores it, resolved as the agent's `Files.resolve` does:
+    `src/a.ts`, `/src/a.ts`, `../src/a.ts` and `/home/project/src/a.ts` are one."""
+    if path == WORKSPACE or path.startswith(WORKSPACE + "/"):
+        path = path[len(WORKSPACE) :]
+    return "/" + posixpath.normpath("/" + path).lstrip("/")

@@ -12,7 +12,8 @@ import asyncio
 import enum
 import secrets
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -36,7 +37,7 @@ from cloudcontainer.sandbox.pool import WarmPool
 from cloudcontainer.sandbox.templates import TEMPLATES, apply_template
 from cloudcontainer.tasks import TaskSet
 
-__all__ = ["ContainerService", "Resources", "Status"]
+__all__ = ["ContainerService", "LifecycleHooks", "Resources", "Status"]
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +69,20 @@ class Resources:
     pids: int
 
 
+@dataclass(slots=True)
+class LifecycleHooks:
+    """What other services (snapshots, file history) do at points of a container's life;
+    state.py installs them, so this module needs to know none of those services."""
+
+    # On a container's first start: fill the workspace (True), or leave it to the template.
+    seed: Callable[[Container, AgentClient], Awaitable[bool]] | None = None
+    # Before a running sandbox stops (not when it is deleted). Failures are logged and
+    # reported in the status reason; they never keep the sandbox from stopping.
+    stopping: list[Callable[[str, AgentClient], Awaitable[None]]] = field(default_factory=list)
+    # After a container is deleted.
+    destroyed: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
+
+
 class ContainerService:
     def __init__(
         self, *, settings: Settings, database: Database, runtime: Runtime, events: EventBus,
@@ -90,6 +105,7 @@ class ContainerService:
         # Set when the runtime cannot work on this host; creating containers then says why.
         self.runtime_problem: str | None = None
         self.last_active: dict[str, float] = {}
+        self.hooks = LifecycleHooks()
 
     # -- queries --------------------------------------------------------------------------
 
@@ -154,8 +170,8 @@ class ContainerService:
         """Make a warm sandbox this container's: lay down the template, mark it running."""
         async with self._locks[container.id]:
             try:
-                await apply_template(link, container.template)
-            except (AgentUnavailable, AgentOpError) as exc:
+                await self._fill_workspace(container, link)
+            except CloudContainerError as exc:
                 await link.aclose()
                 await self.runtime.stop(container.id)
                 await self.fail(container.id, f"the sandbox could not start: {exc.message}")
@@ -335,7 +351,7 @@ class ContainerService:
                     f"{exc.message}; sandbox output: {output}" if output else exc.message
                 ) from exc
             if container.started_at is None:
-                await apply_template(link, container.template)
+                await self._fill_workspace(container, link)
             for server in container.dev_servers:
                 await link.call("proc.spawn", **server)
         except BaseException:
@@ -343,6 +359,14 @@ class ContainerService:
             await self.runtime.stop(container.id)
             raise
         return link
+
+    async def _fill_workspace(self, container: Container, link: AgentClient) -> None:
+        """A new container's workspace: the project's saved workspace if a hook restores one
+        (a failure there fails the start rather than hiding the user's files under a fresh
+        template), else the template."""
+        if self.hooks.seed is not None and await self.hooks.seed(container, link):
+            return
+        await apply_template(link, container.template)
 
     def _adopt(self, container: Container, link: AgentClient) -> None:
         """Keep the link and relay the agent's events to the container's event stream."""
@@ -389,6 +413,8 @@ class ContainerService:
             if link is not None:
                 if keep_dev_servers:
                     servers = await _running_processes(link)
+                if not destroy:
+                    reason = await self._before_stop(container_id, link, reason)
                 await link.aclose()
             if destroy:
                 await self.runtime.destroy(container_id)
@@ -399,11 +425,31 @@ class ContainerService:
                         await session.delete(container)
                 self.events.publish(container_id, {"type": "status", "status": Status.DELETED})
                 self._locks.pop(container_id, None)
+                for hook in self.hooks.destroyed:
+                    try:
+                        await hook(container_id)
+                    except CloudContainerError as exc:
+                        log.warning("cleanup after delete failed", container_id=container_id,
+                                    error=exc.message)  # fmt: skip
                 return
             await self.runtime.stop(container_id)
             if keep_dev_servers:
                 await self._update(container_id, dev_servers=servers)
             await self._set_status(container_id, next_status, reason)
+
+    async def _before_stop(self, container_id: str, link: AgentClient, reason: str) -> str:
+        """Run the stopping hooks (the snapshot on stop); a failure is logged, published as
+        an event and added to the stop's reason, and the stop goes on."""
+        for hook in self.hooks.stopping:
+            try:
+                await hook(container_id, link)
+            except (CloudContainerError, TimeoutError, OSError) as exc:
+                problem = exc.message if isinstance(exc, CloudContainerError) else repr(exc)
+                log.warning("before-stop hook failed", container_id=container_id, error=problem)
+                self.events.publish(container_id, {"type": "snapshot", "status": "failed",
+                                                   "error": problem})  # fmt: skip
+                reason = f"{reason} (snapshot failed: {problem})"
+        return reason
 
     async def fail(self, container_id: str, reason: str) -> None:
         log.warning("container failed", container_id=container_id, reason=reason)
