@@ -5,6 +5,7 @@ limit, deleting frees space, and deleting the container leaves no mount, loop de
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,27 @@ def mounted_under(path: Path) -> list[str]:
     """Mount points in the host's mount table at or below `path`."""
     with open("/proc/self/mounts") as handle:
         return [line for line in handle if str(path) in line]
+
+
+def foreign_holders(devices: list[str]) -> set[str]:
+    """The mount namespaces, other than this process's, where these loop devices are mounted.
+
+    A mount namespace copied from the host while a docker sandbox's disk was mounted there
+    (another session's local sandbox, on this host whose / is private) keeps the filesystem
+    until it ends; that is documented, and no leak of the gateway's."""
+    numbers = {Path(f"/sys/block/{name}/dev").read_text().strip() for name in devices}
+    own = os.readlink("/proc/self/ns/mnt")
+    holders = set()
+    for mountinfo in Path("/proc").glob("[0-9]*/mountinfo"):
+        try:
+            text = mountinfo.read_text()
+            namespace = os.readlink(mountinfo.parent / "ns" / "mnt")
+        except OSError:
+            continue
+        if any(line.split()[2] in numbers for line in text.splitlines()):
+            holders.add(namespace)
+    assert own not in holders
+    return holders
 
 
 async def test_api_write_past_the_quota_is_507_and_changes_nothing(
@@ -142,8 +164,11 @@ async def test_deleting_a_container_leaves_no_mount_loop_device_or_image(
     assert response.status_code == 204, response.text
     assert not directory.exists()
     assert mounted_under(directory) == []
-    assert loop_devices_backing(image) == []
-    if runtime_name == "docker":
+    left = loop_devices_backing(image)
+    if runtime_name == "local":
+        assert left == []  # mounted in the sandbox's own namespace only: nothing else holds it
+    else:
+        assert left == [] or foreign_holders(left)
         async with aiodocker.Docker() as docker:
             names = [v["Name"] for v in (await docker.volumes.list())["Volumes"] or []]
         assert [name for name in names if cid in name] == []

@@ -282,7 +282,9 @@ class LocalRuntime:
         argv = [
             "setsid", "--fork",
             "sh", "-c", 'for f in $CC_CGROUP_PROCS; do echo $$ > "$f"; done; exec "$@"', "sh",
-            "unshare", "--mount", "--propagation", "private",
+            # slave, not private: where the host's / is shared (systemd's default), an unmount
+            # on the host (a docker sandbox's disk) reaches this copy too instead of pinning it.
+            "unshare", "--mount", "--propagation", "slave",
             "sh", "-c", f'mount --bind "$CC_BASE" {STAGE} && {{ [ -z "$CC_DISK" ] || mount -t '
             f'ext4 -o {disk.MOUNT_OPTIONS} "$CC_DISK" {STAGE}/disk; }} && exec "$@"', "sh",
             "nsenter", f"--net={NETNS_DIR / netns}",
