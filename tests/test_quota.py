@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import aiodocker
+import pytest
 
 from cloudcontainer.runtimes.disk import loop_devices_backing
-from tests.conftest import Api, TestUser
+from tests.conftest import PASSWORD, Api, TestUser, make_settings, running_api
 from tests.sandbox_helpers import new_container, new_project, sh
+from tests.support.smtp import Mailbox
 
 MIB = 1024 * 1024
 QUOTA_MB = 64
@@ -217,3 +219,37 @@ async def test_resources_disk_mb_is_per_container_within_the_user_total(
         assert refused.status_code == 422, (bad, refused.text)
     # The default fits beside it (128 + 64 <= 200).
     await new_container(api, user, project_id=project)
+
+
+async def test_a_restarted_gateway_finds_the_disk_still_mounted(
+    sandbox_api_factory: Any,
+    runtime_name: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    smtp: tuple[Mailbox, int],
+    mailbox: Mailbox,
+) -> None:
+    """A gateway that goes away (as after kill -9: nothing is stopped) and comes back
+    re-adopts the running sandbox with its disk; the fixture destroys it afterwards."""
+    values: dict[str, Any] = {
+        "runtime": runtime_name, "health_interval_seconds": 0.2, "warm_pool_size": 0,
+        "default_disk_mb": QUOTA_MB, "local_sandbox_uid": 100_000,
+    }  # fmt: skip
+    if runtime_name == "docker":
+        values["sandbox_image"] = request.getfixturevalue("built_image").tag
+    url = f"sqlite+aiosqlite:///{tmp_path / 'data' / 'test.db'}"
+    settings = make_settings(tmp_path, url, smtp[1], **values)
+    async with running_api(settings, mailbox) as first:
+        user = await first.user()
+        cid = (await new_container(first, user))["id"]
+        assert (await sh(first, user, cid, "echo kept > a.txt")).code == 0
+    async with running_api(settings, mailbox) as second:
+        login = await second.client.post(
+            "/api/auth/login", json={"email": user.email, "password": PASSWORD}
+        )
+        user.tokens = login.json()
+        container = await describe(second, user, cid)
+        assert container["status_reason"] == "re-adopted after a gateway restart"
+        assert container["disk"]["total_bytes"] <= QUOTA_MB * MIB
+        result = await sh(second, user, cid, "cat a.txt")
+        assert (result.stdout, result.code) == ("kept\n", 0)

@@ -226,7 +226,11 @@ class DockerRuntime:
             address = AgentAddress(host=ip, port=AGENT_PORT) if ip else None
             return SandboxInfo(sandbox_id, SandboxState.RUNNING, address, ip=ip,
                                detail={"container": details["Id"][:12]})  # fmt: skip
-        if details is not None or await self._has_volumes(sandbox_id):
+        if (
+            details is not None
+            or await self._has_volumes(sandbox_id)
+            or self._dir(sandbox_id).exists()  # a disk image, maybe still mounted
+        ):
             return SandboxInfo(sandbox_id, SandboxState.STOPPED)
         return SandboxInfo(sandbox_id, SandboxState.MISSING)
 
@@ -246,6 +250,14 @@ class DockerRuntime:
         volumes = await self.docker.volumes.list(filters={"label": [LABEL]})
         for volume in volumes.get("Volumes") or []:
             ids.add(volume["Labels"][LABEL])
+        # Disk images too: their container and volumes may be gone (removed by hand, or a
+        # crash between making the image and the volumes) while the disk is still mounted.
+        if self.root.exists():
+            ids.update(
+                path.name
+                for path in self.root.iterdir()
+                if path.is_dir() and path.name.replace("_", "").isalnum()
+            )
         return [await self.inspect(sandbox_id) for sandbox_id in sorted(ids)]
 
     async def logs(self, sandbox_id: str, limit: int = 2000) -> str:
