@@ -85,6 +85,12 @@ class WarmPool:
             with contextlib.suppress(CloudContainerError, OSError):
                 await self.runtime.destroy(spec.sandbox_id)
             return
+        except asyncio.CancelledError:
+            # The gateway is shutting down mid-start: nothing owns this sandbox (no row), so
+            # it would outlive the gateway with its disk mounted until a reconcile found it.
+            with contextlib.suppress(CloudContainerError, OSError):
+                await asyncio.shield(self.runtime.destroy(spec.sandbox_id))
+            raise
         finally:
             self._starting -= 1
         if self._closed:
