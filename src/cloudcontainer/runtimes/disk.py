@@ -6,11 +6,11 @@ mounted with `discard`, so deleted files give their blocks back to the host). On
 both the workspace and the home directory, as `workspace/` and `home/`, so neither an npm cache
 nor a `dd` into `~` gets around the limit.
 
-Measured on this project's CI host: mkfs of a 2 GiB image ~6 ms, a loop mount ~8 ms, and the
-image costs ~9 MiB of host disk before anything is written (mostly the 8 MiB journal).
+Measured on this project's CI host: making a 4 GiB image ~20 ms, a loop mount ~8 ms, and the
+image costs ~10 MiB of host disk before anything is written (mostly the 8 MiB journal).
 Loop devices are created on demand through /dev/loop-control (`max_loop` only bounds the ones
 made at boot), so 200 sandboxes take 200 loop devices; `mount -o loop` sets autoclear, so a
-device is released when its last mount goes.
+device is released when its last mount goes. See docs/runtimes.md "Disk quotas".
 """
 
 from __future__ import annotations
