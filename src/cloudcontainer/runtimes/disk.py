@@ -27,6 +27,7 @@ __all__ = [
     "DISK_DIRS",
     "MOUNT_OPTIONS",
     "check_tools",
+    "is_mounted",
     "loop_devices_backing",
     "make_image",
     "mount_image",

@@ -176,6 +176,8 @@ class DockerRuntime:
         await self.create(spec)
         image = self._dir(spec.sandbox_id) / "disk.img"
         if image.exists():
+            # If another mount namespace still holds the last mount, mount(8) reuses its loop
+            # device, so the kernel shares that filesystem: the image is never mounted twice.
             await disk.mount_image(image, image.parent / "disk")
         try:
             container = await self.docker.containers.create(
