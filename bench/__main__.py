@@ -100,7 +100,8 @@ def main() -> None:
             "L4", f"{density['requested']} idle local sandboxes",
             f"{density['connected_after_idle']} up; agent RSS p50 "
             f"{density['rss_mib']['p50']:.1f} MiB, max {density['rss_max_mib']:.1f} MiB; "
-            f"PSS p50 {density['pss_mib']['p50']:.1f} MiB",
+            f"PSS p50 {density['pss_mib']['p50']:.1f} MiB; "
+            f"{density['loop_devices']} loop devices",
             f"all started in {density['start_all_s']:.1f} s", "≥ 200, RSS ≤ 20 MiB each",
         )  # fmt: skip
     if want("S1"):

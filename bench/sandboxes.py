@@ -99,11 +99,23 @@ def _agent_memory(data_dir: Path) -> list[dict[str, int]]:
     return found
 
 
+def _loop_devices(data_dir: Path) -> int:
+    """Loop devices backed by a disk image under `data_dir` (one per sandbox with a quota)."""
+    count = 0
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            count += backing.read_text().startswith(str(data_dir))
+        except OSError:
+            continue
+    return count
+
+
 def idle_density(count: int) -> dict[str, Any]:
     """Start `count` local sandboxes, let them idle, and measure every agent's memory."""
     settings = {
         "runtime": "local", "max_containers_per_user": str(count + 10),
         "max_cpu_per_user": str(count), "max_memory_mb_per_user": str(count * 256),
+        "max_disk_mb_per_user": str(count * 4096),  # each has the default 4 GiB disk
         "container_start_concurrency": "8",
     }  # fmt: skip
     with running_server(**settings) as server:
@@ -126,6 +138,7 @@ def idle_density(count: int) -> dict[str, Any]:
         running = [c for c in containers if c.get("status") == "running"]
         time.sleep(5)  # idle
         memory = _agent_memory(server.data_dir)
+        loops = _loop_devices(server.data_dir)
         alive = sum(
             1
             for c in running
@@ -138,6 +151,7 @@ def idle_density(count: int) -> dict[str, Any]:
     private = [m["private_kib"] / 1024 for m in memory]
     return {
         "requested": count, "running": len(running), "connected_after_idle": alive,
+        "loop_devices": loops,
         "start_all_s": start_all, "agents_measured": len(memory),
         "rss_mib": Summary.of(rss).__dict__, "pss_mib": Summary.of(pss).__dict__,
         "private_mib": Summary.of(private).__dict__, "rss_max_mib": max(rss, default=0.0),

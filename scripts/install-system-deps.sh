@@ -20,6 +20,9 @@ image_deps() { need docker.io; need debootstrap; }
 run_deps() {
   need bubblewrap; need slirp4netns; need util-linux; need iproute2; need python3
   need ca-certificates; need procps; need curl; need git; need ripgrep
+  # Disk quotas (default_disk_mb > 0, on either runtime): mkfs.ext4 makes each sandbox's disk
+  # image, mount/umount loop-mount it.
+  need e2fsprogs; need mount
   # Node.js for the templates (Debian's is 18; a host with Node 20, like these machines, keeps it).
   command -v node >/dev/null || need nodejs
   command -v npm >/dev/null || need npm

@@ -238,16 +238,17 @@ async def sandbox_api_factory(
             return await stack.enter_async_context(running_api(settings, mailbox))
 
         yield start
-        # Whatever a test left running is removed with the runtime it used.
-        settings = make_settings(
-            tmp_path, "sqlite+aiosqlite://", smtp[1], runtime=runtime_name, **image
-        )
-        from cloudcontainer.state import build_runtime
+    # Whatever a test left running is removed with the runtime it used, once the apps are
+    # closed: a live app's supervisor would start again what is destroyed under it.
+    settings = make_settings(
+        tmp_path, "sqlite+aiosqlite://", smtp[1], runtime=runtime_name, **image
+    )
+    from cloudcontainer.state import build_runtime
 
-        runtime = build_runtime(settings)
-        for info in await runtime.list():
-            await runtime.destroy(info.sandbox_id)
-        await runtime.aclose()
+    runtime = build_runtime(settings)
+    for info in await runtime.list():
+        await runtime.destroy(info.sandbox_id)
+    await runtime.aclose()
 
 
 @pytest.fixture

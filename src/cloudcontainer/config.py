@@ -152,6 +152,15 @@ class Settings(BaseSettings):
     default_cpu: float = Field(1.0, gt=0, le=64)
     default_memory_mb: int = Field(2048, ge=64)
     default_pids: int = Field(1024, ge=16)
+    default_disk_mb: int = Field(
+        4096,
+        ge=0,
+        le=1_048_576,
+        description="Disk quota of a container's workspace and home, MiB (0: no limit).",
+    )
+    max_disk_mb_per_user: int = Field(
+        40_960, ge=0, description="Disk quota MiB, summed over a user's containers."
+    )
     idle_timeout_seconds: float = Field(
         1800, gt=0, description="Stop a container after this long without activity."
     )

@@ -65,7 +65,10 @@ def build_runtime(settings: Settings) -> Runtime:
         if settings.sandbox_ca_bundle and settings.sandbox_ca_bundle.is_file()
         else None,
         image=settings.sandbox_image,
-        extra={"host_uid": settings.local_sandbox_uid},
+        extra={
+            "host_uid": settings.local_sandbox_uid,
+            "disk_quotas": settings.default_disk_mb > 0,
+        },
     )
     return load_runtime(settings.runtime, options)
 

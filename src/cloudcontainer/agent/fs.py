@@ -116,6 +116,16 @@ class Files:
             answer["previous"] = previous
         return answer
 
+    def statfs(self) -> Dict[str, int]:
+        """The workspace filesystem's size in bytes: with a disk quota, the quota's own
+        filesystem (which also holds /home); without, the host's."""
+        st = os.statvfs(self.root)
+        return {
+            "total": st.f_blocks * st.f_frsize,
+            "used": (st.f_blocks - st.f_bfree) * st.f_frsize,
+            "free": st.f_bavail * st.f_frsize,
+        }
+
     def listdir(self, path: Any, recursive: bool = False) -> List[Dict[str, Any]]:
         absolute = self.resolve(path)
         if not os.path.isdir(absolute):
@@ -285,8 +295,12 @@ def register(registry: Registry, files: Files) -> None:
     async def rename(session: Session, args: Dict[str, Any]) -> Any:
         return files.rename(args["source"], args["target"], args.get("keep_previous", 0))
 
+    async def statfs(session: Session, args: Dict[str, Any]) -> Any:
+        return files.statfs()
+
     for name, handler in (
         ("fs.stat", stat_), ("fs.read", read), ("fs.write", write), ("fs.list", listdir),
         ("fs.mkdir", mkdir), ("fs.remove", remove), ("fs.rename", rename),
+        ("fs.statfs", statfs),
     ):  # fmt: skip
         registry.add(name, handler)

@@ -37,6 +37,15 @@ class ResourcesIn(RequestModel):
     cpu: Annotated[float, Field(gt=0, le=64, description="Cores.")] = 1.0
     memory_mb: Annotated[int, Field(ge=64, le=262_144), WholeNumber] = 2048
     pids: Annotated[int, Field(ge=16, le=65_536), WholeNumber] = 1024
+    disk_mb: Annotated[
+        int | None,
+        Field(
+            ge=64,
+            le=1_048_576,
+            description="Disk quota of /home and /home/project, MiB; default: the server's.",
+        ),
+        WholeNumber,
+    ] = None
 
 
 class ContainerCreate(RequestModel):
@@ -54,6 +63,15 @@ class ResourcesOut(BaseModel):
     cpu: float
     memory_mb: int
     pids: int
+    disk_mb: int = Field(description="Disk quota, MiB; 0: none (the host's disk).")
+
+
+class DiskOut(BaseModel):
+    """The filesystem holding the workspace, as the sandbox sees it now."""
+
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
 
 
 class AgentOut(BaseModel):
@@ -76,6 +94,7 @@ class ContainerOut(BaseModel):
     started_at: datetime | None
     agent: AgentOut
     ports: list[int] = Field(default_factory=list, description="TCP ports processes listen on.")
+    disk: DiskOut | None = Field(None, description="Disk use; while the agent is connected.")
 
 
 class ExecRequest(RequestModel):
@@ -91,20 +110,25 @@ async def _describe(services: Services, container: Container) -> ContainerOut:
     link: AgentClient | None = services.containers.links.get(container.id)
     connected = link is not None and not link.closed.is_set()
     ports: list[int] = []
+    disk: DiskOut | None = None
     if connected and link is not None:
         with contextlib.suppress(AgentUnavailable, AgentOpError):
             ports = sorted({int(p["port"]) for p in await link.call("ports.list", timeout=2)})
+        with contextlib.suppress(AgentUnavailable, AgentOpError):
+            usage = await link.call("fs.statfs", timeout=2)
+            disk = DiskOut(total_bytes=usage["total"], used_bytes=usage["used"],
+                           free_bytes=usage["free"])  # fmt: skip
     return ContainerOut(
         id=container.id, project_id=container.project_id, owner_id=container.owner_id,
         status=container.status, status_reason=container.status_reason,
         runtime=container.runtime, template=container.template,
         resources=ResourcesOut(cpu=container.cpu, memory_mb=container.memory_mb,
-                               pids=container.pids_limit),
+                               pids=container.pids_limit, disk_mb=container.disk_mb),
         restart_count=container.restart_count, created_at=container.created_at,
         updated_at=container.updated_at, started_at=container.started_at,
         agent=AgentOut(connected=connected,
                        version=link.hello.get("version") if connected and link else None),
-        ports=ports,
+        ports=ports, disk=disk,
     )  # fmt: skip
 
 
@@ -120,7 +144,8 @@ async def create_container(
     """Create a container for a project; it starts in the background (or `wait=true`)."""
     resources = None
     if body.resources is not None:
-        resources = Resources(body.resources.cpu, body.resources.memory_mb, body.resources.pids)
+        given = body.resources
+        resources = Resources(given.cpu, given.memory_mb, given.pids, given.disk_mb)
     container = await services.containers.create(
         principal.user_id, body.project_id, body.template, resources
     )

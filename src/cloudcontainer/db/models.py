@@ -171,6 +171,7 @@ class Container(Base):
     cpu: Mapped[float] = mapped_column(Float)
     memory_mb: Mapped[int] = mapped_column(Integer)
     pids_limit: Mapped[int] = mapped_column(Integer)
+    disk_mb: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 0: no quota
     agent_secret: Mapped[str] = mapped_column(String(128))
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     dev_servers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

@@ -62,6 +62,9 @@ class SandboxSpec:
     memory_mb: int
     pids: int
     env: dict[str, str] = field(default_factory=dict)
+    # The size of the filesystem holding /home and /home/project (0: no limit, the host's).
+    # Fixed when the sandbox is first created.
+    disk_mb: int = 0
 
 
 class SandboxState(enum.StrEnum):

@@ -7,11 +7,21 @@ dropped, no-new-privileges, a read-only root filesystem with tmpfs /tmp and /run
 pids limits, an init process, the agent zipapp and the host CA bundle mounted read-only. The
 agent listens on TCP 7070 on the container's bridge address. Stopping removes the container;
 the volumes keep the files.
+
+With a disk quota the two volumes are binds (local driver, `o=bind`) of `home/` and
+`workspace/` inside a sparse ext4 image `DATA_DIR/sandboxes/<id>/disk.img` (runtimes/disk.py)
+that the gateway loop-mounts on the host at `DATA_DIR/sandboxes/<id>/disk` before the
+container starts and unmounts when it stops. The local driver cannot mount an image itself
+(`o=loop` is a mount(8) option, not a kernel one: dockerd 20.10 answers "invalid argument").
+The directories exist only inside the image, so a volume can never bind the empty mount point.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import shutil
+from pathlib import Path
 from typing import Any
 
 import aiodocker
@@ -19,6 +29,7 @@ import structlog
 from aiodocker.exceptions import DockerError
 
 from cloudcontainer.agentlink.client import AgentAddress
+from cloudcontainer.runtimes import disk
 from cloudcontainer.runtimes.base import (
     AGENT_PATH,
     CA_BUNDLE_PATH,
@@ -58,6 +69,8 @@ class DockerRuntime:
     def __init__(self, options: RuntimeOptions) -> None:
         self.options = options
         self._docker: aiodocker.Docker | None = None
+        self.root = options.data_dir / "sandboxes"
+        self.disk_quotas = bool(options.extra.get("disk_quotas", False))
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -82,6 +95,8 @@ class DockerRuntime:
                 "`cloudcontainer image build`"
             ) from exc
         await self._ensure_network()
+        if self.disk_quotas:
+            disk.check_tools()
 
     async def _ensure_network(self) -> None:
         try:
@@ -99,14 +114,28 @@ class DockerRuntime:
 
     # -- lifecycle ------------------------------------------------------------------------
 
+    def _dir(self, sandbox_id: str) -> Path:
+        if not sandbox_id.replace("_", "").isalnum():
+            raise ValueError(f"bad sandbox id {sandbox_id!r}")
+        return self.root / sandbox_id
+
     async def create(self, spec: SandboxSpec) -> None:
-        for volume in _volumes(spec.sandbox_id):
+        base = self._dir(spec.sandbox_id)
+        image = base / "disk.img"
+        # The quota is decided once: volumes made without one stay plain named volumes.
+        if spec.disk_mb > 0 and not await self._has_volumes(spec.sandbox_id):
+            base.mkdir(parents=True, exist_ok=True)
+            await disk.make_image(image, spec.disk_mb, SANDBOX_UID)
+        for volume, target in _volumes(spec.sandbox_id).items():
             try:
                 await self.docker.volumes.get(volume)
             except DockerError:
-                await self.docker.volumes.create(
-                    {"Name": volume, "Labels": {LABEL: spec.sandbox_id}}
-                )
+                config: dict[str, Any] = {"Name": volume, "Labels": {LABEL: spec.sandbox_id}}
+                if image.exists():
+                    source = base / "disk" / ("home" if target == HOME else "workspace")
+                    config["Driver"] = "local"
+                    config["DriverOpts"] = {"type": "none", "o": "bind", "device": str(source)}
+                await self.docker.volumes.create(config)
 
     def _config(self, spec: SandboxSpec) -> dict[str, Any]:
         env = sandbox_env(spec, self.options.ca_bundle is not None)
@@ -145,6 +174,11 @@ class DockerRuntime:
             return info
         await self._remove_container(spec.sandbox_id)
         await self.create(spec)
+        image = self._dir(spec.sandbox_id) / "disk.img"
+        if image.exists():
+            # If another mount namespace still holds the last mount, mount(8) reuses its loop
+            # device, so the kernel shares that filesystem: the image is never mounted twice.
+            await disk.mount_image(image, image.parent / "disk")
         try:
             container = await self.docker.containers.create(
                 self._config(spec), name=_name(spec.sandbox_id)
@@ -164,13 +198,24 @@ class DockerRuntime:
             await container.delete(force=True)
 
     async def stop(self, sandbox_id: str) -> None:
+        """Remove the container, then unmount its disk: a stopped sandbox holds no loop
+        device."""
         await self._remove_container(sandbox_id)
+        await disk.unmount(self._dir(sandbox_id) / "disk")
 
     async def destroy(self, sandbox_id: str) -> None:
-        await self._remove_container(sandbox_id)
+        await self.stop(sandbox_id)
         for volume in _volumes(sandbox_id):
             with contextlib.suppress(DockerError):
                 await (await self.docker.volumes.get(volume)).delete()
+        base = self._dir(sandbox_id)
+        image = base / "disk.img"
+        if image.exists() and not await disk.wait_released(image):
+            # Another mount namespace made while it was mounted still holds a copy; the loop
+            # device and the blocks go when that namespace does.
+            log.warning("the disk image is still in use; removed anyway", sandbox_id=sandbox_id)
+        if base.exists():
+            await asyncio.to_thread(shutil.rmtree, base, True)
 
     async def inspect(self, sandbox_id: str) -> SandboxInfo:
         try:
@@ -183,7 +228,11 @@ class DockerRuntime:
             address = AgentAddress(host=ip, port=AGENT_PORT) if ip else None
             return SandboxInfo(sandbox_id, SandboxState.RUNNING, address, ip=ip,
                                detail={"container": details["Id"][:12]})  # fmt: skip
-        if details is not None or await self._has_volumes(sandbox_id):
+        if (
+            details is not None
+            or await self._has_volumes(sandbox_id)
+            or self._dir(sandbox_id).exists()  # a disk image, maybe still mounted
+        ):
             return SandboxInfo(sandbox_id, SandboxState.STOPPED)
         return SandboxInfo(sandbox_id, SandboxState.MISSING)
 
@@ -203,6 +252,14 @@ class DockerRuntime:
         volumes = await self.docker.volumes.list(filters={"label": [LABEL]})
         for volume in volumes.get("Volumes") or []:
             ids.add(volume["Labels"][LABEL])
+        # Disk images too: their container and volumes may be gone (removed by hand, or a
+        # crash between making the image and the volumes) while the disk is still mounted.
+        if self.root.exists():
+            ids.update(
+                path.name
+                for path in self.root.iterdir()
+                if path.is_dir() and path.name.replace("_", "").isalnum()
+            )
         return [await self.inspect(sandbox_id) for sandbox_id in sorted(ids)]
 
     async def logs(self, sandbox_id: str, limit: int = 2000) -> str:

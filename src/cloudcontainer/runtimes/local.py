@@ -2,9 +2,13 @@
 
 A sandbox is a directory `DATA_DIR/sandboxes/<id>/` holding its workspace (`/home/project`
 inside), its home (`/home`), the agent's socket and secret (`/run/cloudcontainer`), a few
-generated /etc files, and `state.json` with the pids that make it up. Started as:
+generated /etc files, and `state.json` with the pids that make it up. With a disk quota the
+workspace and home live in `disk.img` instead (runtimes/disk.py), loop-mounted on `disk/` inside
+the sandbox's own mount namespace only: the host never sees the mount, other namespaces never
+pin it, and it goes away with the sandbox's last process. Started as:
 
-    sh (joins the cgroup) → nsenter --net=/run/netns/cc-<id> → setpriv (unprivileged host uid)
+    sh (joins the cgroup) → unshare --mount (binds the directory, mounts disk.img)
+      → nsenter --net=/run/netns/cc-<id> → setpriv (unprivileged host uid)
       → bwrap (user, pid, ipc, uts, mount namespaces; /usr read-only) → python3 agent.pyz
 
 with `slirp4netns` attached to the same named netns for egress. Nothing is a child that dies
@@ -29,6 +33,7 @@ from typing import Any
 import structlog
 
 from cloudcontainer.agentlink.client import AgentAddress
+from cloudcontainer.runtimes import disk
 from cloudcontainer.runtimes.base import (
     AGENT_PATH,
     CA_BUNDLE_PATH,
@@ -59,6 +64,7 @@ PASSWD = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000:user:/home:/bin/bash
 GROUP = "root:x:0:\nuser:x:1000:\n"
 HOSTS = "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost\n"
 RESOLV = "nameserver 10.0.2.3\n"  # slirp4netns's DNS forwarder
+TMP_BYTES = 1 << 30  # /tmp is a tmpfs of this size, as on the docker runtime
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +97,7 @@ class LocalRuntime:
         self.root = options.data_dir / "sandboxes"
         self.host_uid = int(options.extra.get("host_uid", DEFAULT_HOST_UID))
         self.cgroups = CgroupLimits()
+        self.disk_quotas = bool(options.extra.get("disk_quotas", False))
 
     # -- host checks ----------------------------------------------------------------------
 
@@ -108,6 +115,8 @@ class LocalRuntime:
             )
         if not Path("/usr/bin/python3").exists():
             raise RuntimeUnavailable("the local runtime needs /usr/bin/python3 for the agent")
+        if self.disk_quotas:
+            disk.check_tools()
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -119,11 +128,24 @@ class LocalRuntime:
     def _netns(self, sandbox_id: str) -> str:
         return f"cc-{sandbox_id}"
 
+    def _image(self, sandbox_id: str) -> Path:
+        return self._dir(sandbox_id) / "disk.img"
+
     async def create(self, spec: SandboxSpec) -> None:
         base = self._dir(spec.sandbox_id)
-        for name in ("workspace", "home", "run", "etc"):
-            (base / name).mkdir(parents=True, exist_ok=True)
-        for name in ("workspace", "home", "run"):
+        base.mkdir(parents=True, exist_ok=True)
+        owned = ["run"]
+        # The quota is decided once: a sandbox made without one keeps its plain directories.
+        if self._image(spec.sandbox_id).exists() or (
+            spec.disk_mb > 0 and not (base / "workspace").exists()
+        ):
+            (base / "disk").mkdir(exist_ok=True)
+            await disk.make_image(self._image(spec.sandbox_id), spec.disk_mb, self.host_uid)
+        else:
+            owned += ["workspace", "home"]
+        for name in [*owned, "etc"]:
+            (base / name).mkdir(exist_ok=True)
+        for name in owned:
             os.chown(base / name, self.host_uid, self.host_uid)
         for name, text in (("passwd", PASSWD), ("group", GROUP), ("hosts", HOSTS),
                            ("resolv.conf", RESOLV), ("hostname", "sandbox\n")):  # fmt: skip
@@ -215,24 +237,27 @@ class LocalRuntime:
             "--ro-bind", "/usr", "/usr",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
             "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run",  # noqa: S108
+            "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",  # noqa: S108
+            "--tmpfs", "/run",
             "--dir", "/etc",
         ]  # fmt: skip
         for shared in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime",
                        "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"):  # fmt: skip
             if os.path.exists(shared):
                 argv += ["--ro-bind", shared, shared]
-        for option, source, target in self._binds():
+        for option, source, target in self._binds(self._image(spec.sandbox_id).exists()):
             argv += [option, source, target]
         argv += ["--chdir", WORKSPACE]
         for key, value in sandbox_env(spec, self.options.ca_bundle is not None).items():
             argv += ["--setenv", key, value]
         return argv
 
-    def _binds(self) -> list[tuple[str, str, str]]:
+    def _binds(self, quota: bool) -> list[tuple[str, str, str]]:
         """Bind sources, under STAGE: the sandbox's own mount namespace binds its directory
         there first (as root), so the unprivileged sandbox uid never has to traverse DATA_DIR,
-        which may sit under a 0700 home directory."""
+        which may sit under a 0700 home directory. With a quota, home and workspace come from
+        the disk image mounted on STAGE/disk."""
+        files = f"{STAGE}/disk" if quota else STAGE
         binds = [
             ("--ro-bind", f"{STAGE}/etc/{name}", f"/etc/{name}")
             for name in ("passwd", "group", "hosts", "resolv.conf", "hostname")
@@ -240,8 +265,8 @@ class LocalRuntime:
         if self.options.ca_bundle is not None:
             binds.append(("--ro-bind", str(self.options.ca_bundle), CA_BUNDLE_PATH))
         binds += [
-            ("--bind", f"{STAGE}/home", HOME),
-            ("--bind", f"{STAGE}/workspace", WORKSPACE),
+            ("--bind", f"{files}/home", HOME),
+            ("--bind", f"{files}/workspace", WORKSPACE),
             ("--bind", f"{STAGE}/run", RUN_DIR),
             ("--ro-bind", f"{STAGE}/agent.pyz", AGENT_PATH),
         ]
@@ -252,12 +277,16 @@ class LocalRuntime:
             spec.sandbox_id, cpu=spec.cpu, memory_mb=spec.memory_mb, pids=spec.pids
         )
         info_read, info_write = os.pipe()
+        image = self._image(spec.sandbox_id)
         _link_agent(self.options.agent_zipapp, base / "agent.pyz")
         argv = [
             "setsid", "--fork",
             "sh", "-c", 'for f in $CC_CGROUP_PROCS; do echo $$ > "$f"; done; exec "$@"', "sh",
-            "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", f'mount --bind "$CC_BASE" {STAGE} && exec "$@"', "sh",
+            # slave, not private: where the host's / is shared (systemd's default), an unmount
+            # on the host (a docker sandbox's disk) reaches this copy too instead of pinning it.
+            "unshare", "--mount", "--propagation", "slave",
+            "sh", "-c", f'mount --bind "$CC_BASE" {STAGE} && {{ [ -z "$CC_DISK" ] || mount -t '
+            f'ext4 -o {disk.MOUNT_OPTIONS} "$CC_DISK" {STAGE}/disk; }} && exec "$@"', "sh",
             "nsenter", f"--net={NETNS_DIR / netns}",
             "setpriv", f"--reuid={self.host_uid}", f"--regid={self.host_uid}", "--clear-groups",
             *self._bwrap_argv(spec), "--info-fd", str(info_write),
@@ -270,7 +299,8 @@ class LocalRuntime:
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
                 pass_fds=(info_write,),
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                     "CC_CGROUP_PROCS": " ".join(str(p) for p in join), "CC_BASE": str(base)},
+                     "CC_CGROUP_PROCS": " ".join(str(p) for p in join), "CC_BASE": str(base),
+                     "CC_DISK": str(image) if image.exists() else ""},
             )  # fmt: skip
             await process.wait()
         finally:
@@ -339,6 +369,9 @@ class LocalRuntime:
     async def destroy(self, sandbox_id: str) -> None:
         await self.stop(sandbox_id)
         base = self._dir(sandbox_id)
+        image = self._image(sandbox_id)
+        if image.exists() and not await disk.wait_released(image):
+            log.warning("the disk image is still in use; removed anyway", sandbox_id=sandbox_id)
         if base.exists():
             await asyncio.to_thread(shutil.rmtree, base, True)
 

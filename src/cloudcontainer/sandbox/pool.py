@@ -38,21 +38,21 @@ class WarmSandbox:
 
 class WarmPool:
     def __init__(
-        self, *, runtime: Runtime, size: int, spec_defaults: tuple[float, int, int],
+        self, *, runtime: Runtime, size: int, spec_defaults: tuple[float, int, int, int],
         start_slots: asyncio.Semaphore, tasks: TaskSet,
     ) -> None:  # fmt: skip
         self.runtime = runtime
         self.size = size
-        self.cpu, self.memory_mb, self.pids = spec_defaults
+        self.cpu, self.memory_mb, self.pids, self.disk_mb = spec_defaults
         self._slots = start_slots
         self._tasks = tasks
         self._ready: list[WarmSandbox] = []
         self._starting = 0
         self._closed = False
 
-    def take(self, cpu: float, memory_mb: int, pids: int) -> WarmSandbox | None:
+    def take(self, cpu: float, memory_mb: int, pids: int, disk_mb: int) -> WarmSandbox | None:
         """A ready sandbox with exactly these resources, or None (then start one cold)."""
-        if (cpu, memory_mb, pids) != (self.cpu, self.memory_mb, self.pids):
+        if (cpu, memory_mb, pids, disk_mb) != (self.cpu, self.memory_mb, self.pids, self.disk_mb):
             return None
         asyncio.get_running_loop().call_later(REFILL_DELAY_SECONDS, self.refill)
         while self._ready:
@@ -70,7 +70,7 @@ class WarmPool:
     async def _start_one(self) -> None:
         spec = SandboxSpec(
             sandbox_id=new_id("ctr"), agent_secret=secrets.token_urlsafe(32),
-            cpu=self.cpu, memory_mb=self.memory_mb, pids=self.pids,
+            cpu=self.cpu, memory_mb=self.memory_mb, pids=self.pids, disk_mb=self.disk_mb,
         )  # fmt: skip
         try:
             async with self._slots:
@@ -85,6 +85,12 @@ class WarmPool:
             with contextlib.suppress(CloudContainerError, OSError):
                 await self.runtime.destroy(spec.sandbox_id)
             return
+        except asyncio.CancelledError:
+            # The gateway is shutting down mid-start: nothing owns this sandbox (no row), so
+            # it would outlive the gateway with its disk mounted until a reconcile found it.
+            with contextlib.suppress(CloudContainerError, OSError):
+                await asyncio.shield(self.runtime.destroy(spec.sandbox_id))
+            raise
         finally:
             self._starting -= 1
         if self._closed:

@@ -67,6 +67,7 @@ class Resources:
     cpu: float
     memory_mb: int
     pids: int
+    disk_mb: int | None = None  # None: the `default_disk_mb` setting; 0: no limit
 
 
 @dataclass(slots=True)
@@ -99,7 +100,10 @@ class ContainerService:
         self._link_owners: dict[str, str] = {}  # container id → owner id, beside `links`
         self.pool = WarmPool(
             runtime=runtime, size=settings.warm_pool_size, tasks=tasks,
-            spec_defaults=(settings.default_cpu, settings.default_memory_mb, settings.default_pids),
+            spec_defaults=(
+                settings.default_cpu, settings.default_memory_mb, settings.default_pids,
+                settings.default_disk_mb,
+            ),
             start_slots=self._start_slots,
         )  # fmt: skip
         # Set when the runtime cannot work on this host; creating containers then says why.
@@ -142,19 +146,21 @@ class ContainerService:
         wanted = resources or Resources(
             self.settings.default_cpu, self.settings.default_memory_mb, self.settings.default_pids
         )
+        disk_mb = self.settings.default_disk_mb if wanted.disk_mb is None else wanted.disk_mb
         async with self._db.session() as session:
             project = await session.scalar(
                 select(Project.id).where(Project.id == project_id, Project.owner_id == owner_id)
             )
             if project is None:
                 raise NotFound("No such project.", code="project_not_found")
-            await self._check_quota(session, owner_id, wanted)
-            warm = self.pool.take(wanted.cpu, wanted.memory_mb, wanted.pids)
+            await self._check_quota(session, owner_id, wanted, disk_mb)
+            warm = self.pool.take(wanted.cpu, wanted.memory_mb, wanted.pids, disk_mb)
             container = Container(
                 id=warm.spec.sandbox_id if warm else new_id("ctr"), owner_id=owner_id,
                 project_id=project_id, runtime=self.runtime.name, template=template,
                 status=Status.STARTING if warm else Status.CREATING, desired=Status.RUNNING,
                 cpu=wanted.cpu, memory_mb=wanted.memory_mb, pids_limit=wanted.pids,
+                disk_mb=disk_mb,
                 agent_secret=warm.spec.agent_secret if warm else secrets.token_urlsafe(32),
                 dev_servers=[],
             )  # fmt: skip
@@ -180,14 +186,17 @@ class ContainerService:
             await self._update(container.id, started_at=utcnow())
             await self._set_status(container.id, Status.RUNNING)
 
-    async def _check_quota(self, session: Any, owner_id: str, wanted: Resources) -> None:
+    async def _check_quota(
+        self, session: Any, owner_id: str, wanted: Resources, disk_mb: int
+    ) -> None:
         s = self.settings
-        count, cpu, memory = (
+        count, cpu, memory, disk = (
             await session.execute(
                 select(
                     func.count(Container.id),
                     func.coalesce(func.sum(Container.cpu), 0.0),
                     func.coalesce(func.sum(Container.memory_mb), 0),
+                    func.coalesce(func.sum(Container.disk_mb), 0),
                 ).where(Container.owner_id == owner_id)
             )
         ).one()
@@ -198,6 +207,8 @@ class ContainerService:
             problems.append(f"cpu {cpu + wanted.cpu:g} > {s.max_cpu_per_user:g} cores")
         if memory + wanted.memory_mb > s.max_memory_mb_per_user:
             problems.append(f"memory {memory + wanted.memory_mb} > {s.max_memory_mb_per_user} MB")
+        if disk + disk_mb > s.max_disk_mb_per_user:
+            problems.append(f"disk {disk + disk_mb} > {s.max_disk_mb_per_user} MB")
         if problems:
             raise Forbidden(
                 "This would exceed your quota: " + "; ".join(problems) + ".",
@@ -309,7 +320,7 @@ class ContainerService:
     def spec(self, container: Container) -> SandboxSpec:
         return SandboxSpec(
             sandbox_id=container.id, agent_secret=container.agent_secret, cpu=container.cpu,
-            memory_mb=container.memory_mb, pids=container.pids_limit,
+            memory_mb=container.memory_mb, pids=container.pids_limit, disk_mb=container.disk_mb,
         )  # fmt: skip
 
     async def bring_up(self, container_id: str, *, reason: str = "") -> None:
