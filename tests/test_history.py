@@ -195,3 +195,46 @@ async def test_git_works_inside_the_sandbox(sandbox_api: Api) -> None:
     )  # fmt: skip
     assert result.code == 0, result.stderr
     assert result.stdout.strip() == "1"
+
+
+async def test_batches_keep_versions_like_single_calls(sandbox_api: Api) -> None:
+    """Atomic and not: a batch's writes, deletes and moves keep what they replaced; a batch
+    that rolled back keeps nothing."""
+    user, _, base = await setup(sandbox_api)
+    client = sandbox_api.client
+    for name in ("w.txt", "d.txt", "m.txt", "over.txt"):
+        await client.put(f"{base}/files/{name}", content=f"old {name}".encode(),
+                         headers=user.headers)  # fmt: skip
+    for atomic in (True, False):
+        response = await client.post(f"{base}/files", headers=user.headers, json={
+            "atomic": atomic, "operations": [
+                {"op": "write", "path": "w.txt", "content": f"new {atomic}"},
+                {"op": "delete", "path": "d.txt", "force": True},
+                {"op": "move", "from": "m.txt", "to": "over.txt"},
+            ],
+        })  # fmt: skip
+        assert response.status_code == 200, response.text
+        if atomic:  # put the files back for the non-atomic round
+            for name in ("d.txt", "m.txt"):
+                await client.put(f"{base}/files/{name}", content=f"old {name}".encode(),
+                                 headers=user.headers)  # fmt: skip
+    assert [v["reason"] for v in await versions(sandbox_api, user, base, "/w.txt")] == [
+        "write",
+        "write",
+    ]
+    assert [v["reason"] for v in await versions(sandbox_api, user, base, "/d.txt")] == [
+        "delete",
+        "delete",
+    ]
+    over = await versions(sandbox_api, user, base, "/over.txt")
+    assert [v["reason"] for v in over] == ["overwrite", "overwrite"]
+    kept = (await client.get(f"{base}/versions/{over[-1]['id']}", headers=user.headers)).content
+    assert kept == b"old over.txt"
+    failed = await client.post(f"{base}/files", headers=user.headers, json={
+        "atomic": True, "operations": [
+            {"op": "write", "path": "w.txt", "content": "never"},
+            {"op": "delete", "path": "missing.txt"},
+        ],
+    })  # fmt: skip
+    assert failed.status_code == 404
+    assert len(await versions(sandbox_api, user, base, "/w.txt")) == 2

@@ -18,7 +18,7 @@ import posixpath
 import stat
 from typing import Any, Callable, Dict, List, Optional
 
-from cloudcontainer.agent.fs import Files, _remove_tree
+from cloudcontainer.agent.fs import Files, _previous, _remove_tree
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session, os_error
 
@@ -134,9 +134,10 @@ class Journal:
 class Batch:
     """Applies operations; with a Journal (atomic), each change is recorded first."""
 
-    def __init__(self, files: Files, journal: Optional[Journal]) -> None:
+    def __init__(self, files: Files, journal: Optional[Journal], keep_previous: int = 0) -> None:
         self.files = files
         self.journal = journal
+        self.keep = keep_previous  # file history: answer the content each step replaces
 
     def apply(self, operation: Any) -> Any:
         if not isinstance(operation, dict):
@@ -155,17 +156,21 @@ class Batch:
         if journal is None:
             return files.write(
                 absolute, operation["data"], bool(operation.get("mkdirs", False)),
-                operation.get("expect_sha256"),
+                operation.get("expect_sha256"), keep_previous=self.keep,
             )  # fmt: skip
         if absolute == files.root or os.path.isdir(absolute):
             raise IsADirectoryError(21, "Is a directory", absolute)
         if operation.get("mkdirs"):
             journal.makedirs(posixpath.dirname(absolute))
+        previous = _previous(absolute, self.keep)
         if os.path.lexists(absolute):
             journal.keep_copy(absolute)
         else:
             journal.forget_new(absolute)
-        return files.write(absolute, operation["data"], False, operation.get("expect_sha256"))
+        answer = files.write(absolute, operation["data"], False, operation.get("expect_sha256"))
+        if previous is not None:
+            answer["previous"] = previous
+        return answer
 
     def mkdir(self, operation: Dict[str, Any]) -> Any:
         files, journal = self.files, self.journal
@@ -188,8 +193,7 @@ class Batch:
         recursive = bool(operation.get("recursive", False))
         force = bool(operation.get("force", False))
         if journal is None:
-            files.remove(absolute, recursive, force)
-            return None
+            return files.remove(absolute, recursive, force, self.keep)
         if absolute == files.root:
             raise AgentError("EPERM", "EPERM: operation not permitted, rm '%s'" % absolute)
         try:
@@ -200,14 +204,15 @@ class Batch:
             raise
         if stat.S_ISDIR(st.st_mode) and not recursive:
             raise IsADirectoryError(21, "Is a directory", absolute)
+        previous = _previous(absolute, self.keep)
         journal.set_aside(absolute)
-        return None
+        return None if previous is None else {"previous": previous}
 
     def move(self, operation: Dict[str, Any]) -> Any:
         files, journal = self.files, self.journal
         old, new = _checked(files, operation["from"]), _checked(files, operation["to"])
         if journal is None:
-            return files.rename(old, new)
+            return files.rename(old, new, self.keep)
         if old == files.root or new == files.root:
             raise AgentError("EPERM", "EPERM: operation not permitted, rename '%s'" % old)
         if new.startswith(old + "/"):
@@ -215,12 +220,17 @@ class Batch:
         source = os.lstat(old)
         if old == new:
             return files.entry(new, source)
+        previous, replaced = _previous(old, self.keep), _previous(new, self.keep)
         if os.path.lexists(new):
             _check_replace(source, new)
             journal.set_aside(new)
         os.rename(old, new)
         journal.undo.append(lambda: os.rename(new, old))
-        return files.entry(new, os.lstat(new))
+        answer = files.entry(new, os.lstat(new))
+        for name, content in (("previous", previous), ("replaced", replaced)):
+            if content is not None:
+                answer[name] = content
+        return answer
 
 
 def _check_replace(source: os.stat_result, target: str) -> None:
@@ -245,7 +255,7 @@ def _error(exc: BaseException) -> Dict[str, Any]:
     return {"code": "EINVAL", "message": "bad operation: %s" % (exc,)}
 
 
-def run(files: Files, operations: Any, atomic: bool) -> Dict[str, Any]:
+def run(files: Files, operations: Any, atomic: bool, keep_previous: int = 0) -> Dict[str, Any]:
     """Apply the operations. Atomic: stop at the first failure and undo everything before
     it; the answer then holds `failed` (its index), `error` and `rolled_back`. Otherwise
     every operation is tried and each result says ok or its error."""
@@ -253,7 +263,7 @@ def run(files: Files, operations: Any, atomic: bool) -> Dict[str, Any]:
         raise AgentError("EINVAL", "operations must be a list of at most %d" % MAX_OPERATIONS)
     clean(files)
     journal = Journal(files) if atomic else None
-    batch = Batch(files, journal)
+    batch = Batch(files, journal, keep_previous)
     results: List[Dict[str, Any]] = []
     for index, operation in enumerate(operations):
         try:
@@ -271,6 +281,8 @@ def run(files: Files, operations: Any, atomic: bool) -> Dict[str, Any]:
 
 def register(registry: Registry, files: Files) -> None:
     async def batch(session: Session, args: Dict[str, Any]) -> Any:
-        return run(files, args["operations"], bool(args.get("atomic", True)))
+        keep = args.get("keep_previous", 0)
+        keep = keep if isinstance(keep, int) and not isinstance(keep, bool) else 0
+        return run(files, args["operations"], bool(args.get("atomic", True)), keep)
 
     registry.add("fs.batch", batch)

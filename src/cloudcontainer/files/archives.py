@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +21,12 @@ from cloudcontainer.agent.protocol import ARCHIVE_ACK, ARCHIVE_DATA, ARCHIVE_END
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.errors import BadRequest, CloudContainerError, Conflict, PayloadTooLarge
-from cloudcontainer.files.service import agent_errors
+from cloudcontainer.files.service import ErrorTable, agent_errors
 from cloudcontainer.tasks import TaskSet
 
-__all__ = ["ArchiveStreamError", "Download", "archive_errors", "upload"]
+__all__ = ["ArchiveStreamError", "Download", "upload"]
 
-_ERRORS: dict[str, tuple[type[CloudContainerError], str]] = {
+_ERRORS: ErrorTable = {
     "EARCHIVE": (BadRequest, "invalid_archive"),
     "EUNSAFE": (BadRequest, "unsafe_archive_entry"),
     "ETOOBIG": (PayloadTooLarge, "archive_too_large"),
@@ -43,19 +43,6 @@ class ArchiveStreamError(CloudContainerError):
     default_code = "archive_failed"
 
 
-@contextlib.contextmanager
-def archive_errors() -> Iterator[None]:
-    """The worker's codes first, then the file API's mapping."""
-    try:
-        yield
-    except AgentOpError as exc:
-        if exc.errno in _ERRORS:
-            error_class, code = _ERRORS[exc.errno]
-            raise error_class(exc.message, code=code) from exc
-        with agent_errors():
-            raise
-
-
 @dataclass
 class Download:
     link: AgentClient
@@ -68,7 +55,7 @@ class Download:
     async def open(
         cls, link: AgentClient, tasks: TaskSet, path: str, fmt: str, exclude: list[str]
     ) -> Download:
-        with archive_errors():
+        with agent_errors(_ERRORS):
             opened = await link.call("archive.create", path=path, format=fmt, exclude=exclude)
         queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
         return cls(link, tasks, int(opened["stream_id"]), str(opened["name"]), queue)
@@ -123,7 +110,7 @@ async def upload(
     link: AgentClient, path: str, fmt: str, body: AsyncIterator[bytes], limits: dict[str, int]
 ) -> dict[str, Any]:
     """Send the body to the agent as it arrives; the worker extracts it all or nothing."""
-    with archive_errors():
+    with agent_errors(_ERRORS):
         opened = await link.call("archive.extract", path=path, format=fmt, **limits)
     stream_id = opened["stream_id"]
     finished = False
@@ -132,7 +119,7 @@ async def upload(
             for start in range(0, len(chunk), SEND_CHUNK):
                 await link.send_stream(ARCHIVE_DATA, stream_id, chunk[start : start + SEND_CHUNK])
         finished = True
-        with archive_errors():
+        with agent_errors(_ERRORS):
             result: dict[str, Any] = await link.call(
                 "archive.finish", stream_id=stream_id, timeout=FINISH_SECONDS
             )

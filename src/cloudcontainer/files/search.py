@@ -13,34 +13,21 @@ import asyncio
 import contextlib
 import json
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.errors import BadRequest, CloudContainerError, Unavailable
-from cloudcontainer.files.service import agent_errors
+from cloudcontainer.files.service import ErrorTable, agent_errors
 from cloudcontainer.tasks import TaskSet
 
-__all__ = ["TextSearch", "search_errors"]
+__all__ = ["TextSearch"]
 
-_ERRORS: dict[str, tuple[type[CloudContainerError], str]] = {
+_ERRORS: ErrorTable = {
     "EREGEX": (BadRequest, "invalid_regex"),
     "ENOTSUP": (Unavailable, "search_unavailable"),
 }
-
-
-@contextlib.contextmanager
-def search_errors() -> Iterator[None]:
-    """Search's own agent codes first, then the file API's mapping."""
-    try:
-        yield
-    except AgentOpError as exc:
-        if exc.errno in _ERRORS:
-            error_class, code = _ERRORS[exc.errno]
-            raise error_class(exc.message, code=code) from exc
-        with agent_errors():
-            raise
 
 
 def _line(payload: dict[str, Any]) -> bytes:
@@ -84,7 +71,7 @@ class TextSearch:
         try:
             await self._next()
             if self._call.done() and self.files.empty():
-                with search_errors():
+                with agent_errors(_ERRORS):
                     self._call.result()
         except BaseException:
             await self.close()
@@ -111,7 +98,7 @@ class TextSearch:
                 if self._call.done():
                     break
                 await self._next()
-            with search_errors():
+            with agent_errors(_ERRORS):
                 totals = self._call.result()
             yield _line({"type": "done", **totals})
         except CloudContainerError as exc:

@@ -34,7 +34,9 @@ __all__ = [
 
 BATCH_SECONDS = 120.0
 
-_ERRORS: dict[str, tuple[type[CloudContainerError], str]] = {
+ErrorTable = dict[str, tuple[type[CloudContainerError], str]]
+
+_ERRORS: ErrorTable = {
     "ENOENT": (NotFound, "file_not_found"),
     "EISDIR": (Conflict, "is_a_directory"),
     "ENOTDIR": (Conflict, "not_a_directory"),
@@ -58,11 +60,15 @@ def api_error(errno: str, message: str) -> CloudContainerError:
 
 
 @contextmanager
-def agent_errors() -> Iterator[None]:
-    """Map the agent's errno codes to API errors."""
+def agent_errors(own: ErrorTable | None = None) -> Iterator[None]:
+    """Map the agent's errno codes to API errors; a feature's `own` codes (search's EREGEX,
+    an archive's EUNSAFE) come first, with the agent's message as it is."""
     try:
         yield
     except AgentOpError as exc:
+        if own is not None and exc.errno in own:
+            error_class, code = own[exc.errno]
+            raise error_class(exc.message, code=code) from exc
         raise api_error(exc.errno, exc.message) from exc
 
 
@@ -227,14 +233,33 @@ class FileService:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
             raw = await agent.call(
-                "fs.batch", timeout=BATCH_SECONDS, operations=list(operations), atomic=atomic
-            )
+                "fs.batch", timeout=BATCH_SECONDS, operations=list(operations), atomic=atomic,
+                **self._keep_previous(),
+            )  # fmt: skip
         if "failed" in raw:
             error = api_error(raw["error"]["code"], raw["error"]["message"])
             return BatchOutcome(
                 results=[], failed=raw["failed"], error=error, rolled_back=raw["rolled_back"]
             )
+        for operation, result in zip(operations, raw["results"], strict=True):
+            self._record_batch_step(owner_id, container_id, operation["op"], result)
         return BatchOutcome(results=[_result(result) for result in raw["results"]])
+
+    def _record_batch_step(
+        self, owner_id: str, container_id: str, op: str, result: dict[str, Any]
+    ) -> None:
+        """A batch step keeps what it replaced, as the single-file calls do."""
+        value = result.get("result") if result.get("ok") else None
+        if not isinstance(value, dict):
+            return
+        previous, replaced = value.pop("previous", None), value.pop("replaced", None)
+        if not value:  # a delete answers nothing but what it removed
+            result["result"] = None
+        reasons = {"write": "write", "delete": "delete", "move": "move"}
+        if op in reasons:
+            self._record(owner_id, container_id, previous, reasons[op],
+                         value.get("sha256") if op == "write" else None)  # fmt: skip
+        self._record(owner_id, container_id, replaced, "overwrite")
 
     # -- history --------------------------------------------------------------------------
 
