@@ -107,13 +107,14 @@ class Watcher:
 
     def subscribe(
         self, session: Session, sub_id: str, path_filter: PathFilter, content: bool,
-        since: Optional[str] = None, initial: bool = False,
+        since: Optional[str] = None, initial: bool = False, replaces: str = "",
     ) -> Dict[str, Any]:  # fmt: skip
         """Start (or restart) a subscription. With `since`, replay what changed after that
         cursor first; with `initial`, report the current state first."""
-        # A re-subscription replaces the old one before the flush below: what is flushed now
-        # reaches it through the replay, after its cursor, never ahead of it.
+        # The subscription this one replaces ends before the flush below: what is flushed now
+        # reaches the new one through the replay, after its cursor, never ahead of it.
         self.subs.pop(sub_id, None)
+        self.subs.pop(replaces, None)
         tracked_since = self._retain(path_filter)
         if self._inotify is None:
             self._start()
@@ -490,6 +491,7 @@ def register(registry: Registry, watcher: Watcher) -> None:
         return watcher.subscribe(
             session, str(args["id"]), path_filter, bool(args.get("content", True)),
             since=None if since is None else str(since), initial=bool(args.get("initial")),
+            replaces=str(args.get("replaces") or ""),
         )  # fmt: skip
 
     async def unsubscribe(session: Session, args: Dict[str, Any]) -> Any:

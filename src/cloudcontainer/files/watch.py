@@ -13,6 +13,7 @@ wrong, using the agent's journal instead of buffering:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,10 @@ class WatchRequest:
 @dataclass(slots=True)
 class _Watch:
     request: WatchRequest
-    agent_id: str
+    # The agent's name for the subscription: a new one each time it is (re)subscribed, so a
+    # batch the replaced subscription sent meanwhile is recognised and dropped (the new
+    # subscription's replay holds what it had).
+    agent_id: str = ""
     cursor: str | None = None  # of the last batch handed to the client
     lagging: bool = False
 
@@ -77,6 +81,7 @@ class WatchFeed:
         self._unlisten: Callable[[], None] | None = None
         self._pending_bytes = 0
         self._token = secrets.token_hex(6)
+        self._generations = itertools.count(1)
         self._lock = asyncio.Lock()
 
     # -- client commands ------------------------------------------------------------------
@@ -89,7 +94,8 @@ class WatchFeed:
             link = await self._ensure_link(start=True)
             if link is None:  # pragma: no cover - agent() answers a link or raises
                 raise AgentUnavailable("The container is not running.")
-            watch = _Watch(request, f"{self._token}:{request.id}", cursor=request.since)
+            previous = self._watches.get(request.id)
+            watch = _Watch(request, previous.agent_id if previous else "", cursor=request.since)
             self._watches[request.id] = watch
             try:
                 answer = await self._subscribe(link, watch, request.since, request.initial)
@@ -170,9 +176,10 @@ class WatchFeed:
         self, link: AgentClient, watch: _Watch, since: str | None, initial: bool
     ) -> Message:
         request = watch.request
+        replaced, watch.agent_id = watch.agent_id, f"{self._token}:{next(self._generations)}"
         args: dict[str, Any] = {
             "id": watch.agent_id, "include": request.include, "exclude": request.exclude,
-            "content": request.content, "initial": initial,
+            "content": request.content, "initial": initial, "replaces": replaced,
         }  # fmt: skip
         if since is not None:
             args["since"] = since
