@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -68,6 +69,26 @@ def running_server(**settings: str) -> Iterator[Server]:
                 server.kill()
                 server.wait()
             log.close()
+            _destroy_sandboxes(data, settings)
+
+
+def _destroy_sandboxes(data: Path, settings: dict[str, str]) -> None:
+    """Sandboxes outlive their gateway on purpose (a restart re-adopts them); a benchmark's
+    must not outlive its data directory, which is about to go."""
+    from cloudcontainer.config import Settings
+    from cloudcontainer.state import build_runtime
+
+    config = Settings(data_dir=data, **settings)
+
+    async def destroy() -> None:
+        runtime = build_runtime(config)
+        try:
+            for info in await runtime.list():
+                await runtime.destroy(info.sandbox_id)
+        finally:
+            await runtime.aclose()
+
+    asyncio.run(destroy())
 
 
 def _wait_ready(base: str, server: subprocess.Popen[bytes], log: Path) -> None:
