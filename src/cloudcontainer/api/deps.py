@@ -19,7 +19,9 @@ _bearer = HTTPBearer(
 )
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    """`async` although it awaits nothing: FastAPI runs a plain `def` dependency in its thread
+    pool, a thread hand-off on every request (a third of the gateway's time in a profile)."""
     services: Services = request.app.state.services
     return services
 

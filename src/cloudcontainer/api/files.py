@@ -211,7 +211,7 @@ class Move(RequestModel):
 # -- per-client order and lock reports --------------------------------------------------------
 
 
-def client_order(
+async def client_order(  # async: a plain def dependency would run in the thread pool
     x_client_id: Annotated[
         str | None,
         Header(
