@@ -36,7 +36,8 @@ class PrincipalCache:
     """Credentials checked against the database in the last `ttl` seconds, so a burst of API
     calls (an editor saving, bolt writing a project) is not one query each. Revocations made
     through this process apply at once (`forget`); one made by another gateway sharing the
-    database takes effect here within `ttl`. Signatures and expiry are checked every time."""
+    database takes effect here within `ttl`. A cached token is the very string whose signature
+    was verified; its expiry is checked every time."""
 
     def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
         self._ttl = ttl_seconds
@@ -90,11 +91,13 @@ class CredentialService:
         """Resolve a bearer credential (an access token or an API key) to its principal."""
         if bearer.startswith(API_KEY_PREFIX):
             return await self._authenticate_api_key(bearer)
-        claims = self._signer.decode(bearer)
-        key = f"session:{claims.session_id}:{claims.user_id}"
+        # Keyed by the whole token: a hit is a token whose signature was verified, so only
+        # its expiry is checked again (exactly; past it, decode below answers token_expired).
+        key = "token:" + bearer
         cached = self.cache.get(key)
-        if cached is not None:
+        if cached is not None and cached[1] is not None and cached[1] > utcnow():
             return cached[0]
+        claims = self._signer.decode(bearer)
         async with self._db.session() as session:
             user = await session.scalar(
                 select(User)
@@ -108,7 +111,7 @@ class CredentialService:
         if user is None:
             raise Unauthorized("This session has ended.", code="session_revoked")
         principal = Principal(user=user, session_id=claims.session_id)
-        self.cache.put(key, principal)
+        self.cache.put(key, principal, claims.expires_at)
         return principal
 
     async def _authenticate_api_key(self, key: str) -> Principal:
