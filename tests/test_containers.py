@@ -9,10 +9,12 @@ import json
 import secrets
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from cloudcontainer.agentlink.errors import AgentUnavailable
+from cloudcontainer.state import build_runtime
 from tests.conftest import Api
 from tests.sandbox_helpers import new_container, new_project, run, sh, wait_for_status
 
@@ -309,3 +311,20 @@ async def test_listening_ports_are_reported_even_on_loopback_only(sandbox_api: A
             while event.get("type") != "port":
                 event = await queue.get()
         assert (event["port"], event["state"]) == (8123, "close")
+
+
+async def test_a_gateway_sees_only_its_own_sandboxes(sandbox_api: Api, tmp_path: Path) -> None:
+    """Two gateways with their own data directories may share one Docker Engine (or host):
+    neither lists, and so neither sweeps as an orphan, what the other made."""
+    user = await sandbox_api.user()
+    await new_container(sandbox_api, user)
+    services = sandbox_api.app.state.services
+    own = {info.sandbox_id for info in await services.runtime.list()}
+    assert own
+    other = build_runtime(
+        services.settings.model_copy(update={"data_dir": tmp_path / "another-gateway"})
+    )
+    try:
+        assert not own & {info.sandbox_id for info in await other.list()}
+    finally:
+        await other.aclose()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import shutil
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ log = structlog.get_logger(__name__)
 
 AGENT_PORT = 7070
 LABEL = "cloudcontainer.sandbox"
+# Which gateway made it: a hash of its data directory. Several gateways (staging and
+# production, or test sessions) may share one Docker Engine; each lists, adopts and sweeps
+# only its own sandboxes.
+OWNER_LABEL = "cloudcontainer.owner"
 SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
 AGENT_COMMAND = ["python3", "-S", AGENT_PATH, "--listen", f"tcp:0.0.0.0:{AGENT_PORT}"]
 
@@ -71,6 +76,10 @@ class DockerRuntime:
         self._docker: aiodocker.Docker | None = None
         self.root = options.data_dir / "sandboxes"
         self.disk_quotas = bool(options.extra.get("disk_quotas", False))
+        self.owner = hashlib.sha256(str(options.data_dir.resolve()).encode()).hexdigest()[:16]
+
+    def _labels(self, sandbox_id: str) -> dict[str, str]:
+        return {LABEL: sandbox_id, OWNER_LABEL: self.owner}
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -130,7 +139,7 @@ class DockerRuntime:
             try:
                 await self.docker.volumes.get(volume)
             except DockerError:
-                config: dict[str, Any] = {"Name": volume, "Labels": {LABEL: spec.sandbox_id}}
+                config: dict[str, Any] = {"Name": volume, "Labels": self._labels(spec.sandbox_id)}
                 if image.exists():
                     source = base / "disk" / ("home" if target == HOME else "workspace")
                     config["Driver"] = "local"
@@ -152,7 +161,7 @@ class DockerRuntime:
             "User": f"{SANDBOX_UID}:{SANDBOX_UID}",
             "WorkingDir": WORKSPACE,
             "Hostname": "sandbox",
-            "Labels": {LABEL: spec.sandbox_id},
+            "Labels": self._labels(spec.sandbox_id),
             "HostConfig": {
                 "Binds": binds,
                 "CapDrop": ["ALL"],
@@ -247,9 +256,10 @@ class DockerRuntime:
 
     async def list(self) -> list[SandboxInfo]:
         ids: set[str] = set()
-        for container in await self.docker.containers.list(all=True, filters={"label": [LABEL]}):
+        mine = {"label": [LABEL, f"{OWNER_LABEL}={self.owner}"]}
+        for container in await self.docker.containers.list(all=True, filters=mine):
             ids.add(container["Labels"][LABEL])
-        volumes = await self.docker.volumes.list(filters={"label": [LABEL]})
+        volumes = await self.docker.volumes.list(filters=mine)
         for volume in volumes.get("Volumes") or []:
             ids.add(volume["Labels"][LABEL])
         # Disk images too: their container and volumes may be gone (removed by hand, or a
