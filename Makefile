@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test image setup setup-dev lint system-deps-run system-deps-image system-deps-test bench clean
+.PHONY: run test image setup setup-dev lint system-deps-run system-deps-image system-deps-test system-deps-bench bench clean
 
 run: setup
 	$(BIN)/cloudcontainer serve
@@ -26,7 +26,7 @@ lint: setup-dev
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
 
-bench: setup-dev
+bench: system-deps-bench setup-dev
 	$(BIN)/python -m bench
 
 system-deps-run:
@@ -37,6 +37,9 @@ system-deps-image:
 
 system-deps-test:
 	@scripts/install-system-deps.sh test
+
+system-deps-bench:
+	@scripts/install-system-deps.sh bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.server import running_server
+from bench.server import cpu_seconds, running_server
 from bench.stats import Summary
+
+LUA = Path(__file__).with_name("mixed.lua")
 
 PAYLOAD = os.urandom(10 * 1024)
 
@@ -56,12 +61,42 @@ def save_floor(samples: int) -> dict[str, Any]:
 
 
 def mixed_throughput(seconds: float = 5.0, clients: int = 16) -> dict[str, Any]:
-    """Concurrent clients doing 3 reads for each write of small files, for `seconds`."""
+    """Concurrent clients doing 3 reads for each write of small files, for `seconds`: driven
+    by wrk when it is installed (a Python client on the same 2 cores spends more CPU than the
+    server, so it measures itself), else by an httpx client. Both figures are kept."""
     with running_server(runtime="local") as server:
         files = f"/api/containers/{_container(server.client)}/files"
         token = server.client.headers["Authorization"]
         base = str(server.client.base_url)
-        return asyncio.run(_mixed(base, token, files, seconds, clients))
+        cpu = cpu_seconds(server.pid)
+        result = asyncio.run(_mixed(base, token, files, seconds, clients))
+        result["server_cpu_ms_per_op"] = _per_op(server.pid, cpu, result, seconds)
+        if shutil.which("wrk"):
+            result["wrk"] = _mixed_wrk(server, files, seconds, clients)
+        return result
+
+
+def _mixed_wrk(server: Any, files: str, seconds: float, clients: int) -> dict[str, Any]:
+    for thread in range(2):
+        for n in range(4):
+            server.client.put(f"{files}/mixed-{thread}-{n}.txt", content=b"x" * 1024)
+    env = dict(os.environ, CC_TOKEN=server.client.headers["Authorization"], CC_FILES=files)
+    cpu = cpu_seconds(server.pid)
+    out = subprocess.run(
+        ["wrk", "-t2", f"-c{clients}", f"-d{int(seconds)}s", "-s", str(LUA), "--latency",
+         str(server.client.base_url)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    requests, micros, errors, p99 = (int(v) for v in out.split("RESULT ")[1].split())
+    result = {"ops_per_s": requests / (micros / 1e6), "errors": errors, "clients": clients,
+              "p99_ms": p99 / 1000}  # fmt: skip
+    result["server_cpu_ms_per_op"] = _per_op(server.pid, cpu, result, micros / 1e6)
+    return result
+
+
+def _per_op(pid: int, cpu_before: float, result: dict[str, Any], seconds: float) -> float:
+    ops = result["ops_per_s"] * seconds
+    return (cpu_seconds(pid) - cpu_before) / ops * 1000 if ops else float("nan")
 
 
 async def _mixed(base: str, token: str, files: str, seconds: float, clients: int) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import connect
 
-from bench.server import Server, running_server
+from bench.server import Server, cpu_seconds, running_server
 from bench.stats import Summary
 
 W = "/home/project"
@@ -22,7 +22,6 @@ BOLT_WATCH = {
     "type": "watch", "id": "bolt", "include": [f"{W}/**"],
     "exclude": ["**/node_modules", ".git", "**/package-lock.json"], "content": True,
 }  # fmt: skip
-TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def write_to_event(samples: int) -> dict[str, Any]:
@@ -124,7 +123,7 @@ async def _install(server: Server, container: str, watch: dict[str, Any] | None)
                         counts["bytes"] += len(text)
 
             counter = asyncio.create_task(count())
-            cpu_before, started = _cpu_seconds(server.pid), time.perf_counter()
+            cpu_before, started = cpu_seconds(server.pid), time.perf_counter()
             response = await client.post(
                 f"/api/containers/{container}/exec",
                 json={"command": "npm", "args": ["install", "--no-audit", "--no-fund"],
@@ -133,7 +132,7 @@ async def _install(server: Server, container: str, watch: dict[str, Any] | None)
             last = json.loads(response.text.strip().splitlines()[-1])
             await asyncio.sleep(1.0)  # the last events
             elapsed = time.perf_counter() - started
-            cpu = _cpu_seconds(server.pid) - cpu_before
+            cpu = cpu_seconds(server.pid) - cpu_before
             counter.cancel()
     listing = await _listing(base, headers, container)
     return {
@@ -154,12 +153,6 @@ async def _listing(base: str, headers: dict[str, str], container: str) -> int:
         if frame["type"] == "stdout":
             return int(frame["data"].strip())
     return -1
-
-
-def _cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS
 
 
 def _container(server: Server, template: str) -> str:

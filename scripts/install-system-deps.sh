@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages that `make run` (run), `make image` (image) or `make test` (test)
-# needs, if missing.
+# Install the Debian packages that `make run` (run), `make image` (image), `make test` (test) or
+# `make bench` (bench) needs, if missing.
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 
@@ -47,7 +47,8 @@ case "${1:-run}" in
     need postgresql   # the suite runs on SQLite and on a private PostgreSQL cluster it starts
     image_deps        # the sandbox image is built once per session; the session starts dockerd
     ;;
-  *) echo "usage: $0 run|image|test" >&2; exit 2 ;;
+  bench) run_deps; inotify_limits; image_deps; need wrk ;;  # wrk drives P4 (python -m bench)
+  *) echo "usage: $0 run|image|test|bench" >&2; exit 2 ;;
 esac
 
 [ ${#want[@]} -eq 0 ] && exit 0
