@@ -194,16 +194,8 @@ class Batch:
         force = bool(operation.get("force", False))
         if journal is None:
             return files.remove(absolute, recursive, force, self.keep)
-        if absolute == files.root:
-            raise AgentError("EPERM", "EPERM: operation not permitted, rm '%s'" % absolute)
-        try:
-            st = os.lstat(absolute)
-        except FileNotFoundError:
-            if force:
-                return None
-            raise
-        if stat.S_ISDIR(st.st_mode) and not recursive:
-            raise IsADirectoryError(21, "Is a directory", absolute)
+        if files.removable(absolute, recursive, force) is None:
+            return None
         previous = _previous(absolute, self.keep)
         journal.set_aside(absolute)
         return None if previous is None else {"previous": previous}

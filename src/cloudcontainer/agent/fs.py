@@ -156,6 +156,19 @@ class Files:
                keep_previous: int = 0) -> Optional[Dict[str, Any]]:  # fmt: skip
         """Delete; with `keep_previous`, answer {"previous": ...} for a removed regular file."""
         absolute = self.resolve(path)
+        st = self.removable(absolute, recursive, force)
+        if st is None:
+            return None
+        if stat.S_ISDIR(st.st_mode):
+            _remove_tree(absolute)
+            return None
+        previous = _previous(absolute, keep_previous)
+        os.unlink(absolute)
+        return None if previous is None else {"previous": previous}
+
+    def removable(self, absolute: str, recursive: bool, force: bool) -> Optional[os.stat_result]:
+        """What `rm` may delete at `absolute` (its lstat), None when it is missing and `force`
+        says that is fine; refuses the workspace root and a folder without `recursive`."""
         if absolute == self.root:
             raise AgentError("EPERM", "EPERM: operation not permitted, rm '%s'" % absolute)
         try:
@@ -164,14 +177,9 @@ class Files:
             if force:
                 return None
             raise
-        if stat.S_ISDIR(st.st_mode):
-            if not recursive:
-                raise IsADirectoryError(21, "Is a directory", absolute)
-            _remove_tree(absolute)
-            return None
-        previous = _previous(absolute, keep_previous)
-        os.unlink(absolute)
-        return None if previous is None else {"previous": previous}
+        if stat.S_ISDIR(st.st_mode) and not recursive:
+            raise IsADirectoryError(21, "Is a directory", absolute)
+        return st
 
     def rename(self, source: Any, target: Any, keep_previous: int = 0) -> Dict[str, Any]:
         """Move; with `keep_previous`, the answer carries the moved file's content as

@@ -28,6 +28,7 @@ import posixpath
 import stat
 from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
+from cloudcontainer.agent.fs import _type
 from cloudcontainer.agent.globs import PathFilter
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
@@ -43,24 +44,15 @@ MESSAGE_CONTENT_BYTES = 4 * 1024 * 1024  # split event batches carrying more tha
 # Names the agent itself uses for a moment (atomic writes, batches, archive staging).
 INTERNAL_PREFIXES = (".cc-write-", ".cc-batch-", ".cc-extract-", ".cc-trash-")
 
-# (kind, inode, size, mtime_ns); kind is "d" folder, "f" file, "l" symlink, "o" other
+DIRECTORY = "directory"
+# (type, inode, size, mtime_ns); type as fs entries name it: "directory", "file", "symlink"...
 Entry = Tuple[str, int, int, int]
 # (seq, type, path, mtime in ms, inode)
 Record = Tuple[int, str, str, float, int]
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "d"
-    if stat.S_ISREG(mode):
-        return "f"
-    if stat.S_ISLNK(mode):
-        return "l"
-    return "o"
-
-
 def _entry(st: os.stat_result) -> Entry:
-    return (_kind(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns)
+    return (_type(st.st_mode), st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 def _internal(path: str) -> bool:
@@ -238,9 +230,9 @@ class Watcher:
                     continue
                 self.known[path] = entry
                 if events is not None:
-                    events.append(self._record("add_dir" if entry[0] == "d" else "add_file",
+                    events.append(self._record("add_dir" if entry[0] == DIRECTORY else "add_file",
                                                path, entry))  # fmt: skip
-                if entry[0] == "d":
+                if entry[0] == DIRECTORY:
                     self._watch_dir(path)
                     folders.append(path)
             stack.extend(reversed(folders))
@@ -248,8 +240,12 @@ class Watcher:
     def _track_new_paths(self) -> None:
         """A new filter may want folders nobody watched: add them quietly (no events; the
         subscriber asks for `initial` if it wants to learn the current state)."""
-        for directory in [self.root] + [p for p, e in self.known.items() if e[0] == "d"]:
+        for directory in self._folders():
             self._scan(directory, None)
+
+    def _folders(self) -> List[str]:
+        """The workspace and every remembered folder below it."""
+        return [self.root] + [p for p, e in self.known.items() if e[0] == DIRECTORY]
 
     # -- inotify --------------------------------------------------------------------------
 
@@ -275,7 +271,7 @@ class Watcher:
     def _everything_on_disk(self) -> Set[str]:
         """After a queue overflow: every remembered path and every name in a known folder."""
         paths = set(self.known)
-        for directory in [self.root] + [p for p, e in self.known.items() if e[0] == "d"]:
+        for directory in self._folders():
             with contextlib.suppress(OSError):
                 paths.update(posixpath.join(directory, name) for name in os.listdir(directory))
         return paths
@@ -328,18 +324,18 @@ class Watcher:
         if path == self.root:
             return
         parent = posixpath.dirname(path)
-        if parent != self.root and self.known.get(parent, ("",))[0] != "d":
+        if parent != self.root and self.known.get(parent, ("",))[0] != DIRECTORY:
             return  # below an untracked folder, or its folder is reported by its own event
         if not self.tracks(path):
             return
         new = _entry(st)
         old = self.known.get(path)
         if old is not None and (
-            old[0] != new[0] or (new[0] == "d" and (old[1] != new[1] or self._replaced(path)))
+            old[0] != new[0] or (new[0] == DIRECTORY and (old[1] != new[1] or self._replaced(path)))
         ):
             self._remove(path, records)  # another kind of thing, or another folder, took the name
             old = None
-        if new[0] == "d":
+        if new[0] == DIRECTORY:
             if old is None:
                 self.known[path] = new
                 records.append(self._record("add_dir", path, new))
@@ -361,7 +357,7 @@ class Watcher:
         entry = self.known.get(path)
         if entry is None:
             return
-        if entry[0] == "d":
+        if entry[0] == DIRECTORY:
             prefix = path + "/"
             below = [p for p in self.known if p.startswith(prefix)]
             below.sort(key=lambda p: p.count("/"), reverse=True)
@@ -371,13 +367,13 @@ class Watcher:
 
     def _drop(self, path: str, records: List[Record]) -> None:
         entry = self.known.pop(path)
-        if entry[0] == "d":
+        if entry[0] == DIRECTORY:
             wd = self._path_wd.pop(path, None)
             if wd is not None and self._wd_path.get(wd) == path:
                 del self._wd_path[wd]
                 with contextlib.suppress(OSError):  # gone with its folder
                     self._inotify.rm_watch(wd)
-        records.append(self._record("remove_dir" if entry[0] == "d" else "remove_file", path,
+        records.append(self._record("remove_dir" if entry[0] == DIRECTORY else "remove_file", path,
                                     entry))  # fmt: skip
 
     def _record(self, kind: str, path: str, entry: Entry) -> Record:
@@ -389,7 +385,7 @@ class Watcher:
     def _current_state(self) -> List[Record]:
         """Everything remembered, as adds, parents first (seq 0: not journal entries)."""
         return [
-            (0, "add_dir" if entry[0] == "d" else "add_file", path, entry[3] / 1e6, entry[1])
+            (0, "add_dir" if entry[0] == DIRECTORY else "add_file", path, entry[3] / 1e6, entry[1])
             for path, entry in sorted(self.known.items())
         ]
 
