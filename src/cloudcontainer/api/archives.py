@@ -10,12 +10,18 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
+from cloudcontainer.api.files import NO_NUL
 from cloudcontainer.files.archives import Download, upload
 
 router = APIRouter(prefix="/api/containers/{container_id}", tags=["archives"])
 
 Format = Literal["zip", "tar.gz"]
-FolderPath = Annotated[str, Query(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
+# Bounds that keep the longest URL the schema allows (every character percent-encoded as four
+# UTF-8 bytes) inside the 64 KiB request line uvicorn accepts; past it the HTTP server answers a
+# plain-text 400 before the app sees the request.
+FolderPath = Annotated[str, Query(min_length=1, max_length=1024, pattern=NO_NUL)]
+Glob = Annotated[str, Field(max_length=128, pattern=NO_NUL)]
+MAX_EXCLUDES = 16
 MEDIA_TYPES = {"zip": "application/zip", "tar.gz": "application/gzip"}
 
 
@@ -47,7 +53,7 @@ def _disposition(name: str, fmt: str) -> str:
 async def download_archive(
     container_id: str, principal: CurrentPrincipal, services: ServicesDep,
     path: FolderPath = "/", format: Format = "zip",
-    exclude: Annotated[list[str], Query(max_length=256)] = [],  # noqa: B006 (FastAPI copies it)
+    exclude: Annotated[list[Glob], Query(max_length=MAX_EXCLUDES)] = [],  # noqa: B006 (FastAPI copies it)
 ) -> StreamingResponse:  # fmt: skip
     """The folder as an archive of its contents (names relative to it), streamed as it is
     made. Symlinks are stored as symlinks, never followed. `exclude` globs (repeatable):
