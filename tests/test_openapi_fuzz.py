@@ -95,7 +95,7 @@ def server(
     uv = uvicorn.Server(
         uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=port, log_config=None,
-            lifespan="on", access_log=False,
+            lifespan="on", access_log=False, timeout_graceful_shutdown=10,
         )
     )  # fmt: skip
     thread = threading.Thread(target=uv.run, name="uvicorn-fuzz", daemon=True)
@@ -110,6 +110,8 @@ def server(
     finally:
         uv.should_exit = True
         thread.join(timeout=30)
+        # A server still running would close its event loop (and sockets) at some later test.
+        assert not thread.is_alive(), "the fuzzed server did not shut down"
 
 
 # The running server, once the `server` fixture has started it.
