@@ -109,8 +109,9 @@ async def _mixed(base: str, token: str, files: str, seconds: float, clients: int
             await client.put(f"{files}/mixed-{n}.txt", content=b"x" * 1024)
             i = 0
             while time.perf_counter() < deadline:
-                if i % 4 == 0:
-                    response = await client.put(f"{files}/mixed-{n}.txt", content=b"y" * 1024)
+                if i % 4 == 0:  # new bytes each time: every save keeps a history version
+                    content = f"{i:012d}".encode() + b"y" * 1012
+                    response = await client.put(f"{files}/mixed-{n}.txt", content=content)
                 else:
                     response = await client.get(f"{files}/mixed-{n}.txt")
                 counts["ops" if response.status_code == 200 else "errors"] += 1

@@ -1,5 +1,6 @@
--- P4 for wrk: 3 reads for each write of small files. Each connection works on its own four
--- files (made before the run); the token and the files' URL come from the environment.
+-- P4 for wrk: 3 reads for each write of small files. Each write has new bytes, so each keeps a
+-- history version. Each connection works on its own four files (made before the run); the
+-- token and the files' URL come from the environment.
 local token = os.getenv("CC_TOKEN")
 local files = os.getenv("CC_FILES")
 local threads = 0
@@ -11,7 +12,7 @@ end
 
 function init(args)
   n = 0
-  body = string.rep("y", 1024)
+  body = string.rep("y", 1012)  -- each write changes the file: history keeps a version
   headers = { ["Authorization"] = token }
 end
 
@@ -19,7 +20,7 @@ function request()
   n = n + 1
   local path = files .. "/mixed-" .. thread .. "-" .. (n % 4) .. ".txt"
   if n % 4 == 0 then
-    return wrk.format("PUT", path, headers, body)
+    return wrk.format("PUT", path, headers, string.format("%012d", n) .. body)
   end
   return wrk.format("GET", path, headers)
 end

@@ -242,3 +242,42 @@ async def test_large_uploads_use_the_file_limit_not_the_json_limit(sandbox_api_f
         f"{files}/huge.bin", content=b"x" * (5 * 1024 * 1024), headers=user.headers
     )
     assert too_big.status_code == 413
+
+
+async def test_the_hot_routes_answer_as_the_rest_of_the_api(sandbox_api: Api) -> None:
+    """Reading and saving one file skip FastAPI's solver and inner stack (api/hotroutes.py);
+    their edge cases must still answer exactly as every other route does."""
+    user, _, files = await setup(sandbox_api)
+    client = sandbox_api.client
+    url = f"{files}/hot.txt"
+    assert (await client.put(url, content=b"hot", headers=user.headers)).status_code == 200
+    for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer"}):
+        refused = await client.get(url, headers=headers)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["error"]["code"] == "not_authenticated"
+        assert refused.headers["www-authenticate"] == "Bearer"
+    bad_token = await client.put(url, content=b"x", headers={"Authorization": "Bearer nope"})
+    assert bad_token.status_code == 401
+    for method, query in (("GET", "format=xml"), ("PUT", "mkdirs=maybe")):
+        invalid = await client.request(method, f"{url}?{query}", content=b"x", headers=user.headers)
+        assert invalid.status_code == 422, invalid.text
+        error = invalid.json()["error"]
+        assert error["code"] == "validation_error"
+        assert error["details"][0]["loc"] == ["query", query.split("=")[0]]
+    assert (await client.get(url, headers=user.headers)).content == b"hot"  # nothing changed
+    # Values FastAPI would accept are accepted: repeated (the last wins), and bool spellings.
+    as_json = await client.get(f"{url}?format=raw&format=json", headers=user.headers)
+    assert as_json.json()["content"] == "hot"
+    made = await client.put(f"{files}/new/dir/a.txt?mkdirs=yes", content=b"a", headers=user.headers)
+    assert made.status_code == 200, made.text
+    assert made.json()["path"] == "/new/dir/a.txt"
+    # The gateway's own middlewares still see these requests: request id, body limit, metrics.
+    read = await client.get(url, headers={**user.headers, "X-Request-ID": "hot-1"})
+    assert read.headers["x-request-id"] == "hot-1"
+    assert read.headers["etag"].startswith('"')
+    other = await client.patch(url, content=b"x", headers=user.headers)
+    assert other.status_code == 405
+    assert other.json()["error"]["code"] == "method_not_allowed"
+    metrics = (await client.get("/metrics")).text
+    route = 'route="/api/containers/{container_id}/files/{path:path}"'
+    assert f'cloudcontainer_http_requests_total{{method="GET",{route},status="200"}}' in metrics

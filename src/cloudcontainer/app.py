@@ -24,6 +24,8 @@ from cloudcontainer.api import (
 from cloudcontainer.api.bodylimit import BodySizeLimitMiddleware
 from cloudcontainer.api.docs import install_docs
 from cloudcontainer.api.errors import ERROR_RESPONSES, install_error_handlers
+from cloudcontainer.api.handparsed import HandParsedRoute
+from cloudcontainer.api.hotroutes import HotRoutesMiddleware
 from cloudcontainer.api.urlguard import NulInUrlMiddleware
 from cloudcontainer.config import Settings, load_settings
 from cloudcontainer.observability.metrics import Metrics
@@ -59,12 +61,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=ERROR_RESPONSES,
         docs_url=None,
         redoc_url=None,
+        # FastAPI's native OpenTelemetry looks up global providers (and os.environ) on every
+        # request; the gateway has its own Prometheus metrics and access log.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     install_error_handlers(app)
     install_docs(app)
+    # The editor's hot path first, as the app's own routes: routes are matched in order, and
+    # each included router passed on the way costs (~10 µs a request in FastAPI 0.165).
+    hot_routes = [route for route in files.hot_router.routes if isinstance(route, HandParsedRoute)]
+    app.router.routes[0:0] = hot_routes
     for module in (ops, auth, projects, containers, files, locks, search, archives, history,
                    snapshots):  # fmt: skip
         app.include_router(module.router)
+    app.add_middleware(HotRoutesMiddleware, routes=hot_routes)  # added first: innermost
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_body_bytes,

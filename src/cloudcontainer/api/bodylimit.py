@@ -27,10 +27,18 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared, chunked = None, False
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        if declared is None and not chunked:  # HTTP/1.1: no body at all (most GETs)
+            await self.app(scope, receive, send)
+            return
         # File and archive uploads carry whole files; every other body is a small JSON document.
         is_file = _FILE_ROUTE.match(scope["path"]) is not None
         limit = self.max_file_bytes if is_file else self.max_body_bytes
-        declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
             status, code = (
                 (413, "payload_too_large") if declared.isdigit() else (400, "bad_request")

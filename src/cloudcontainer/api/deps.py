@@ -6,12 +6,13 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from cloudcontainer.auth.credentials import Principal
 from cloudcontainer.errors import Forbidden, Unauthorized
 from cloudcontainer.state import Services
 
-__all__ = ["AdminPrincipal", "CurrentPrincipal", "ServicesDep", "client_ip"]
+__all__ = ["AdminPrincipal", "CurrentPrincipal", "ServicesDep", "caller", "client_ip"]
 
 _bearer = HTTPBearer(
     auto_error=False,
@@ -33,12 +34,25 @@ async def current_principal(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    if credentials is None:
+    return await _authenticate(services, credentials.credentials if credentials else None)
+
+
+async def _authenticate(services: Services, token: str | None) -> Principal:
+    if token is None:
         raise Unauthorized("Authentication required.", code="not_authenticated")
-    return await services.credentials.authenticate(credentials.credentials)
+    return await services.credentials.authenticate(token)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
+
+
+async def caller(request: Request) -> tuple[Services, Principal]:
+    """What ServicesDep and CurrentPrincipal give, for routes that parse by hand: the bearer
+    token read as HTTPBearer reads it, without building its credentials model."""
+    services: Services = request.app.state.services
+    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
+    bearer = token if scheme.lower() == "bearer" and token else None
+    return services, await _authenticate(services, bearer)
 
 
 async def admin_principal(principal: CurrentPrincipal) -> Principal:

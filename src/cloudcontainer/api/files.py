@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Header, Query, Request, Response, status
 from fastapi import Path as FastApiPath
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Discriminator, Field, Tag
+from pydantic import BaseModel, Discriminator, Field, Tag, TypeAdapter
 
-from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
+from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep, caller
+from cloudcontainer.api.errors import ERROR_RESPONSES
+from cloudcontainer.api.handparsed import hand_parsed, query_value, sub_response
 from cloudcontainer.api.locks import LOCKED_HEADER, Lock
 from cloudcontainer.api.schemas import RequestModel
 from cloudcontainer.auth.credentials import Principal
@@ -24,7 +26,6 @@ from cloudcontainer.errors import BadRequest
 from cloudcontainer.files.ordering import (
     CLIENT_ID_PATTERN,
     CLIENT_SEQ_PATTERN,
-    ClientOrder,
     parse_order,
 )
 from cloudcontainer.files.service import etag_of, mime_of
@@ -234,18 +235,28 @@ async def client_order(  # async: a plain def dependency would run in the thread
 Order = Annotated[tuple[str | None, str | None], Depends(client_order)]
 
 
+def turn(
+    services: Services, principal: Principal, container_id: str,
+    headers: tuple[str | None, str | None],
+) -> AbstractAsyncContextManager[None]:  # fmt: skip
+    """This request's turn among its client's calls (at once without order headers)."""
+    if headers == (None, None):
+        return _NOW
+    return _ordered_turn(services, principal, container_id, headers)
+
+
+_NOW: AbstractAsyncContextManager[None] = nullcontext()
+
+
 @asynccontextmanager
-async def turn(
+async def _ordered_turn(
     services: Services, principal: Principal, container_id: str,
     headers: tuple[str | None, str | None],
 ) -> AsyncIterator[None]:  # fmt: skip
-    """This request's turn among its client's calls (at once without order headers). The
-    container is checked first: only its owner's requests take part in its order, and a
-    missing container is a 404 before malformed headers are a 400."""
-    order: ClientOrder | None = None
-    if headers != (None, None):
-        await services.containers.agent(principal.user_id, container_id)
-        order = parse_order(*headers, lambda m: BadRequest(m, code="bad_client_order"))
+    """The container is checked first: only its owner's requests take part in its order, and
+    a missing container is a 404 before malformed headers are a 400."""
+    await services.containers.agent(principal.user_id, container_id)
+    order = parse_order(*headers, lambda m: BadRequest(m, code="bad_client_order"))
     async with services.order.turn(container_id, order):
         yield
 
@@ -277,10 +288,6 @@ async def list_files(
     return Listing(path=path, entries=[Entry(**entry) for entry in entries])
 
 
-@router.get(
-    "/files/{path:path}",
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "The bytes."}},
-)
 async def read_file(
     container_id: str, path: UrlPath, principal: CurrentPrincipal, services: ServicesDep,
     order: Order, format: Literal["raw", "json"] = "raw",
@@ -303,7 +310,6 @@ async def read_file(
     return Response(content.data, media_type=mime, headers={"ETag": etag})
 
 
-@router.put("/files/{path:path}")
 async def put_file(
     container_id: str, path: UrlPath, request: Request, response: Response,
     principal: CurrentPrincipal, services: ServicesDep, order: Order, mkdirs: bool = False,
@@ -318,6 +324,56 @@ async def put_file(
         )  # fmt: skip
     locks = await report_locks(services, container_id, [written["path"]], response)
     return WrittenChanged(**written, locks=locks)
+
+
+# -- the hot path: reading and saving one file, with arguments parsed by hand ------------------
+
+_FORMAT: TypeAdapter[Literal["raw", "json"]] = TypeAdapter(Literal["raw", "json"])
+_FLAG = TypeAdapter(bool)
+
+
+def _file_call(request: Request, services: Services, principal: Principal) -> dict[str, Any]:
+    """The arguments every one-file route takes (the path cannot hold a NUL: see urlguard)."""
+    headers = request.headers
+    return {
+        "container_id": request.path_params["container_id"], "path": request.path_params["path"],
+        "principal": principal, "services": services,
+        "order": (headers.get("x-client-id"), headers.get("x-client-seq")),
+    }  # fmt: skip
+
+
+async def _read_arguments(request: Request) -> dict[str, Any]:
+    services, principal = await caller(request)
+    return {
+        **_file_call(request, services, principal),
+        "format": query_value(request, "format", _FORMAT, "raw"),
+    }
+
+
+async def _put_arguments(request: Request) -> dict[str, Any]:
+    services, principal = await caller(request)
+    return {
+        **_file_call(request, services, principal), "request": request,
+        "response": sub_response(),
+        "mkdirs": query_value(request, "mkdirs", _FLAG, False),
+        "if_match": request.headers.get("if-match"),
+    }  # fmt: skip
+
+
+# Its routes go straight into the app's own list (see app.py), so they carry the app-wide
+# error responses themselves.
+hot_router = APIRouter(
+    prefix="/api/containers/{container_id}", tags=["files"], responses=ERROR_RESPONSES
+)
+hot_router.add_api_route(
+    "/files/{path:path}", read_file, methods=["GET"],
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "The bytes."}},
+    route_class_override=hand_parsed(_read_arguments),
+)  # fmt: skip
+hot_router.add_api_route(
+    "/files/{path:path}", put_file, methods=["PUT"], response_model=WrittenChanged,
+    route_class_override=hand_parsed(_put_arguments),
+)  # fmt: skip
 
 
 @router.post(

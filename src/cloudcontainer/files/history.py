@@ -5,10 +5,10 @@ regular files up to `history_max_file_bytes`); they become a blob under the cont
 in object storage and a `file_versions` row. Each path keeps at most `history_max_versions`;
 older rows go, and so do blobs no remaining row names. Everything goes with the container.
 
-Keeping a version costs a blob write and a database transaction, a few milliseconds that a
-file save should not wait for: versions are kept by a background task per container, in the
-order of the writes, and every read of the history first waits for that container's pending
-ones, so an API client always sees the versions of the writes it was answered for.
+Keeping a version costs a blob write and a database transaction, more than the save itself:
+versions are queued and kept by one background task in the order of the writes, a batch per
+transaction, and every read of the history first waits for the versions queued before it, so
+an API client always sees the versions of the writes it was answered for.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import base64
 import hashlib
 import secrets
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -45,6 +46,16 @@ def history_prefix(container_id: str) -> str:
     return f"containers/{container_id}/history"
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    container_id: str
+    path: str
+    previous: dict[str, Any]  # the agent's answer: `data` (base64) and the file's stat
+    user_id: str | None
+    reason: str
+    unchanged: str | None  # the SHA-256 of the new content: the same bytes keep no version
+
+
 class FileHistory:
     def __init__(
         self, *, settings: Settings, database: Database, storage: ObjectStorage, tasks: TaskSet
@@ -54,41 +65,34 @@ class FileHistory:
         self._db = database
         self._storage = storage
         self._tasks = tasks
-        self._tails: dict[str, asyncio.Task[None]] = {}  # container id → its last pending keep
+        self._queue: list[_Pending] = []  # versions to keep, in the order of their writes
+        self._keeper: asyncio.Task[None] | None = None  # keeping the queue, while it has work
+        self._queued = 0  # versions ever queued, and kept (or given up on): settle() compares
+        self._kept = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def record_later(
         self, container_id: str, path: str, previous: dict[str, Any] | None, *,
         user_id: str | None, reason: str, unchanged: str | None = None,
     ) -> None:  # fmt: skip
-        """`record` in the background, after the container's earlier pending ones."""
+        """Queue `previous` (the agent's answer) to be kept as a version of `path`. The queue
+        is kept in order by one task, each turn in one transaction: under a burst of saves,
+        one transaction keeps all that arrived while the last one ran."""
         if previous is None or "data" not in previous or not self.enabled:
             return
-        before = self._tails.get(container_id)
-
-        async def keep() -> None:
-            if before is not None:
-                await asyncio.wait([before])
-            try:
-                await self.record(
-                    container_id, path, previous, user_id=user_id, reason=reason,
-                    unchanged=unchanged,
-                )  # fmt: skip
-            except SQLAlchemyError as exc:  # e.g. the container was deleted meanwhile
-                log.warning("file history not kept", container_id=container_id, error=str(exc))
-
-        task = self._tasks.spawn(keep(), name=f"history:{container_id}")
-        self._tails[container_id] = task
-        task.add_done_callback(lambda done: self._forget_tail(container_id, done))
-
-    def _forget_tail(self, container_id: str, task: asyncio.Task[None]) -> None:
-        if self._tails.get(container_id) is task:
-            del self._tails[container_id]
+        self._queue.append(_Pending(container_id, path, previous, user_id, reason, unchanged))
+        self._queued += 1
+        if self._keeper is None:
+            self._keeper = self._tasks.spawn(self._keep_queue(), name="file-history")
 
     async def settle(self, container_id: str) -> None:
-        """Wait until the versions of every write answered so far are kept."""
-        tail = self._tails.get(container_id)
-        if tail is not None:
-            await asyncio.wait([tail])
+        """Wait until the versions of every write answered so far are kept (the container is
+        named for the reader's sake: the queue is kept in order, so this waits for all)."""
+        if self._kept >= self._queued:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._queued, waiter))
+        await waiter
 
     @property
     def enabled(self) -> bool:
@@ -99,40 +103,80 @@ class FileHistory:
         """The agent's `keep_previous` argument: the size cap, or 0 when history is off."""
         return max(self.max_file_bytes, 1) if self.enabled else 0
 
-    async def record(
-        self, container_id: str, path: str, previous: dict[str, Any] | None, *,
-        user_id: str | None, reason: str, unchanged: str | None = None,
-    ) -> FileVersion | None:  # fmt: skip
-        """Keep `previous` (the agent's answer) as a version of `path`, if it carries bytes.
-
-        The write it belongs to has already happened, so a storage failure is logged and
-        answered with None rather than failing the request. `unchanged` is the SHA-256 of the
-        new content: a write of the same bytes keeps no version.
-        """
-        if previous is None or "data" not in previous or not self.enabled:
-            return None
-        data = base64.b64decode(previous["data"])
-        if len(data) > self.max_file_bytes:
-            return None
-        sha256 = hashlib.sha256(data).hexdigest()
-        if sha256 == unchanged:
-            return None  # saved again with the same bytes (editors' autosave): nothing to keep
+    async def _keep_queue(self) -> None:
         try:
-            # Small blobs are written without asking first: one request instead of two.
-            await self._storage.put_blob(history_prefix(container_id), data, check=False)
-        except StorageError as exc:
-            log.warning("file history not kept", container_id=container_id, error=exc.message)
-            return None
-        version = FileVersion(
-            id=version_id(), container_id=container_id, path=path, size=len(data),
-            sha256=sha256, created_by=user_id, reason=reason,
-        )  # fmt: skip
+            while self._queue:
+                batch, self._queue = self._queue, []
+                # A transaction per container: one deleted meanwhile fails only its own.
+                by_container: dict[str, list[_Pending]] = {}
+                for pending in batch:
+                    by_container.setdefault(pending.container_id, []).append(pending)
+                for container_id, versions in by_container.items():
+                    try:
+                        await self._keep(versions)
+                    except SQLAlchemyError as exc:
+                        log.warning(
+                            "file history not kept", container_id=container_id, error=str(exc)
+                        )
+                self._kept += len(batch)
+                self._wake_settled()
+        finally:
+            self._keeper = None
+            if self._queue:  # cancelled with work queued: nobody will keep it now
+                self._kept += len(self._queue)
+                self._queue.clear()
+            self._wake_settled()
+
+    def _wake_settled(self) -> None:
+        waiting = []
+        for target, waiter in self._waiters:
+            if target <= self._kept:
+                if not waiter.done():
+                    waiter.set_result(None)
+            else:
+                waiting.append((target, waiter))
+        self._waiters = waiting
+
+    async def _keep(self, batch: list[_Pending]) -> None:
+        """Write one container's blobs, then its rows in one transaction, dropping the versions
+        each touched path has beyond `max_versions` (and blobs no row names any more).
+
+        The writes they belong to have already happened, so a storage failure is logged and
+        that version skipped rather than failing anything. A write of the same bytes (an
+        editor's autosave) keeps no version."""
+        versions: list[FileVersion] = []
+        blobs: dict[tuple[str, str], bytes] = {}
+        for pending in batch:
+            data = base64.b64decode(pending.previous["data"])
+            sha256 = hashlib.sha256(data).hexdigest()
+            if len(data) > self.max_file_bytes or sha256 == pending.unchanged:
+                continue
+            blobs[(pending.container_id, sha256)] = data
+            versions.append(FileVersion(
+                id=version_id(), container_id=pending.container_id, path=pending.path,
+                size=len(data), sha256=sha256, created_by=pending.user_id, reason=pending.reason,
+            ))  # fmt: skip
+        failed = set()
+        for (container_id, sha256), data in blobs.items():
+            try:
+                # Small blobs are written without asking first: one request instead of two.
+                await self._storage.put_blob(history_prefix(container_id), data, check=False)
+            except StorageError as exc:
+                log.warning("file history not kept", container_id=container_id, error=exc.message)
+                failed.add((container_id, sha256))
+        versions = [v for v in versions if (v.container_id, v.sha256) not in failed]
+        if not versions:
+            return
+        stale: dict[str, set[str]] = {}
         async with self._db.session() as session:
-            session.add(version)
-            stale = await self._stale(session, container_id, path)
-        if stale:
-            await self._sweep(container_id, stale)
-        return version
+            session.add_all(versions)
+            await session.flush()
+            for container_id, path in dict.fromkeys((v.container_id, v.path) for v in versions):
+                swept = await self._stale(session, container_id, path)
+                stale.setdefault(container_id, set()).update(swept)
+        for container_id, candidates in stale.items():
+            if candidates:
+                await self._sweep(container_id, candidates)
 
     async def versions(self, container_id: str, path: str) -> list[FileVersion]:
         """The versions of `path`, newest first."""

@@ -4,6 +4,7 @@ itself, so a symlink made inside a sandbox resolves inside that sandbox only."""
 from __future__ import annotations
 
 import base64
+import functools
 import mimetypes
 import posixpath
 from collections.abc import Iterator, Sequence
@@ -85,14 +86,23 @@ def etag_of(sha256: str) -> str:
 
 def mime_of(path: str, data: bytes) -> str:
     """By extension first; otherwise text when the bytes are UTF-8, else binary."""
-    guessed, _ = mimetypes.guess_type(path, strict=False)
+    guessed = _mime_of_name(posixpath.basename(path))
     if guessed:
-        return f"{guessed}; charset=utf-8" if guessed.startswith("text/") else guessed
+        return guessed
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return "application/octet-stream"
     return "text/plain; charset=utf-8"
+
+
+@functools.lru_cache(maxsize=4096)
+def _mime_of_name(name: str) -> str | None:
+    """The MIME type a file name implies (cached: guess_type parses it as a URL each time)."""
+    guessed, _ = mimetypes.guess_type(name, strict=False)
+    if guessed:
+        return f"{guessed}; charset=utf-8" if guessed.startswith("text/") else guessed
+    return None
 
 
 @dataclass(frozen=True, slots=True)

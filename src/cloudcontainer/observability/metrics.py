@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics"]
@@ -23,6 +25,9 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
             registry=self.registry,
         )
+        # (method, route, status) -> the two labelled series: `labels()` checks and locks on
+        # every call, and the set is bounded (route templates, not paths).
+        self._http_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         self.http_in_flight = Gauge(
             "cloudcontainer_http_requests_in_flight",
             "HTTP requests being answered now.",
@@ -44,3 +49,14 @@ class Metrics:
             "agent's journal.",
             registry=self.registry,
         )
+
+    def http_request_done(self, method: str, route: str, status: int, seconds: float) -> None:
+        series = self._http_series.get((method, route, status))
+        if series is None:
+            series = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_latency.labels(method, route),
+            )
+            self._http_series[(method, route, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
