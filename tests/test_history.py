@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from sqlalchemy import func, select
+
+from cloudcontainer.db import FileVersion
 from tests.conftest import Api, TestUser
 from tests.sandbox_helpers import new_container, sh
 
@@ -95,10 +99,14 @@ async def test_delete_and_move_keep_versions_and_a_deleted_file_can_be_restored(
     ).content == b"bee"
 
 
+@pytest.mark.parametrize("inline_bytes", [0, 16_384], ids=["blobs", "inline"])
 async def test_versions_are_bounded_and_big_files_are_not_kept(
-    sandbox_api_factory: Any,
+    sandbox_api_factory: Any, inline_bytes: int
 ) -> None:
-    api: Api = await sandbox_api_factory(history_max_versions=3, history_max_file_bytes=1024)
+    """Versions kept as blobs in object storage, and (small ones, by default) in their row."""
+    api: Api = await sandbox_api_factory(
+        history_max_versions=3, history_max_file_bytes=1024, history_inline_bytes=inline_bytes
+    )
     user, cid, base = await setup(api)
     for number in range(6):
         await api.client.put(
@@ -110,9 +118,10 @@ async def test_versions_are_bounded_and_big_files_are_not_kept(
         for v in kept
     ]
     assert contents == [b"4", b"3", b"2"]
-    # Old versions' blobs are pruned with them: only the kept contents remain stored.
+    # Old versions' blobs are pruned with them: only the kept contents remain stored; versions
+    # kept in their row need no object at all.
     stored = await api.services.storage.list_blobs(f"containers/{cid}/history")
-    assert stored == {v["sha256"] for v in kept}
+    assert stored == (set() if inline_bytes else {v["sha256"] for v in kept})
     await api.client.put(f"{base}/files/big.bin", content=b"x" * 2048, headers=user.headers)
     await api.client.put(f"{base}/files/big.bin", content=b"y", headers=user.headers)
     assert await versions(api, user, base, "/big.bin") == []
@@ -169,20 +178,32 @@ async def test_others_containers_and_bad_ids_are_not_found(sandbox_api: Api) -> 
     assert (await sh(sandbox_api, user, cid, "cat a.txt")).stdout == "2"
 
 
-async def test_versions_go_with_their_container(sandbox_api: Api) -> None:
-    user, cid, base = await setup(sandbox_api)
-    for content in (b"1", b"2"):
-        response = await sandbox_api.client.put(
+async def test_versions_go_with_their_container(sandbox_api_factory: Any) -> None:
+    api: Api = await sandbox_api_factory(history_inline_bytes=4)
+    user, cid, base = await setup(api)
+    # A small version stays in its row, a larger one is a blob; both read back alike.
+    for content in (b"1", b"2", b"larger than four bytes", b"3"):
+        response = await api.client.put(
             f"{base}/files/a.txt", content=content, headers=user.headers
         )
         assert response.status_code == 200, response.text
-    assert len(await versions(sandbox_api, user, base, "/a.txt")) == 1
-    storage = sandbox_api.services.storage
-    assert await storage.list_blobs(f"containers/{cid}/history")
-    response = await sandbox_api.client.delete(f"/api/containers/{cid}", headers=user.headers)
+    kept = await versions(api, user, base, "/a.txt")
+    contents = [
+        (await api.client.get(f"{base}/versions/{v['id']}", headers=user.headers)).content
+        for v in kept
+    ]
+    assert contents == [b"larger than four bytes", b"2", b"1"]
+    storage = api.services.storage
+    assert len(await storage.list_blobs(f"containers/{cid}/history")) == 1
+    response = await api.client.delete(f"/api/containers/{cid}", headers=user.headers)
     assert response.status_code in (202, 204), response.text
-    await sandbox_api.services.tasks.drain()
+    await api.services.tasks.drain()
     assert await storage.list_blobs(f"containers/{cid}/history") == set()
+    async with api.services.database.session() as session:
+        left = await session.scalar(
+            select(func.count()).select_from(FileVersion).where(FileVersion.container_id == cid)
+        )
+    assert left == 0
 
 
 async def test_git_works_inside_the_sandbox(sandbox_api: Api) -> None:

@@ -189,6 +189,12 @@ class Settings(BaseSettings):
     history_max_file_bytes: int = Field(
         1_048_576, ge=0, description="Files larger than this are not versioned."
     )
+    history_inline_bytes: int = Field(
+        16_384,
+        ge=0,
+        description="Versions up to this size are kept in the database row, larger ones in "
+        "object storage (0: all in object storage). A save then costs no object write.",
+    )
     snapshot_interval_seconds: float = Field(
         300,
         ge=0,

@@ -31,6 +31,8 @@ async def test_write_returns_the_previous_content_when_asked(
     assert "previous" not in plain  # not asked
     big = await client.call("fs.write", path="/a.txt", data=b64(b"y"), keep_previous=10)
     assert big["previous"] == {"path": where, "size": 20}  # over the cap: size only
+    again = await client.call("fs.write", path="/a.txt", data=b64(b"y"), keep_previous=10)
+    assert "previous" not in again  # the same bytes saved again: nothing to keep
 
 
 async def test_remove_and_rename_return_what_they_replace(

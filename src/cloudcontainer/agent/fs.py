@@ -90,6 +90,8 @@ class Files:
         if expect_sha256 is not None and _sha256_of(absolute) != expect_sha256:
             raise AgentError("ETAGMISMATCH", "the file changed since it was read: '%s'" % absolute)
         previous = _previous(absolute, keep_previous)
+        if previous is not None and _same_bytes(previous, content):
+            previous = None  # saved again unchanged (editors autosave): no version to keep
         parent = posixpath.dirname(absolute)
         if mkdirs:
             os.makedirs(parent, exist_ok=True)
@@ -268,6 +270,14 @@ def _previous(path: str, limit: Any) -> Optional[Dict[str, Any]]:
     if len(data) > limit:
         return {"path": path, "size": len(data)}
     return {"path": path, "data": base64.b64encode(data).decode("ascii"), "size": len(data)}
+
+
+def _same_bytes(previous: Dict[str, Any], content: bytes) -> bool:
+    return (
+        previous.get("size") == len(content)
+        and "data" in previous
+        and base64.b64decode(previous["data"]) == content
+    )
 
 
 def _unlink_quietly(path: str) -> None:

@@ -26,11 +26,14 @@ __all__ = ["HotRoutesMiddleware"]
 class HotRoutesMiddleware:
     def __init__(self, app: ASGIApp, routes: Sequence[HandParsedRoute]) -> None:
         self.app = app
-        self.routes = routes
+        self.routes: dict[str, list[HandParsedRoute]] = {}  # by method: one match a request
+        for route in routes:
+            for method in route.methods or ():
+                self.routes.setdefault(method, []).append(route)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for route in self.routes:
+            for route in self.routes.get(scope["method"], ()):
                 match, child_scope = route.matches(scope)
                 if match is Match.FULL:
                     scope.update(child_scope)
@@ -38,9 +41,8 @@ class HotRoutesMiddleware:
                     return
         await self.app(scope, receive, send)
 
-    async def _serve(
-        self, route: HandParsedRoute, scope: Scope, receive: Receive, send: Send
-    ) -> None:
+    @staticmethod
+    async def _serve(route: HandParsedRoute, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive, send)
         try:
             response = await route.respond(request)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -201,7 +202,8 @@ class FileLock(Base):
 
 class FileVersion(Base):
     """An earlier content of a workspace file, kept when the file API replaced, deleted or
-    moved it. The bytes are a blob in object storage under the container's prefix."""
+    moved it. Small ones keep their bytes here; others are a blob in object storage under the
+    container's prefix."""
 
     __tablename__ = "file_versions"
     __table_args__ = (
@@ -216,6 +218,9 @@ class FileVersion(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     created_by: Mapped[str | None] = mapped_column(String(32), default=None)
     reason: Mapped[str] = mapped_column(String(16))
+    # The bytes of a small version (up to history_inline_bytes), else None: a blob in object
+    # storage. Deferred: listing versions never loads them.
+    data: Mapped[bytes | None] = mapped_column(LargeBinary, default=None, deferred=True)
 
 
 class Snapshot(Base):

@@ -11,6 +11,7 @@ import time
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloudcontainer.observability.logging import REQUEST_ID
 from cloudcontainer.observability.metrics import Metrics
 
 __all__ = ["RequestContextMiddleware"]
@@ -59,7 +60,7 @@ class RequestContextMiddleware:
             return
         request_id = _request_id(scope)
         scope.setdefault("state", {})["request_id"] = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
+        bound = REQUEST_ID.set(request_id)
         status = 500
         started = time.perf_counter()
 
@@ -96,4 +97,4 @@ class RequestContextMiddleware:
                     duration_ms=round(elapsed * 1000, 2),
                     client=(scope.get("client") or ("", 0))[0],
                 )
-            structlog.contextvars.unbind_contextvars("request_id")
+            REQUEST_ID.reset(bound)
