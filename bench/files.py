@@ -60,7 +60,7 @@ def save_floor(samples: int) -> dict[str, Any]:
     return {"samples_s": times, "summary": Summary.of(times).__dict__}
 
 
-def mixed_throughput(seconds: float = 5.0, clients: int = 16) -> dict[str, Any]:
+def mixed_throughput(seconds: float = 10.0, clients: int = 16) -> dict[str, Any]:
     """Concurrent clients doing 3 reads for each write of small files, for `seconds`: driven
     by wrk when it is installed (a Python client on the same 2 cores spends more CPU than the
     server, so it measures itself), else by an httpx client. Both figures are kept."""

@@ -12,6 +12,7 @@ from typing import Any
 
 import uvicorn
 
+from cloudcontainer.coalesce import CoalescingHttpProtocol
 from tests.conftest import Api, TestUser
 from tests.support.net import free_port
 
@@ -83,7 +84,8 @@ async def live_server(api: Api) -> AsyncIterator[str]:
     transport does not carry); yields its ws:// base URL. The app's lifespan already runs."""
     port = free_port()
     config = uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="off",
-                            log_level="warning", ws="websockets-sansio")  # fmt: skip
+                            log_level="warning", ws="websockets-sansio",
+                            http=CoalescingHttpProtocol)  # as `cloudcontainer serve`  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:

@@ -26,6 +26,7 @@ import schemathesis
 import uvicorn
 
 from cloudcontainer.app import create_app
+from cloudcontainer.coalesce import CoalescingHttpProtocol
 from cloudcontainer.config import Settings
 from cloudcontainer.state import open_services
 from tests.conftest import PASSWORD, _truncate_all, make_settings
@@ -96,6 +97,7 @@ def server(
         uvicorn.Config(
             create_app(settings), host="127.0.0.1", port=port, log_config=None,
             lifespan="on", access_log=False, timeout_graceful_shutdown=10,
+            http=CoalescingHttpProtocol,  # as `cloudcontainer serve`
         )
     )  # fmt: skip
     thread = threading.Thread(target=uv.run, name="uvicorn-fuzz", daemon=True)

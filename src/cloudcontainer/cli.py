@@ -101,6 +101,7 @@ def serve(
     )  # fmt: skip
     configure_logging(settings.log_level, settings.log_format)
     from cloudcontainer.app import create_app
+    from cloudcontainer.coalesce import CoalescingHttpProtocol
 
     console.print(
         f"[bold]cloudcontainer {__version__}[/bold] on http://{settings.host}:{settings.port}"
@@ -116,6 +117,7 @@ def serve(
             root_path=settings.root_path,
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=settings.trusted_proxies or None,
+            http=CoalescingHttpProtocol,  # a response's head and body in one send
         )
     )  # fmt: skip
     server.run()

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
@@ -26,6 +26,7 @@ from cloudcontainer.agent.protocol import (
     unpack_frame,
 )
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.coalesce import CoalescingTransport
 
 __all__ = ["REQUEST_SENT", "AgentAddress", "AgentClient"]
 
@@ -85,6 +86,10 @@ class _DispatchingConnection(ClientConnection):
     on_message: Callable[[str | bytes], None]
     _opcode: Opcode = Opcode.TEXT
     _fragments: list[bytes]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Frames of calls made in one turn of the loop leave in one send.
+        super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport)))
 
     def process_event(self, event: Event) -> None:
         if self.response is None or not isinstance(event, Frame) or event.opcode not in _DATA:
