@@ -13,6 +13,8 @@ from typing import Any
 import uvicorn
 
 from cloudcontainer.coalesce import CoalescingHttpProtocol
+from cloudcontainer.db import Container
+from cloudcontainer.db.types import new_id
 from tests.conftest import Api, TestUser
 from tests.support.net import free_port
 
@@ -103,3 +105,19 @@ async def live_server(api: Api) -> AsyncIterator[str]:
 async def events_socket_url(api: Api, user: TestUser, base: str, container_id: str) -> str:
     response = await api.client.post("/api/auth/ws-ticket", headers=user.headers)
     return f"{base}/api/containers/{container_id}/events?ticket={response.json()['ticket']}"
+
+
+async def stopped_container(api: Api, user: TestUser) -> str:
+    """A container row that is stopped and wanted stopped: locks need nothing more."""
+    project_id = await new_project(api, user)
+    container_id = new_id("ctr")
+    async with api.services.database.session() as session:
+        session.add(
+            Container(
+                id=container_id, owner_id=user.id, project_id=project_id,
+                runtime=api.services.runtime.name, template="node", status="stopped",
+                desired="stopped", cpu=1.0, memory_mb=512, pids_limit=256, agent_secret="x",
+                dev_servers=[],
+            )
+        )  # fmt: skip
+    return container_id

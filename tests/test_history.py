@@ -3,14 +3,17 @@ replaced, bounded per file; versions can be read and restored; others' container
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from cloudcontainer.db import FileVersion
-from tests.conftest import Api, TestUser
-from tests.sandbox_helpers import new_container, sh
+from cloudcontainer.files.history import history_prefix
+from tests.conftest import Api, ApiFactory, TestUser
+from tests.sandbox_helpers import new_container, sh, stopped_container
 
 
 async def setup(api: Api) -> tuple[TestUser, str, str]:
@@ -259,3 +262,24 @@ async def test_batches_keep_versions_like_single_calls(sandbox_api: Api) -> None
     })  # fmt: skip
     assert failed.status_code == 404
     assert len(await versions(sandbox_api, user, base, "/w.txt")) == 2
+
+
+async def test_versions_queued_together_are_kept_in_order_on_both_databases(
+    api_factory: ApiFactory,
+) -> None:
+    """Keeping versions needs no sandbox: the agent's `previous` answers of six saves, queued at
+    once, go in one batch, alternately in their row and as blobs; the newest three stay, and
+    the pruned ones' blobs go. Runs on SQLite and PostgreSQL (the prune is a window query)."""
+    api = await api_factory(warm_pool_size=0, history_max_versions=3, history_inline_bytes=8)
+    user = await api.user()
+    cid = await stopped_container(api, user)
+    history = api.services.files.history
+    assert history is not None
+    contents = [(b"v%d" % n) * (1 if n % 2 else 10) for n in range(6)]  # 2 or 20 bytes
+    for data in contents:
+        previous = {"path": "/home/project/a.txt", "data": base64.b64encode(data).decode()}
+        history.record_later(cid, "/a.txt", previous, user_id=user.id, reason="write")
+    kept = await history.versions(cid, "/a.txt")
+    assert [(await history.get(cid, v.id))[1] for v in kept] == contents[:2:-1]
+    stored = await api.services.storage.list_blobs(history_prefix(cid))
+    assert stored == {hashlib.sha256(contents[4]).hexdigest()}

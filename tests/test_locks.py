@@ -19,32 +19,15 @@ import uvicorn
 from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 
-from cloudcontainer.db import Container, FileLock
-from cloudcontainer.db.types import new_id
+from cloudcontainer.db import FileLock
 from tests.conftest import Api, ApiFactory, TestUser
-from tests.sandbox_helpers import new_container, new_project
+from tests.sandbox_helpers import new_container, stopped_container
 from tests.support.net import free_port
 
 
 @pytest.fixture
 async def api(api_factory: ApiFactory) -> Api:
     return await api_factory(warm_pool_size=0)
-
-
-async def stopped_container(api: Api, user: TestUser) -> str:
-    """A container row that is stopped and wanted stopped: locks need nothing more."""
-    project_id = await new_project(api, user)
-    container_id = new_id("ctr")
-    async with api.services.database.session() as session:
-        session.add(
-            Container(
-                id=container_id, owner_id=user.id, project_id=project_id,
-                runtime=api.services.runtime.name, template="node", status="stopped",
-                desired="stopped", cpu=1.0, memory_mb=512, pids_limit=256, agent_secret="x",
-                dev_servers=[],
-            )
-        )  # fmt: skip
-    return container_id
 
 
 async def acquire(api: Api, user: TestUser, cid: str, **body: Any) -> Any:
