@@ -1,5 +1,5 @@
 -- P4 for wrk: 3 reads for each write of small files. Each write has new bytes, so each keeps a
--- history version. Each connection works on its own four files (made before the run); the
+-- history version. Each wrk thread works on its own four files (made before the run); the
 -- token and the files' URL come from the environment.
 local token = os.getenv("CC_TOKEN")
 local files = os.getenv("CC_FILES")
