@@ -20,6 +20,7 @@ from cloudcontainer.api import (
     projects,
     search,
     snapshots,
+    terminals,
 )
 from cloudcontainer.api.bodylimit import BodySizeLimitMiddleware
 from cloudcontainer.api.docs import install_docs
@@ -72,7 +73,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     hot_routes = [route for route in files.hot_router.routes if isinstance(route, HandParsedRoute)]
     app.router.routes[0:0] = hot_routes
     for module in (ops, auth, projects, containers, files, locks, search, archives, history,
-                   snapshots):  # fmt: skip
+                   snapshots, terminals):  # fmt: skip
         app.include_router(module.router)
     app.add_middleware(HotRoutesMiddleware, routes=hot_routes)  # added first: innermost
     app.add_middleware(

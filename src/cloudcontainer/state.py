@@ -32,6 +32,7 @@ from cloudcontainer.sandbox.supervisor import Supervisor
 from cloudcontainer.snapshots import SnapshotService
 from cloudcontainer.storage import ObjectStorage, open_storage
 from cloudcontainer.tasks import TaskSet
+from cloudcontainer.terminals.service import TerminalService
 
 __all__ = ["Services", "open_services"]
 
@@ -55,6 +56,7 @@ class Services:
     order: Sequencer
     storage: ObjectStorage
     snapshots: SnapshotService
+    terminals: TerminalService
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -148,6 +150,7 @@ async def open_services(
             runtime=runtime,
             containers=containers,
             files=FileService(containers, history),
+            terminals=TerminalService(containers),
             locks=locks,
             order=Sequencer(settings.fifo_wait_seconds),
             storage=storage,

@@ -127,6 +127,7 @@ class AgentClient:
         self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._answer_hooks: dict[int, Callable[[Any], None]] = {}
         self._event_listeners: list[EventListener] = []
         self._stream_listeners: dict[tuple[int, int], StreamListener] = {}
         self._orphans: dict[tuple[int, int], list[tuple[float, bytes]]] = {}
@@ -189,12 +190,30 @@ class AgentClient:
     # -- calls ----------------------------------------------------------------------------
 
     async def call(self, op: str, timeout: float | None = 30.0, **args: Any) -> Any:
+        """Send a request and await its answer."""
+        return await self._call(op, timeout, None, args)
+
+    async def call_in_order(
+        self, op: str, on_answer: Callable[[Any], None], timeout: float | None = 30.0,
+        **args: Any,
+    ) -> Any:  # fmt: skip
+        """`call`, with `on_answer(result)` run as the answer is read, before any later message
+        of the link: a caller that must neither miss nor see twice the stream bytes that
+        follow an answer (a terminal's attach) starts there."""
+        return await self._call(op, timeout, on_answer, args)
+
+    async def _call(
+        self, op: str, timeout: float | None, on_answer: Callable[[Any], None] | None,
+        args: dict[str, Any],
+    ) -> Any:  # fmt: skip
         if self._ws is None or self.closed.is_set():
             raise AgentUnavailable("the agent link is closed")
         request_id = next(self._ids)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         self._pending[request_id] = future
+        if on_answer is not None:
+            self._answer_hooks[request_id] = on_answer
         timer: asyncio.TimerHandle | None = None
         try:
             await self._ws.send(json.dumps({"id": request_id, "op": op, "args": args}))
@@ -211,6 +230,7 @@ class AgentClient:
             if timer is not None:
                 timer.cancel()
             self._pending.pop(request_id, None)
+            self._answer_hooks.pop(request_id, None)
 
     async def send_stream(self, kind: int, channel: int, payload: bytes) -> None:
         if self._ws is None or self.closed.is_set():
@@ -290,7 +310,10 @@ class AgentClient:
         if future is None or future.done():
             return
         if message.get("ok"):
-            future.set_result(message.get("result"))
+            result = message.get("result")
+            if (hook := self._answer_hooks.pop(message["id"], None)) is not None:
+                hook(result)
+            future.set_result(result)
         else:
             error = message.get("error") or {}
             future.set_exception(AgentOpError(error.get("code", "EIO"), error.get("message", "")))

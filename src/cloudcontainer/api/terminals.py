@@ -1,0 +1,183 @@
+"""`/api/containers/{id}/terminals`: PTY terminals that outlive their connections.
+
+The WebSocket protocol (docs/terminals.md): binary frames are terminal bytes both ways; text
+frames are JSON control messages. On attach the server sends `{"type": "attached", "terminal"}`
+(with the size to restore), then the scrollback, then live output; `{"type": "exit", "code"}`
+when the process ends, then it closes. The client may send `{"type": "resize", "cols", "rows"}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Response, WebSocket, status
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+from starlette.websockets import WebSocketDisconnect
+
+from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
+from cloudcontainer.api.schemas import RequestModel
+from cloudcontainer.errors import CloudContainerError
+from cloudcontainer.state import Services
+from cloudcontainer.terminals.service import Hub, TerminalClient, TerminalSpec
+
+router = APIRouter(prefix="/api/containers/{container_id}/terminals", tags=["terminals"])
+
+WS_POLICY_VIOLATION = 1008
+WS_INTERNAL_ERROR = 1011
+Size = Annotated[int, Field(ge=1, le=1000)]
+# Colours work in every program that looks: the agent sets TERM for PTYs, and this says so too.
+COLOUR_ENV = {"TERM": "xterm-256color", "COLORTERM": "truecolor"}
+
+
+class TerminalCreate(RequestModel):
+    command: Annotated[str, Field(min_length=1, max_length=4096)] = "bash"
+    args: Annotated[list[Annotated[str, Field(max_length=131_072)]], Field(max_length=1024)] = []
+    cwd: Annotated[str | None, Field(max_length=4096)] = None
+    env: Annotated[dict[str, Annotated[str, Field(max_length=131_072)]], Field(max_length=256)] = {}
+    cols: Size = 80
+    rows: Size = 24
+
+
+class TerminalOut(BaseModel):
+    id: str
+    command: str
+    args: list[str]
+    cwd: str
+    cols: int
+    rows: int
+    state: Literal["running", "exited"]
+    exit_code: int | None
+    started_at: float
+
+
+class Resize(RequestModel):
+    type: Literal["resize"]
+    cols: Size
+    rows: Size
+
+
+ControlMessage = TypeAdapter(Resize)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_terminal(
+    container_id: str, body: TerminalCreate, principal: CurrentPrincipal, services: ServicesDep
+) -> TerminalOut:
+    """Start a program on a new PTY (bash by default). It runs until it exits or is deleted,
+    whoever is attached."""
+    spec = TerminalSpec(
+        command=body.command, args=body.args, cwd=body.cwd, env={**COLOUR_ENV, **body.env},
+        cols=body.cols, rows=body.rows,
+    )  # fmt: skip
+    return TerminalOut(**await services.terminals.create(principal.user_id, container_id, spec))
+
+
+@router.get("")
+async def list_terminals(
+    container_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> list[TerminalOut]:
+    """Running and recently exited terminals."""
+    terminals = await services.terminals.list(principal.user_id, container_id)
+    return [TerminalOut(**terminal) for terminal in terminals]
+
+
+@router.get("/{terminal_id}")
+async def get_terminal(
+    container_id: str, terminal_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> TerminalOut:
+    return TerminalOut(**await services.terminals.get(principal.user_id, container_id, terminal_id))
+
+
+@router.delete("/{terminal_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_terminal(
+    container_id: str, terminal_id: str, principal: CurrentPrincipal, services: ServicesDep
+) -> Response:
+    """Kill the terminal's whole process group; attached clients get `exit`."""
+    await services.terminals.kill(principal.user_id, container_id, terminal_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.websocket("/{terminal_id}")
+async def attach_terminal(
+    websocket: WebSocket, container_id: str, terminal_id: str, ticket: str = ""
+) -> None:
+    """Attach to a terminal (`?ticket=` from POST /api/auth/ws-ticket); see docs/terminals.md."""
+    services: Services = websocket.app.state.services
+    client = TerminalClient()
+    try:
+        principal = await services.credentials.redeem_ws_ticket(ticket)
+        attach = services.terminals.attach(principal.user_id, container_id, terminal_id, client)
+        async with attach as (hub, terminal):
+            await websocket.accept()
+            await websocket.send_text(_json({"type": "attached", "terminal": terminal}))
+            if terminal["state"] == "exited":  # its exit event went by before this client
+                client.put({"type": "exit", "code": terminal["exit_code"]})
+            await _serve(websocket, hub, client)
+    except CloudContainerError:
+        if websocket.client_state.name == "CONNECTING":
+            await websocket.close(code=WS_POLICY_VIOLATION)
+            return
+        await _close(websocket, WS_INTERNAL_ERROR)
+
+
+async def _serve(websocket: WebSocket, hub: Hub, client: TerminalClient) -> None:
+    workers = [
+        asyncio.ensure_future(_send_output(websocket, hub, client)),
+        asyncio.ensure_future(_read_input(websocket, hub)),
+    ]
+    try:
+        await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+
+async def _send_output(websocket: WebSocket, hub: Hub, client: TerminalClient) -> None:
+    while True:
+        item = await client.next()
+        if item is None:
+            await hub.resync(client)
+        elif isinstance(item, bytes):
+            await websocket.send_bytes(item)
+        else:
+            await websocket.send_text(_json(item))
+            if item["type"] in ("exit", "error"):
+                await _close(websocket, 1000 if item["type"] == "exit" else WS_INTERNAL_ERROR)
+                return
+
+
+async def _read_input(websocket: WebSocket, hub: Hub) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("bytes") is not None:
+            await hub.link.send_input(hub.proc_id, message["bytes"])
+        elif message.get("text") is not None:
+            await _control(websocket, hub, message["text"])
+
+
+async def _control(websocket: WebSocket, hub: Hub, text: str) -> None:
+    try:
+        command = ControlMessage.validate_json(text)
+    except ValidationError as exc:
+        await websocket.send_text(_json({
+            "type": "error", "code": "bad_message",
+            "message": "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                 for e in exc.errors()) or "not a control message",
+        }))  # fmt: skip
+        return
+    await hub.link.call("proc.resize", proc_id=hub.proc_id, cols=command.cols, rows=command.rows)
+
+
+async def _close(websocket: WebSocket, code: int) -> None:
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client closed first
+        await websocket.close(code=code)
+
+
+def _json(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))

@@ -1,0 +1,1 @@
+"""Terminals: PTY processes in the agent, attached to by WebSocket clients."""

@@ -1,0 +1,270 @@
+"""Terminals: PTY processes in the agent, shared by the WebSocket clients attached to them.
+
+A terminal is an agent process with a PTY. It belongs to the agent, not to a connection, so it
+outlives its clients and a gateway restart; its scrollback is the agent's ring buffer. Its id
+names the agent run too (`<agent boot>-<proc id>`): a restarted agent numbers processes from 1
+again, and an old id must not reach a new process.
+
+Each terminal attached on this gateway has one `Hub`: the link's output for that process, handed
+to every client. A client joins exactly at the agent's answer to `proc.attach`, which carries the
+scrollback up to that moment, so it gets every later byte once. A client more than
+`max_pending` bytes behind loses what is queued for it and is sent the scrollback again after
+a `lagged` message: a slow reader never makes the gateway buffer without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cloudcontainer.agent.protocol import PROC_OUTPUT
+from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.errors import NotFound
+from cloudcontainer.files.service import agent_errors
+from cloudcontainer.sandbox.service import ContainerService
+
+__all__ = ["Control", "Hub", "TerminalClient", "TerminalService", "TerminalSpec"]
+
+Control = dict[str, Any]  # a JSON control message for the client: exit, lagged, ...
+CLIENT_MAX_PENDING = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalSpec:
+    command: str
+    args: list[str]
+    cwd: str | None
+    env: dict[str, str]
+    cols: int
+    rows: int
+
+
+@dataclass(eq=False)
+class TerminalClient:
+    """One attached client: what is to be sent to it, in order (bytes, or a control message)."""
+
+    max_pending: int = CLIENT_MAX_PENDING
+    queue: collections.deque[bytes | Control] = field(default_factory=collections.deque)
+    pending: int = 0
+    lagged: bool = False
+    closed: bool = False
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def put(self, item: bytes | Control) -> None:
+        if self.lagged or self.closed:
+            return
+        if isinstance(item, bytes):
+            if self.pending + len(item) > self.max_pending:
+                self.queue.clear()
+                self.pending = 0
+                self.lagged = True  # its writer asks the hub for the scrollback again
+                self.ready.set()
+                return
+            self.pending += len(item)
+        self.queue.append(item)
+        self.ready.set()
+
+    async def next(self) -> bytes | Control | None:
+        """The next item; None once the client should resynchronise (`lagged`)."""
+        while not self.queue and not self.lagged:
+            self.ready.clear()
+            await self.ready.wait()
+        if self.lagged:
+            return None
+        item = self.queue.popleft()
+        if isinstance(item, bytes):
+            self.pending -= len(item)
+        return item
+
+    def restart(self, scrollback: bytes, notice: Control | None = None) -> None:
+        """Start over from the agent's scrollback (a first attach, or after lagging)."""
+        self.queue.clear()
+        self.pending = 0
+        self.lagged = False
+        if notice is not None:
+            self.queue.append(notice)
+        if scrollback:
+            self.queue.append(scrollback)
+            self.pending = len(scrollback)
+        self.ready.set()
+
+
+class Hub:
+    """The clients of one terminal on this gateway, fed from the agent link."""
+
+    def __init__(self, link: AgentClient, proc_id: int, on_empty: Callable[[], None]) -> None:
+        self.link = link
+        self.proc_id = proc_id
+        self.clients: set[TerminalClient] = set()
+        self._on_empty = on_empty
+        self._stop_listening: list[Callable[[], None]] = []
+
+    async def join(self, client: TerminalClient) -> dict[str, Any]:
+        """Attach `client`; answers the terminal as the agent describes it."""
+        if not self._stop_listening:
+            self._stop_listening = [
+                self.link.on_stream(PROC_OUTPUT, self.proc_id, self._output),
+                self.link.on_event(self._event),
+            ]
+        try:
+            return await self._attach(client)
+        except BaseException:
+            self.leave(client)
+            raise
+
+    async def resync(self, client: TerminalClient) -> None:
+        """After falling behind: `lagged`, the scrollback again, then live output."""
+        await self._attach(client, notice={"type": "lagged"})
+
+    async def _attach(
+        self, client: TerminalClient, notice: Control | None = None
+    ) -> dict[str, Any]:
+        def start(answer: dict[str, Any]) -> None:
+            client.restart(base64.b64decode(answer.get("scrollback", "")), notice)
+            self.clients.add(client)
+
+        with agent_errors():
+            answer: dict[str, Any] = await self.link.call_in_order(
+                "proc.attach", start, proc_id=self.proc_id
+            )
+        return answer
+
+    def leave(self, client: TerminalClient) -> None:
+        client.closed = True
+        client.ready.set()
+        self.clients.discard(client)
+        if self.clients:
+            return
+        for stop in self._stop_listening:
+            stop()
+        self._stop_listening = []
+        self._on_empty()
+        if not self.link.closed.is_set():
+            detach = self.link.call("proc.detach", proc_id=self.proc_id)
+            task = asyncio.ensure_future(detach)
+            task.add_done_callback(_ignore_failure)
+
+    def _output(self, _: int, data: bytes) -> None:
+        for client in self.clients:
+            client.put(data)
+
+    def _event(self, name: str, data: dict[str, Any]) -> None:
+        if name == "link.closed":
+            self._tell_all({"type": "error", "code": "agent_unavailable",
+                            "message": "The container's agent went away."})  # fmt: skip
+        elif data.get("proc_id") != self.proc_id:
+            return
+        elif name == "proc.exit":
+            self._tell_all({"type": "exit", "code": data.get("code")})
+        elif name == "proc.lagged":  # the agent dropped output for this gateway: start over
+            for client in self.clients:
+                client.queue.clear()
+                client.pending = 0
+                client.lagged = True
+                client.ready.set()
+
+    def _tell_all(self, message: Control) -> None:
+        for client in self.clients:
+            client.put(message)
+
+
+def _ignore_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a detach racing the link's end does not matter
+
+
+def terminal_id(link: AgentClient, proc_id: int) -> str:
+    return f"{_boot(link)}-{proc_id}"
+
+
+def _boot(link: AgentClient) -> str:
+    return format(int(float(link.hello.get("started_at", 0)) * 1000), "x")
+
+
+def describe(link: AgentClient, process: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": terminal_id(link, process["proc_id"]), "command": process["command"],
+        "args": process["args"], "cwd": process["cwd"], "cols": process["cols"],
+        "rows": process["rows"], "state": process["state"], "exit_code": process["exit_code"],
+        "started_at": process["started_at"],
+    }  # fmt: skip
+
+
+class TerminalService:
+    def __init__(self, containers: ContainerService) -> None:
+        self._containers = containers
+        self._hubs: dict[tuple[str, int], Hub] = {}
+
+    async def create(self, owner_id: str, container_id: str, spec: TerminalSpec) -> dict[str, Any]:
+        link = await self._containers.agent(owner_id, container_id)
+        with agent_errors():
+            process = await link.call(
+                "proc.spawn", command=spec.command, args=spec.args, cwd=spec.cwd, env=spec.env,
+                pty=True, cols=spec.cols, rows=spec.rows,
+            )  # fmt: skip
+            # The spawning connection is attached: output flows to a hub once a client joins.
+            await link.call("proc.detach", proc_id=process["proc_id"])
+        return describe(link, process)
+
+    async def list(self, owner_id: str, container_id: str) -> list[dict[str, Any]]:
+        link = await self._containers.agent(owner_id, container_id)
+        with agent_errors():
+            processes = await link.call("proc.list")
+        return [describe(link, p) for p in processes if p["pty"]]
+
+    async def get(self, owner_id: str, container_id: str, terminal: str) -> dict[str, Any]:
+        link, process = await self._find(owner_id, container_id, terminal)
+        return describe(link, process)
+
+    async def kill(self, owner_id: str, container_id: str, terminal: str) -> None:
+        """Hang up and kill the terminal's whole process group."""
+        link, process = await self._find(owner_id, container_id, terminal)
+        if process["state"] == "running":
+            with agent_errors():
+                await link.call("proc.kill", proc_id=process["proc_id"], signal=9)
+
+    async def resize(
+        self, owner_id: str, container_id: str, terminal: str, cols: int, rows: int
+    ) -> None:
+        link, process = await self._find(owner_id, container_id, terminal)
+        with agent_errors():
+            await link.call("proc.resize", proc_id=process["proc_id"], cols=cols, rows=rows)
+
+    @contextlib.asynccontextmanager
+    async def attach(
+        self, owner_id: str, container_id: str, terminal: str, client: TerminalClient
+    ) -> AsyncIterator[tuple[Hub, dict[str, Any]]]:
+        """Join the terminal's hub for the `with` block; answers the hub and the terminal."""
+        link, process = await self._find(owner_id, container_id, terminal)
+        key = (container_id, process["proc_id"])
+        hub = self._hubs.get(key)
+        if hub is None or hub.link is not link:
+            hub = Hub(link, process["proc_id"], lambda: self._forget(key, hub))
+            self._hubs[key] = hub
+        try:
+            attached = await hub.join(client)
+            yield hub, describe(link, attached)
+        finally:
+            hub.leave(client)
+
+    def _forget(self, key: tuple[str, int], hub: Hub | None) -> None:
+        if self._hubs.get(key) is hub:
+            del self._hubs[key]
+
+    async def _find(
+        self, owner_id: str, container_id: str, terminal: str
+    ) -> tuple[AgentClient, dict[str, Any]]:
+        link = await self._containers.agent(owner_id, container_id)
+        boot, _, number = terminal.partition("-")
+        if boot == _boot(link) and number.isdigit():
+            with agent_errors():
+                processes = await link.call("proc.list")
+            for process in processes:
+                if process["proc_id"] == int(number) and process["pty"]:
+                    return link, process
+        raise NotFound("No such terminal.", code="terminal_not_found")

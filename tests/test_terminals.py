@@ -1,0 +1,194 @@
+"""Terminals on real sandboxes and PTYs, through a real server's WebSockets (both runtimes)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from tests.conftest import Api, TestUser
+from tests.sandbox_helpers import live_server, new_container
+
+WAIT = 30.0  # an upper bound for things that must happen, never a measured timing
+
+
+async def setup(api: Api) -> tuple[TestUser, str]:
+    user = await api.user()
+    return user, (await new_container(api, user))["id"]
+
+
+async def create(api: Api, user: TestUser, cid: str, **body: Any) -> dict[str, Any]:
+    response = await api.client.post(
+        f"/api/containers/{cid}/terminals", json=body, headers=user.headers
+    )
+    assert response.status_code == 201, response.text
+    terminal: dict[str, Any] = response.json()
+    return terminal
+
+
+@asynccontextmanager
+async def attached(
+    api: Api, user: TestUser, base: str, cid: str, tid: str
+) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
+    ticket = (await api.client.post("/api/auth/ws-ticket", headers=user.headers)).json()["ticket"]
+    url = f"{base}/api/containers/{cid}/terminals/{tid}?ticket={ticket}"
+    async with connect(url, max_size=None) as socket:
+        hello = json.loads(await socket.recv())
+        assert hello["type"] == "attached"
+        yield socket, hello["terminal"]
+
+
+async def read_until(socket: ClientConnection, needle: bytes) -> bytes:
+    """Terminal bytes until `needle` shows (control messages are kept out)."""
+    seen = b""
+    async with asyncio.timeout(WAIT):
+        while needle not in seen:
+            frame = await socket.recv()
+            if isinstance(frame, bytes):
+                seen += frame
+    return seen
+
+
+async def control(socket: ClientConnection, kind: str) -> dict[str, Any]:
+    async with asyncio.timeout(WAIT):
+        while True:
+            frame = await socket.recv()
+            if isinstance(frame, str) and (message := json.loads(frame))["type"] == kind:
+                result: dict[str, Any] = message
+                return result
+
+
+async def drain(socket: ClientConnection) -> None:
+    async with asyncio.timeout(WAIT):
+        while True:
+            await socket.recv()
+
+
+async def test_a_terminal_echoes_resizes_and_reports_its_exit(sandbox_api: Api) -> None:
+    user, cid = await setup(sandbox_api)
+    terminal = await create(sandbox_api, user, cid, cols=100, rows=30)
+    assert terminal["state"] == "running"
+    assert (terminal["cols"], terminal["rows"], terminal["command"]) == (100, 30, "bash")
+    async with (
+        live_server(sandbox_api) as base,
+        attached(sandbox_api, user, base, cid, terminal["id"]) as (socket, hello),
+    ):
+        assert (hello["cols"], hello["rows"]) == (100, 30)
+        await socket.send(b"echo $TERM $COLORTERM; stty size\n")
+        seen = await read_until(socket, b"30 100")
+        assert b"xterm-256color truecolor" in seen
+        await socket.send(json.dumps({"type": "resize", "cols": 120, "rows": 40}))
+        await socket.send(b"stty size\n")
+        await read_until(socket, b"40 120")
+        await socket.send(json.dumps({"type": "resize", "cols": 0, "rows": 100000}))
+        refused = await control(socket, "error")
+        assert refused["code"] == "bad_message"
+        await socket.send(b"exit 3\n")
+        assert (await control(socket, "exit"))["code"] == 3
+        with pytest.raises(ConnectionClosed):
+            await drain(socket)
+    listed = (
+        await sandbox_api.client.get(f"/api/containers/{cid}/terminals", headers=user.headers)
+    ).json()
+    assert [(t["id"], t["state"], t["exit_code"]) for t in listed] == [
+        (terminal["id"], "exited", 3)
+    ]
+
+
+async def test_clients_share_a_terminal_and_a_reattach_replays_it(sandbox_api: Api) -> None:
+    """Output goes to every client, input comes from any; a client that comes later (or
+    back) first gets the scrollback and the size to restore."""
+    user, cid = await setup(sandbox_api)
+    terminal = await create(sandbox_api, user, cid)
+    tid = terminal["id"]
+    async with live_server(sandbox_api) as base:
+        async with attached(sandbox_api, user, base, cid, tid) as (first, _):
+            await first.send(b"echo first-$((1+1))\n")  # printed as first-2, typed otherwise
+            await read_until(first, b"first-2\r\n")
+            async with attached(sandbox_api, user, base, cid, tid) as (second, hello):
+                assert (hello["cols"], hello["rows"]) == (80, 24)
+                replay = await read_until(second, b"first-2\r\n")  # the scrollback
+                assert replay.count(b"first-2\r\n") == 1
+                await second.send(b"echo second-$((2+1))\n")
+                for socket in (first, second):
+                    assert (await read_until(socket, b"second-3\r\n")).count(b"second-3") == 1
+        # No client: the shell keeps running, and its scrollback keeps what it printed.
+        response = await sandbox_api.client.get(
+            f"/api/containers/{cid}/terminals/{tid}", headers=user.headers
+        )
+        assert response.json()["state"] == "running"
+        async with attached(sandbox_api, user, base, cid, tid) as (again, _):
+            seen = await read_until(again, b"second-3\r\n")
+            assert b"first-2" in seen
+            deleted = await sandbox_api.client.delete(
+                f"/api/containers/{cid}/terminals/{tid}", headers=user.headers
+            )
+            assert deleted.status_code == 204
+            assert (await control(again, "exit"))["code"] == 128 + 9
+
+
+async def test_missing_programs_and_others_terminals(sandbox_api: Api) -> None:
+    user, cid = await setup(sandbox_api)
+    missing = await create(sandbox_api, user, cid, command="no-such-program")
+    async with live_server(sandbox_api) as base:
+        async with attached(sandbox_api, user, base, cid, missing["id"]) as (socket, _):
+            seen = await read_until(socket, b"command not found")
+            assert b"no-such-program" in seen
+            assert (await control(socket, "exit"))["code"] == 127
+        other = await sandbox_api.user()
+        for path in (f"/api/containers/{cid}/terminals", f"/api/containers/{cid}/terminals/x"):
+            response = await sandbox_api.client.get(path, headers=other.headers)
+            assert response.status_code == 404, response.text
+        for tid in ("0-1", "nope", missing["id"] + "0"):
+            response = await sandbox_api.client.get(
+                f"/api/containers/{cid}/terminals/{tid}", headers=user.headers
+            )
+            assert response.status_code == 404
+            assert response.json()["error"]["code"] == "terminal_not_found"
+        ticket = (
+            await sandbox_api.client.post("/api/auth/ws-ticket", headers=other.headers)
+        ).json()
+        url = f"{base}/api/containers/{cid}/terminals/{missing['id']}?ticket={ticket['ticket']}"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(url):
+                pass
+        assert refused.value.response.status_code == 403
+    for body in ({"cols": 0}, {"rows": 100000}, {"command": ""}, {"shell": "zsh"}):
+        response = await sandbox_api.client.post(
+            f"/api/containers/{cid}/terminals", json=body, headers=user.headers
+        )
+        assert response.status_code == 422, (body, response.text)
+
+
+async def test_a_client_that_does_not_read_is_resynchronised_not_buffered(
+    sandbox_api: Api,
+) -> None:
+    """A client that stops reading while the terminal prints 8 MB costs the gateway at most its
+    queue bound: it gets `lagged`, then the scrollback, and the end. (Until output is paced by
+    its readers, a reading client that falls a queue behind is resynchronised the same way.)"""
+    user, cid = await setup(sandbox_api)
+    terminal = await create(sandbox_api, user, cid)
+    tid = terminal["id"]
+    async with (
+        live_server(sandbox_api) as base,
+        attached(sandbox_api, user, base, cid, tid) as (idle, _),
+        attached(sandbox_api, user, base, cid, tid) as (reader, _),
+    ):
+        await reader.send(b"head -c 8000000 /dev/zero | tr '\\0' x; echo; echo end-$((6*7))\n")
+        await read_until(reader, b"end-42\r\n")
+        received, lagged = b"", False
+        async with asyncio.timeout(WAIT):
+            while b"end-42\r\n" not in received:
+                frame = await idle.recv()
+                if isinstance(frame, bytes):
+                    received += frame
+                else:
+                    lagged = lagged or json.loads(frame)["type"] == "lagged"
+        assert lagged
+        assert len(received) < 8_000_000  # dropped, then replayed from the ring buffer
