@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
-from cloudcontainer.api.schemas import RequestModel
+from cloudcontainer.api.schemas import RequestModel, WholeNumber
 from cloudcontainer.errors import CloudContainerError
 from cloudcontainer.state import Services
 from cloudcontainer.terminals.service import Hub, TerminalClient, TerminalSpec
@@ -27,7 +27,7 @@ router = APIRouter(prefix="/api/containers/{container_id}/terminals", tags=["ter
 
 WS_POLICY_VIOLATION = 1008
 WS_INTERNAL_ERROR = 1011
-Size = Annotated[int, Field(ge=1, le=1000)]
+Size = Annotated[int, Field(ge=1, le=1000), WholeNumber]
 # Colours work in every program that looks: the agent sets TERM for PTYs, and this says so too.
 COLOUR_ENV = {"TERM": "xterm-256color", "COLORTERM": "truecolor"}
 
