@@ -170,8 +170,9 @@ async def test_a_client_that_does_not_read_is_resynchronised_not_buffered(
     sandbox_api: Api,
 ) -> None:
     """A client that stops reading while the terminal prints 8 MB costs the gateway at most its
-    queue bound: it gets `lagged`, then the scrollback, and the end. (Until output is paced by
-    its readers, a reading client that falls a queue behind is resynchronised the same way.)"""
+    queue bound: it gets `lagged`, then the scrollback, and the end. Output is not paced by its
+    readers (a sleeping tab must not freeze a dev server), so a reader may be resynchronised
+    too; it still sees the end."""
     user, cid = await setup(sandbox_api)
     terminal = await create(sandbox_api, user, cid)
     tid = terminal["id"]
