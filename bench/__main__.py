@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import files, sandboxes, snapshots, watch
+from bench import files, sandboxes, snapshots, terminals, watch
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -70,6 +70,22 @@ def main() -> None:
                 f"{figure['ops_per_s']:.0f} ops/s, {figure['errors']} errors; gateway CPU "
                 f"{figure['server_cpu_ms_per_op']:.2f} ms/op", "—", "≥ 5,000 ops/s",
             )  # fmt: skip
+    if want("P6") or want("P7"):
+        console.print("P6/P7: terminal echo and output rate …")
+        floors = terminals.pty_floors(samples * 10)
+        echo = terminals.keystroke_echo(samples * 10)
+        rate = terminals.output_rate()
+        report["results"]["P6"] = {"figure": echo, "floor": floors["echo"]}
+        report["results"]["P7"] = {"figure": rate, "floor": floors["read"]}
+        table.add_row(
+            "P6", "keystroke → its echo at the terminal's WS client (local)", _ms(echo, p99=True),
+            f"{_ms(floors['echo'], p99=True)} local PTY echo", "p50 ≤ 5 ms, p99 ≤ 20 ms",
+        )  # fmt: skip
+        table.add_row(
+            "P7", "terminal output through one WS (200 MB, local)",
+            f"{rate['mb_per_s']:.0f} MB/s{', lagged' if rate['lagged'] else ''}",
+            f"{floors['read']['mb_per_s']:.0f} MB/s local PTY read", "≥ 50 MB/s",
+        )  # fmt: skip
     if want("P5"):
         console.print("P5: write → watch event at the client …")
         figure = watch.write_to_event(samples * 10)
