@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 
 import httpx
+from websockets.sync.client import connect
 
 from tests.support.server import CLI, cli_env, serve
 
@@ -36,6 +37,23 @@ def run(client: httpx.Client, container_id: str, script: str) -> tuple[str, int]
     return "".join(line.get("data", "") for line in lines if line["type"] == "stdout"), lines[-1][
         "code"
     ]
+
+
+def terminal_output(url: str, client: httpx.Client, cid: str, tid: str, *, typed: bytes,
+                    until: bytes) -> bytes:  # fmt: skip
+    """Attach to a terminal, type `typed`, and read its bytes until `until` shows."""
+    ticket = client.post("/api/auth/ws-ticket").json()["ticket"]
+    ws_url = url.replace("http", "ws") + f"/api/containers/{cid}/terminals/{tid}?ticket={ticket}"
+    seen = b""
+    with connect(ws_url, max_size=None) as socket:
+        assert json.loads(socket.recv(timeout=30))["type"] == "attached"
+        socket.send(typed)
+        deadline = time.monotonic() + 30
+        while until not in seen:
+            frame = socket.recv(timeout=max(0.1, deadline - time.monotonic()))
+            if isinstance(frame, bytes):
+                seen += frame
+    return seen
 
 
 def sandbox_processes(sandbox_id: str) -> list[int]:
@@ -71,6 +89,9 @@ def test_kill_9_then_restart_readopts_sandboxes_and_cleans_stale_ones(tmp_path: 
             run(client, kept["id"], "echo precious > keep.txt; (sleep 1000 >/dev/null 2>&1 &)")[1]
             == 0
         )
+        terminal = client.post(f"/api/containers/{kept['id']}/terminals", json={}).json()
+        terminal_output(first.url, client, kept["id"], terminal["id"],
+                        typed=b"echo term-$((40+2))\n", until=b"term-42\r\n")  # fmt: skip
         agent_pid = sandbox_processes(kept["id"])
         first.process.send_signal(signal.SIGKILL)
         first.process.wait()
@@ -86,6 +107,14 @@ def test_kill_9_then_restart_readopts_sandboxes_and_cleans_stale_ones(tmp_path: 
         assert container["status_reason"] == "re-adopted after a gateway restart"
         out, code = run(client, kept["id"], "cat keep.txt; pgrep -c -x sleep")
         assert (out, code) == ("precious\n1\n", 0)
+        # The terminal kept running, and re-attaching replays what it printed before.
+        tid = terminal["id"]
+        assert client.get(f"/api/containers/{kept['id']}/terminals/{tid}").json()["state"] == (
+            "running"
+        )
+        seen = terminal_output(second.url, client, kept["id"], tid,
+                               typed=b"echo after-$((6*7))\n", until=b"after-42\r\n")  # fmt: skip
+        assert b"term-42\r\n" in seen
         # No descriptor of the gateway (its database, its log, its sockets) leaked inside.
         leaked, _ = run(
             client,

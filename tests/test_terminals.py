@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -193,3 +194,26 @@ async def test_a_client_that_does_not_read_is_resynchronised_not_buffered(
                     lagged = lagged or json.loads(frame)["type"] == "lagged"
         assert lagged
         assert len(received) < 8_000_000  # dropped, then replayed from the ring buffer
+
+
+async def test_scrollback_is_bounded_and_garbage_input_is_just_bytes(
+    sandbox_api_factory: Any,
+) -> None:
+    api: Api = await sandbox_api_factory(terminal_scrollback_bytes=4096)
+    user, cid = await setup(api)
+    tid = (await create(api, user, cid))["id"]
+    # Bytes no keyboard sends (invalid UTF-8, NULs), but no control keys, which would end the
+    # shell or run readline commands: the shell takes them as a line, which Ctrl-U throws away.
+    garbage = bytes(b for b in os.urandom(8192) if b >= 0x20 or b == 0)
+    async with live_server(api) as base:
+        async with attached(api, user, base, cid, tid) as (socket, _):
+            await socket.send(garbage)
+            await socket.send(b"\x15echo ok-$((1+1)); head -c 20000 /dev/zero | tr '\\0' y\n")
+            seen = await read_until(socket, b"yyyy\x1b")  # the output, then the next prompt
+            assert b"ok-2\r\n" in seen
+        async with attached(api, user, base, cid, tid) as (socket, _):
+            async with asyncio.timeout(WAIT):
+                replay = await socket.recv()
+            assert isinstance(replay, bytes)
+            assert len(replay) <= 4096
+            assert b"yyyy" in replay

@@ -111,6 +111,12 @@ class Settings(BaseSettings):
         "this its watch pauses and resumes from the agent's journal once it caught up.",
     )  # fmt: skip
     cors_origins: list[str] = Field(default_factory=list)
+    terminal_scrollback_bytes: int = Field(
+        262_144,
+        ge=1024,
+        le=67_108_864,
+        description="Output a terminal keeps for clients that attach later (in the agent).",
+    )
     search_timeout_seconds: float = Field(
         30.0, gt=0, le=3600, description="A text search stops (truncated) after this long."
     )

@@ -150,7 +150,7 @@ async def open_services(
             runtime=runtime,
             containers=containers,
             files=FileService(containers, history),
-            terminals=TerminalService(containers),
+            terminals=TerminalService(containers, settings.terminal_scrollback_bytes),
             locks=locks,
             order=Sequencer(settings.fifo_wait_seconds),
             storage=storage,

@@ -196,8 +196,9 @@ def describe(link: AgentClient, process: dict[str, Any]) -> dict[str, Any]:
 
 
 class TerminalService:
-    def __init__(self, containers: ContainerService) -> None:
+    def __init__(self, containers: ContainerService, scrollback_bytes: int) -> None:
         self._containers = containers
+        self._scrollback_bytes = scrollback_bytes
         self._hubs: dict[tuple[str, int], Hub] = {}
 
     async def create(self, owner_id: str, container_id: str, spec: TerminalSpec) -> dict[str, Any]:
@@ -205,7 +206,7 @@ class TerminalService:
         with agent_errors():
             process = await link.call(
                 "proc.spawn", command=spec.command, args=spec.args, cwd=spec.cwd, env=spec.env,
-                pty=True, cols=spec.cols, rows=spec.rows,
+                pty=True, cols=spec.cols, rows=spec.rows, scrollback=self._scrollback_bytes,
             )  # fmt: skip
             # The spawning connection is attached: output flows to a hub once a client joins.
             await link.call("proc.detach", proc_id=process["proc_id"])
