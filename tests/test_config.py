@@ -74,3 +74,9 @@ def test_signing_key_is_generated_once_and_kept(tmp_path: Path) -> None:
     assert (
         Settings(data_dir=tmp_path, secret_key="configured-key").signing_key() == "configured-key"
     )
+
+
+def test_command_deny_patterns_must_be_regular_expressions(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path, command_deny_patterns=[r"\brm\s+-rf\b"])
+    with pytest.raises(ValueError, match="not a regular expression"):
+        Settings(data_dir=tmp_path, command_deny_patterns=["(unclosed"])

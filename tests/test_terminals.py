@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from cloudcontainer.terminals.limits import InputRate
 from tests.conftest import Api, TestUser
 from tests.sandbox_helpers import live_server, new_container
 
@@ -217,3 +218,57 @@ async def test_scrollback_is_bounded_and_garbage_input_is_just_bytes(
             assert isinstance(replay, bytes)
             assert len(replay) <= 4096
             assert b"yyyy" in replay
+
+
+async def test_command_policy_refuses_exec_and_input_is_rate_limited(
+    sandbox_api_factory: Any,
+) -> None:
+    api: Api = await sandbox_api_factory(
+        command_deny_patterns=[r"^curl\b", r"\brm -rf /"], terminal_input_bytes_per_second=4096
+    )
+    user, cid = await setup(api)
+    for command, args in (("curl", ["https://example.com"]), ("sh", ["-c", "rm -rf / --x"])):
+        refused = await api.client.post(
+            f"/api/containers/{cid}/exec", json={"command": command, "args": args},
+            headers=user.headers,
+        )  # fmt: skip
+        assert refused.status_code == 403, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "command_denied"
+        assert "command policy" in error["message"]
+    allowed = await api.client.post(
+        f"/api/containers/{cid}/exec", json={"command": "echo", "args": ["curl"]},
+        headers=user.headers,
+    )  # fmt: skip
+    assert allowed.status_code == 200
+    assert '"code": 0' in allowed.text
+    # 12 KiB typed at 4 KiB/s (1 KiB may come at once) all arrive: input waits, never drops.
+    script = "stty raw -echo; head -c 12288 | wc -c"
+    tid = (await create(api, user, cid, command="sh", args=["-c", script]))["id"]
+    async with live_server(api) as base, attached(api, user, base, cid, tid) as (socket, _):
+        for _ in range(12):
+            await socket.send(b"k" * 1024)
+        await read_until(socket, b"12288")
+        assert (await control(socket, "exit"))["code"] == 0
+
+
+async def test_input_rate_lets_a_burst_through_then_paces(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The token bucket on a fake clock: what it makes a typist wait, computed, not timed."""
+    now = [100.0]
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        now[0] += seconds
+
+    monkeypatch.setattr(asyncio, "sleep", fake_sleep)
+    rate = InputRate(4096, burst=1024, clock=lambda: now[0])
+    for _ in range(3):
+        await rate.take(1024)
+    assert waits == [0.25, 0.25]  # the burst went at once; each next KiB waits its refill
+    now[0] += 10  # idle: the bucket refills, up to its burst only
+    await rate.take(1024)
+    await rate.take(512)
+    assert waits[2:] == [0.125]

@@ -9,6 +9,7 @@ once at start and injected; nothing below the CLI reads the environment.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Literal
@@ -111,6 +112,14 @@ class Settings(BaseSettings):
         "this its watch pauses and resumes from the agent's journal once it caught up.",
     )  # fmt: skip
     cors_origins: list[str] = Field(default_factory=list)
+    command_deny_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions; a command line that matches one is refused (403) "
+        "by exec and the AI runner.",
+    )
+    terminal_input_bytes_per_second: int = Field(
+        1_048_576, ge=1024, description="Typing (and pasting) into one terminal, at most."
+    )
     terminal_scrollback_bytes: int = Field(
         262_144,
         ge=1024,
@@ -232,6 +241,16 @@ class Settings(BaseSettings):
             raise ValueError("must look like 40000-40999")
         if not 1 <= int(first) <= int(last) <= 65535:
             raise ValueError("must be an ascending range inside 1-65535")
+        return value
+
+    @field_validator("command_deny_patterns")
+    @classmethod
+    def _check_patterns(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
         return value
 
     @model_validator(mode="after")

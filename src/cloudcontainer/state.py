@@ -150,7 +150,12 @@ async def open_services(
             runtime=runtime,
             containers=containers,
             files=FileService(containers, history),
-            terminals=TerminalService(containers, settings.terminal_scrollback_bytes),
+            terminals=TerminalService(
+                containers,
+                scrollback_bytes=settings.terminal_scrollback_bytes,
+                input_bytes_per_second=settings.terminal_input_bytes_per_second,
+                deny_patterns=settings.command_deny_patterns,
+            ),
             locks=locks,
             order=Sequencer(settings.fifo_wait_seconds),
             storage=storage,

@@ -227,8 +227,10 @@ async def exec_command(
 ) -> StreamingResponse:
     """Run a command to completion. Answers NDJSON: `{"type": "stdout"|"stderr", "data"}`
     lines as output arrives, then `{"type": "exit", "code": N}` (a signal n gives 128+n;
-    a timeout kills the command and adds `"timed_out": true`)."""
+    a timeout kills the command and adds `"timed_out": true`). A command the server's
+    command policy denies is refused with 403 `command_denied`."""
     link = await services.containers.agent(principal.user_id, container_id)
+    services.terminals.policy.check(body.command, body.args)
     proc = await link.call(
         "proc.spawn", command=body.command, args=body.args, cwd=body.cwd, env=body.env, pty=False
     )

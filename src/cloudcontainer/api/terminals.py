@@ -156,7 +156,7 @@ async def _read_input(websocket: WebSocket, hub: Hub) -> None:
         if message["type"] == "websocket.disconnect":
             return
         if message.get("bytes") is not None:
-            await hub.link.send_input(hub.proc_id, message["bytes"])
+            await hub.type(message["bytes"])
         elif message.get("text") is not None:
             await _control(websocket, hub, message["text"])
 

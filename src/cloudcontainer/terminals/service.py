@@ -18,7 +18,7 @@ import asyncio
 import base64
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.errors import NotFound
 from cloudcontainer.files.service import agent_errors
 from cloudcontainer.sandbox.service import ContainerService
+from cloudcontainer.terminals.limits import CommandPolicy, InputRate
 
 __all__ = ["Control", "Hub", "TerminalClient", "TerminalService", "TerminalSpec"]
 
@@ -97,9 +98,12 @@ class TerminalClient:
 class Hub:
     """The clients of one terminal on this gateway, fed from the agent link."""
 
-    def __init__(self, link: AgentClient, proc_id: int, on_empty: Callable[[], None]) -> None:
+    def __init__(
+        self, link: AgentClient, proc_id: int, input_rate: InputRate, on_empty: Callable[[], None]
+    ) -> None:
         self.link = link
         self.proc_id = proc_id
+        self.input_rate = input_rate
         self.clients: set[TerminalClient] = set()
         self._on_empty = on_empty
         self._stop_listening: list[Callable[[], None]] = []
@@ -133,6 +137,11 @@ class Hub:
                 "proc.attach", start, proc_id=self.proc_id
             )
         return answer
+
+    async def type(self, data: bytes) -> None:
+        """Input from any client, at most the terminal's input rate (it waits beyond)."""
+        await self.input_rate.take(len(data))
+        await self.link.send_input(self.proc_id, data)
 
     def leave(self, client: TerminalClient) -> None:
         client.closed = True
@@ -196,9 +205,14 @@ def describe(link: AgentClient, process: dict[str, Any]) -> dict[str, Any]:
 
 
 class TerminalService:
-    def __init__(self, containers: ContainerService, scrollback_bytes: int) -> None:
+    def __init__(
+        self, containers: ContainerService, *, scrollback_bytes: int, input_bytes_per_second: int,
+        deny_patterns: Sequence[str] = (),
+    ) -> None:  # fmt: skip
         self._containers = containers
         self._scrollback_bytes = scrollback_bytes
+        self._input_rate = input_bytes_per_second
+        self.policy = CommandPolicy(deny_patterns)
         self._hubs: dict[tuple[str, int], Hub] = {}
 
     async def create(self, owner_id: str, container_id: str, spec: TerminalSpec) -> dict[str, Any]:
@@ -245,7 +259,8 @@ class TerminalService:
         key = (container_id, process["proc_id"])
         hub = self._hubs.get(key)
         if hub is None or hub.link is not link:
-            hub = Hub(link, process["proc_id"], lambda: self._forget(key, hub))
+            rate = InputRate(self._input_rate, burst=max(self._input_rate // 4, 4096))
+            hub = Hub(link, process["proc_id"], rate, lambda: self._forget(key, hub))
             self._hubs[key] = hub
         try:
             attached = await hub.join(client)

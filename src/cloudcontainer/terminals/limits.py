@@ -1,0 +1,57 @@
+"""What an operator may restrict about commands and typing: a deny list for the commands the
+server runs on a caller's behalf (exec, and the AI runner's), and a rate for terminal input."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shlex
+import time
+from collections.abc import Callable, Sequence
+
+from cloudcontainer.errors import Forbidden
+
+__all__ = ["CommandPolicy", "InputRate"]
+
+
+class CommandPolicy:
+    """Deny patterns (regular expressions, searched in the command line as a shell would show
+    it: `npm 'run' 'dev'` is `npm run dev`). None by default: the sandbox is the boundary; the
+    policy is for operators who want some commands not run by automation at all."""
+
+    def __init__(self, deny_patterns: Sequence[str]) -> None:
+        self._deny = [(pattern, re.compile(pattern)) for pattern in deny_patterns]
+
+    def check(self, command: str, args: Sequence[str] = ()) -> None:
+        line = shlex.join([command, *args]) if args else command
+        for pattern, compiled in self._deny:
+            if compiled.search(line):
+                raise Forbidden(
+                    f"This server's command policy does not allow this command (it matches "
+                    f"{pattern!r}).",
+                    code="command_denied",
+                )
+
+
+class InputRate:
+    """A token bucket over the bytes typed into one terminal: bursts up to `burst` bytes go at
+    once, beyond that input waits (the client's WebSocket is simply read more slowly), so a
+    runaway client cannot flood a shell and nothing typed is lost."""
+
+    def __init__(
+        self, bytes_per_second: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = bytes_per_second
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._updated: float | None = None
+
+    async def take(self, count: int) -> None:
+        now = self._clock()
+        if self._updated is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        self._tokens -= count
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self.rate)
