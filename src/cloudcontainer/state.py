@@ -32,6 +32,7 @@ from cloudcontainer.sandbox.supervisor import Supervisor
 from cloudcontainer.snapshots import SnapshotService
 from cloudcontainer.storage import ObjectStorage, open_storage
 from cloudcontainer.tasks import TaskSet
+from cloudcontainer.terminals.commands import CommandLog
 from cloudcontainer.terminals.service import TerminalService
 
 __all__ = ["Services", "open_services"]
@@ -152,6 +153,7 @@ async def open_services(
             files=FileService(containers, history),
             terminals=TerminalService(
                 containers,
+                CommandLog(database),
                 scrollback_bytes=settings.terminal_scrollback_bytes,
                 input_bytes_per_second=settings.terminal_input_bytes_per_second,
                 deny_patterns=settings.command_deny_patterns,

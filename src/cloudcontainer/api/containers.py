@@ -26,6 +26,7 @@ from cloudcontainer.files.watch import WatchFeed, WatchRequest
 from cloudcontainer.sandbox.service import Resources, Status
 from cloudcontainer.sandbox.templates import TEMPLATES
 from cloudcontainer.state import Services
+from cloudcontainer.terminals.commands import command_line
 
 router = APIRouter(prefix="/api/containers", tags=["containers"])
 
@@ -229,20 +230,26 @@ async def exec_command(
     lines as output arrives, then `{"type": "exit", "code": N}` (a signal n gives 128+n;
     a timeout kills the command and adds `"timed_out": true`). A command the server's
     command policy denies is refused with 403 `command_denied`."""
+    container = await services.containers.get(principal.user_id, container_id)
     link = await services.containers.agent(principal.user_id, container_id)
     services.terminals.policy.check(body.command, body.args)
     proc = await link.call(
         "proc.spawn", command=body.command, args=body.args, cwd=body.cwd, env=body.env, pty=False
     )
+    record = await services.terminals.commands.started(
+        project_id=container.project_id, container_id=container_id, user_id=principal.user_id,
+        source="exec", command=command_line(body.command, body.args),
+    )  # fmt: skip
     return StreamingResponse(
-        _exec_lines(services, container_id, link, proc["proc_id"], body),
+        _exec_lines(services, container_id, link, proc["proc_id"], body, record),
         media_type="application/x-ndjson",
     )
 
 
 async def _exec_lines(
-    services: Services, container_id: str, link: AgentClient, proc_id: int, body: ExecRequest
-) -> AsyncIterator[bytes]:
+    services: Services, container_id: str, link: AgentClient, proc_id: int, body: ExecRequest,
+    record: str,
+) -> AsyncIterator[bytes]:  # fmt: skip
     queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
     decoders = {
         name: codecs.getincrementaldecoder("utf-8")(errors="replace")
@@ -254,6 +261,7 @@ async def _exec_lines(
     ]
     waiter = asyncio.ensure_future(link.call("proc.wait", proc_id=proc_id, timeout=None))
     timed_out = False
+    exit_code: int | None = None  # on record: None when the client left before the end
     try:
         if body.stdin is not None:
             await link.send_input(proc_id, body.stdin.encode())
@@ -277,6 +285,7 @@ async def _exec_lines(
                 await link.call("proc.kill", proc_id=proc_id, signal=9)
             services.containers.touch(container_id)
         result = waiter.result()
+        exit_code = result["code"]
         exit_line: dict[str, Any] = {"type": "exit", "code": result["code"]}
         if timed_out:
             exit_line["timed_out"] = True
@@ -286,6 +295,7 @@ async def _exec_lines(
     finally:
         for remove in unsubscribe:
             remove()
+        await services.terminals.commands.finished(record, exit_code)
         if not waiter.done():
             waiter.cancel()
             with contextlib.suppress(AgentUnavailable, AgentOpError):

@@ -115,3 +115,30 @@ async def delete_project(
     await services.projects.delete(principal.user_id, project_id)
     await services.snapshots.forget_project(project_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+class CommandOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    container_id: str
+    user_id: str | None
+    source: str
+    command: str
+    exit_code: int | None
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@router.get("/{project_id}/history")
+async def command_history(
+    project_id: str, principal: CurrentPrincipal, services: ServicesDep,
+    q: Annotated[str, Query(max_length=1024, pattern=r"^[^\x00]*$")] = "",
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[CommandOut]:  # fmt: skip
+    """Commands run in the project's containers through the API (`exec`), newest first: who,
+    where, the command line, its exit code (null while running, or when the client left before
+    it ended) and when. `q` keeps the command lines containing it."""
+    await services.projects.get(principal.user_id, project_id)
+    records = await services.terminals.commands.history(project_id, q, limit)
+    return [CommandOut.model_validate(record) for record in records]

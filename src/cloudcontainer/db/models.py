@@ -241,3 +241,22 @@ class Snapshot(Base):
     uploaded_count: Mapped[int] = mapped_column(Integer)
     uploaded_bytes: Mapped[int] = mapped_column(BigInteger)
     digest: Mapped[str] = mapped_column(String(64))
+
+
+class CommandRecord(Base):
+    """A command the server ran for someone (exec now; the bolt shell and the AI runner next):
+    the project's command history and the audit log in one. It outlives its container, and goes
+    with its project."""
+
+    __tablename__ = "commands"
+    __table_args__ = (Index("ix_commands_project_id_started_at", "project_id", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    container_id: Mapped[str] = mapped_column(String(32))
+    user_id: Mapped[str | None] = mapped_column(String(32))
+    source: Mapped[str] = mapped_column(String(16))
+    command: Mapped[str] = mapped_column(Text)
+    exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)

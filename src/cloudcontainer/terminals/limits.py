@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import shlex
 import time
 from collections.abc import Callable, Sequence
 
 from cloudcontainer.errors import Forbidden
+from cloudcontainer.terminals.commands import command_line
 
 __all__ = ["CommandPolicy", "InputRate"]
 
@@ -23,7 +23,7 @@ class CommandPolicy:
         self._deny = [(pattern, re.compile(pattern)) for pattern in deny_patterns]
 
     def check(self, command: str, args: Sequence[str] = ()) -> None:
-        line = shlex.join([command, *args]) if args else command
+        line = command_line(command, args)
         for pattern, compiled in self._deny:
             if compiled.search(line):
                 raise Forbidden(

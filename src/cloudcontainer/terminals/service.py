@@ -27,6 +27,7 @@ from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.errors import NotFound
 from cloudcontainer.files.service import agent_errors
 from cloudcontainer.sandbox.service import ContainerService
+from cloudcontainer.terminals.commands import CommandLog
 from cloudcontainer.terminals.limits import CommandPolicy, InputRate
 
 __all__ = ["Control", "Hub", "TerminalClient", "TerminalService", "TerminalSpec"]
@@ -206,10 +207,11 @@ def describe(link: AgentClient, process: dict[str, Any]) -> dict[str, Any]:
 
 class TerminalService:
     def __init__(
-        self, containers: ContainerService, *, scrollback_bytes: int, input_bytes_per_second: int,
-        deny_patterns: Sequence[str] = (),
+        self, containers: ContainerService, commands: CommandLog, *, scrollback_bytes: int,
+        input_bytes_per_second: int, deny_patterns: Sequence[str] = (),
     ) -> None:  # fmt: skip
         self._containers = containers
+        self.commands = commands
         self._scrollback_bytes = scrollback_bytes
         self._input_rate = input_bytes_per_second
         self.policy = CommandPolicy(deny_patterns)
