@@ -8,7 +8,7 @@ from typing import Any
 
 import structlog
 
-__all__ = ["TaskSet"]
+__all__ = ["TaskSet", "until_first_ends"]
 
 log = structlog.get_logger(__name__)
 
@@ -51,3 +51,15 @@ class TaskSet:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
+
+
+async def until_first_ends(*coroutines: Coroutine[Any, Any, Any]) -> None:
+    """Run the coroutines together until one of them ends, then cancel and await the others
+    (a WebSocket's reader and writer: when one side is done, so is the connection)."""
+    workers = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)

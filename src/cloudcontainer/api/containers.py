@@ -26,6 +26,7 @@ from cloudcontainer.files.watch import WatchFeed, WatchRequest
 from cloudcontainer.sandbox.service import Resources, Status
 from cloudcontainer.sandbox.templates import TEMPLATES
 from cloudcontainer.state import Services
+from cloudcontainer.tasks import until_first_ends
 from cloudcontainer.terminals.commands import command_line
 
 router = APIRouter(prefix="/api/containers", tags=["containers"])
@@ -347,17 +348,12 @@ async def container_events(websocket: WebSocket, container_id: str, ticket: str 
         await websocket.accept()
         outbox.put_nowait(({"type": "status", "status": container.status,
                             "reason": container.status_reason}, 0))  # fmt: skip
-        workers = [
-            asyncio.ensure_future(_send_events(websocket, outbox, feed)),
-            asyncio.ensure_future(_read_commands(websocket, feed, outbox)),
-            asyncio.ensure_future(_pump_bus(queue, feed, outbox)),
-        ]
         try:
-            await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
+            await until_first_ends(
+                _send_events(websocket, outbox, feed), _read_commands(websocket, feed, outbox),
+                _pump_bus(queue, feed, outbox),
+            )  # fmt: skip
         finally:
-            for worker in workers:
-                worker.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
             await feed.close()
 
 

@@ -8,7 +8,6 @@ when the process ends, then it closes. The client may send `{"type": "resize", "
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 from typing import Annotated, Any, Literal
@@ -21,6 +20,7 @@ from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel, WholeNumber
 from cloudcontainer.errors import CloudContainerError
 from cloudcontainer.state import Services
+from cloudcontainer.tasks import until_first_ends
 from cloudcontainer.terminals.service import Hub, TerminalClient, TerminalSpec
 
 router = APIRouter(prefix="/api/containers/{container_id}/terminals", tags=["terminals"])
@@ -115,25 +115,14 @@ async def attach_terminal(
             await websocket.send_text(_json({"type": "attached", "terminal": terminal}))
             if terminal["state"] == "exited":  # its exit event went by before this client
                 client.put({"type": "exit", "code": terminal["exit_code"]})
-            await _serve(websocket, hub, client)
+            await until_first_ends(
+                _send_output(websocket, hub, client), _read_input(websocket, hub)
+            )
     except CloudContainerError:
         if websocket.client_state.name == "CONNECTING":
             await websocket.close(code=WS_POLICY_VIOLATION)
             return
         await _close(websocket, WS_INTERNAL_ERROR)
-
-
-async def _serve(websocket: WebSocket, hub: Hub, client: TerminalClient) -> None:
-    workers = [
-        asyncio.ensure_future(_send_output(websocket, hub, client)),
-        asyncio.ensure_future(_read_input(websocket, hub)),
-    ]
-    try:
-        await asyncio.wait(workers, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for worker in workers:
-            worker.cancel()
-        await asyncio.gather(*workers, return_exceptions=True)
 
 
 async def _send_output(websocket: WebSocket, hub: Hub, client: TerminalClient) -> None:
