@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import files, sandboxes, snapshots, terminals, watch
+from bench import files, many_terminals, sandboxes, snapshots, terminals, watch
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -85,6 +85,18 @@ def main() -> None:
             "P7", "terminal output through one WS (200 MB, local)",
             f"{rate['mb_per_s']:.0f} MB/s{', lagged' if rate['lagged'] else ''}",
             f"{floors['read']['mb_per_s']:.0f} MB/s local PTY read", "≥ 50 MB/s",
+        )  # fmt: skip
+    if want("L2") or want("M1"):
+        console.print("L2/M1: 500 terminals open and echoing …")
+        many = many_terminals.many_terminals()
+        report["results"]["L2"] = many
+        table.add_row(
+            "L2", f"terminals open at once, each echoing (local, {many['terminals']})",
+            f"{many['echoed']}/{many['terminals']} echoed", "—", "500, no drops",
+        )  # fmt: skip
+        table.add_row(
+            "M1", "gateway memory per open terminal (RSS growth / terminals)",
+            f"{many['gateway_kib_per_terminal']:.0f} KiB", "—", "≤ 100 KiB",
         )  # fmt: skip
     if want("P5"):
         console.print("P5: write → watch event at the client …")
