@@ -160,7 +160,7 @@ async def _control(websocket: WebSocket, hub: Hub, text: str) -> None:
                                  for e in exc.errors()) or "not a control message",
         }))  # fmt: skip
         return
-    await hub.link.call("proc.resize", proc_id=hub.proc_id, cols=command.cols, rows=command.rows)
+    await hub.resize(command.cols, command.rows)
 
 
 async def _close(websocket: WebSocket, code: int) -> None:

@@ -62,10 +62,7 @@ class TerminalClient:
             return
         if isinstance(item, bytes):
             if self.pending + len(item) > self.max_pending:
-                self.queue.clear()
-                self.pending = 0
-                self.lagged = True  # its writer asks the hub for the scrollback again
-                self.ready.set()
+                self.fall_behind()
                 return
             self.pending += len(item)
         self.queue.append(item)
@@ -82,6 +79,13 @@ class TerminalClient:
         if isinstance(item, bytes):
             self.pending -= len(item)
         return item
+
+    def fall_behind(self) -> None:
+        """Drop what is queued: its writer asks the hub for the scrollback again."""
+        self.queue.clear()
+        self.pending = 0
+        self.lagged = True
+        self.ready.set()
 
     def restart(self, scrollback: bytes, notice: Control | None = None) -> None:
         """Start over from the agent's scrollback (a first attach, or after lagging)."""
@@ -144,6 +148,10 @@ class Hub:
         await self.input_rate.take(len(data))
         await self.link.send_input(self.proc_id, data)
 
+    async def resize(self, cols: int, rows: int) -> None:
+        with agent_errors():
+            await self.link.call("proc.resize", proc_id=self.proc_id, cols=cols, rows=rows)
+
     def leave(self, client: TerminalClient) -> None:
         client.closed = True
         client.ready.set()
@@ -173,10 +181,7 @@ class Hub:
             self._tell_all({"type": "exit", "code": data.get("code")})
         elif name == "proc.lagged":  # the agent dropped output for this gateway: start over
             for client in self.clients:
-                client.queue.clear()
-                client.pending = 0
-                client.lagged = True
-                client.ready.set()
+                client.fall_behind()
 
     def _tell_all(self, message: Control) -> None:
         for client in self.clients:
@@ -244,13 +249,6 @@ class TerminalService:
         if process["state"] == "running":
             with agent_errors():
                 await link.call("proc.kill", proc_id=process["proc_id"], signal=9)
-
-    async def resize(
-        self, owner_id: str, container_id: str, terminal: str, cols: int, rows: int
-    ) -> None:
-        link, process = await self._find(owner_id, container_id, terminal)
-        with agent_errors():
-            await link.call("proc.resize", proc_id=process["proc_id"], cols=cols, rows=rows)
 
     @contextlib.asynccontextmanager
     async def attach(
