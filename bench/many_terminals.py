@@ -12,6 +12,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from bench.server import Server, running_server
+from bench.terminals import until
 from bench.watch import _container
 
 CONTAINERS = 5
@@ -60,13 +61,7 @@ async def _echo(socket: ClientConnection, number: int) -> bool:
     come first)."""
     token = f"<{number}>".encode()
     await socket.send(token)
-    seen = b""
-    async with asyncio.timeout(60):
-        while token not in seen:
-            frame = await socket.recv()
-            if isinstance(frame, bytes):
-                seen += frame
-    return seen.count(token) == 1
+    return (await until(socket, token, timeout=60)).count(token) == 1
 
 
 def _rss_kib(pid: int) -> int:

@@ -8,6 +8,8 @@ import json
 import os
 import pty
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -30,14 +32,14 @@ def keystroke_echo(samples: int) -> dict[str, Any]:
 async def _keystroke_echo(server: Server, container: str, samples: int) -> dict[str, Any]:
     async with _attached(server, container) as socket:
         await socket.send(b"stty raw -echo; cat\n")  # cat echoes each byte as it comes
-        await _until(socket, b"")
+        await until(socket, b"")
         await asyncio.sleep(0.5)  # the prompt and stty's own output are gone by then
         times = []
         for i in range(samples + 10):
             key = bytes([97 + i % 26])
             started = time.perf_counter()
             await socket.send(key)
-            await _until(socket, key)
+            await until(socket, key)
             if i >= 10:
                 times.append(time.perf_counter() - started)
     return {"samples_s": times, "summary": Summary.of(times).__dict__}
@@ -109,34 +111,23 @@ def pty_floors(samples: int) -> dict[str, Any]:
     }
 
 
-class _attached:
-    """A new terminal in `container`, attached over a WebSocket."""
-
-    def __init__(self, server: Server, container: str) -> None:
-        self.server, self.container = server, container
-
-    async def __aenter__(self) -> ClientConnection:
-        headers = {"Authorization": self.server.client.headers["Authorization"]}
-        base = str(self.server.client.base_url)
-        async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
-            terminal = (await client.post(f"/api/containers/{self.container}/terminals",
-                                          json={})).json()  # fmt: skip
-            ticket = (await client.post("/api/auth/ws-ticket")).json()["ticket"]
-        url = (
-            base.replace("http", "ws")
-            + f"/api/containers/{self.container}/terminals/{terminal['id']}?ticket={ticket}"
-        )
-        self._connection = connect(url, max_size=None)
-        socket = await self._connection.__aenter__()
-        await _until(socket, b"$ ")  # the prompt
-        return socket
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._connection.__aexit__(None, None, None)
+@asynccontextmanager
+async def _attached(server: Server, container: str) -> AsyncIterator[ClientConnection]:
+    """A new terminal in `container`, attached over a WebSocket, at its first prompt."""
+    headers = {"Authorization": server.client.headers["Authorization"]}
+    base = str(server.client.base_url)
+    async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
+        terminal = (await client.post(f"/api/containers/{container}/terminals", json={})).json()
+        ticket = (await client.post("/api/auth/ws-ticket")).json()["ticket"]
+    url = (base.replace("http", "ws")
+           + f"/api/containers/{container}/terminals/{terminal['id']}?ticket={ticket}")  # fmt: skip
+    async with connect(url, max_size=None) as socket:
+        await until(socket, b"$ ")  # the prompt
+        yield socket
 
 
-async def _until(socket: ClientConnection, needle: bytes, timeout: float = 30) -> None:
-    """Read terminal bytes until `needle` shows (an empty needle: one frame)."""
+async def until(socket: ClientConnection, needle: bytes, timeout: float = 30) -> bytes:
+    """Read terminal bytes until `needle` shows (an empty needle: one frame); answers them."""
     seen = b""
     async with asyncio.timeout(timeout):
         while True:
@@ -144,4 +135,4 @@ async def _until(socket: ClientConnection, needle: bytes, timeout: float = 30) -
             if isinstance(frame, bytes):
                 seen += frame
                 if needle in seen:
-                    return
+                    return seen
