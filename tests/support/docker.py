@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -16,30 +17,39 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
 SOCKET = Path("/var/run/docker.sock")
 _START_TIMEOUT_SECONDS = 60
 _STOP_TIMEOUT_SECONDS = 30
 
 
-def engine_answers(socket: Path = SOCKET) -> bool:
-    """True when a Docker Engine answers `GET /_ping` on `socket`."""
-    if not socket.is_socket():
+def engine_answers(socket_path: Path = SOCKET) -> bool:
+    """True when a Docker Engine answers `GET /_ping` on `socket_path`.
+
+    A plain socket closed on every path: httpcore leaves the socket of a refused unix connect for the
+    garbage collector, whose ResourceWarning then fails whichever test happens to be running.
+    """
+    if not socket_path.is_socket():
         return False
-    transport = httpx.HTTPTransport(uds=str(socket))
     try:
-        with httpx.Client(transport=transport, timeout=2.0) as client:
-            return client.get("http://docker/_ping").text == "OK"
-    except httpx.HTTPError:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(2.0)
+            conn.connect(str(socket_path))
+            conn.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            answer = b""
+            while chunk := conn.recv(4096):
+                answer += chunk
+    except OSError:
         return False
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    return len(status_line) >= 2 and status_line[1] == b"200" and body == b"OK"
 
 
 @contextmanager
-def docker_engine(socket: Path = SOCKET) -> Iterator[str]:
+def docker_engine(socket_path: Path = SOCKET) -> Iterator[str]:
     """Yield the address (unix://...) of a running engine, starting one if none answers."""
-    url = f"unix://{socket}"
-    if engine_answers(socket):
+    url = f"unix://{socket_path}"
+    if engine_answers(socket_path):
         yield url
         return
     dockerd = shutil.which("dockerd", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/bin")
@@ -54,7 +64,7 @@ def docker_engine(socket: Path = SOCKET) -> Iterator[str]:
             [dockerd, "--host", url], stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        _wait_until_up(process, socket, log)
+        _wait_until_up(process, socket_path, log)
         yield url
     finally:
         process.terminate()
@@ -65,9 +75,9 @@ def docker_engine(socket: Path = SOCKET) -> Iterator[str]:
             process.wait()
 
 
-def _wait_until_up(process: subprocess.Popen[bytes], socket: Path, log: Path) -> None:
+def _wait_until_up(process: subprocess.Popen[bytes], socket_path: Path, log: Path) -> None:
     deadline = time.monotonic() + _START_TIMEOUT_SECONDS
-    while not engine_answers(socket):
+    while not engine_answers(socket_path):
         if process.poll() is not None or time.monotonic() > deadline:
             tail = log.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"dockerd did not start (log {log}):\n{tail}")
