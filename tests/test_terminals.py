@@ -76,7 +76,7 @@ async def test_a_terminal_echoes_resizes_and_reports_its_exit(sandbox_api: Api) 
     user, cid = await setup(sandbox_api)
     terminal = await create(sandbox_api, user, cid, cols=100, rows=30)
     assert terminal["state"] == "running"
-    assert (terminal["cols"], terminal["rows"], terminal["command"]) == (100, 30, "bash")
+    assert (terminal["cols"], terminal["rows"], terminal["command"]) == (100, 30, "jsh")
     async with (
         live_server(sandbox_api) as base,
         attached(sandbox_api, user, base, cid, terminal["id"]) as (socket, hello),

@@ -19,6 +19,7 @@ import termios
 import time
 from typing import Any, Dict, List, Optional, Set
 
+from cloudcontainer.agent import jsh
 from cloudcontainer.agent.protocol import PROC_INPUT, PROC_OUTPUT, PROC_STDERR, AgentError
 from cloudcontainer.agent.server import Registry, Session
 
@@ -71,6 +72,9 @@ class Process:
         self.pending_input = bytearray()
         self.done = asyncio.Event()
         self.sink: Any = None  # also receives every output chunk (used by proc.run)
+        self.argv = [command, *args]  # what runs: `/bin/jsh` is bash with jsh's rc
+        self.framer: Optional[jsh.OutputFramer] = None  # a jsh's output goes through it
+        self.gate: Optional[jsh.InputGate] = None  # a bolt shell's input goes through it
         self.reaper: Optional[asyncio.Future[None]] = None  # a task needs a strong reference
 
     @property
@@ -151,6 +155,8 @@ class ProcessTable:
         scrollback = int(args.get("scrollback") or DEFAULT_SCROLLBACK)
         proc = Process(self._next_id, command, argv, cwd, pty, cols, rows, scrollback)
         proc.sink = sink
+        if jsh.is_jsh(command):
+            self._as_jsh(proc, env)
         self._next_id += 1
         if session is not None:
             proc.subscribers.add(session)
@@ -173,12 +179,31 @@ class ProcessTable:
             self.on_change()
         return proc
 
+    def _as_jsh(self, proc: Process, env: Dict[str, str]) -> None:
+        """Run `/bin/jsh [--osc]` as bash with jsh's hooks; on a PTY its output is framed."""
+        program, argv, osc = jsh.command(proc.args, env, reports=proc.pty)
+        proc.argv = [program, *argv]
+        if not proc.pty:
+            return
+        proc.framer = jsh.OutputFramer(
+            proc.output, lambda report: self._command_report(proc, report),
+            lambda: proc.gate.release() if proc.gate else None, quiet=osc,
+        )  # fmt: skip
+        if osc:
+            proc.gate = jsh.InputGate(
+                lambda data: self._write_now(proc, data), proc.framer.interrupted
+            )
+
+    def _command_report(self, proc: Process, report: Dict[str, Any]) -> None:
+        if self._broadcast:
+            self._broadcast("proc.command", {"proc_id": proc.proc_id, **report})
+
     async def _start_pty(self, proc: Process, env: Dict[str, str]) -> asyncio.subprocess.Process:
         master, slave = os.openpty()
         try:
             _set_size(slave, proc.cols, proc.rows)
             child = await asyncio.create_subprocess_exec(
-                proc.command, *proc.args, stdin=slave, stdout=slave, stderr=slave,
+                *proc.argv, stdin=slave, stdout=slave, stderr=slave,
                 cwd=proc.cwd, env=env, preexec_fn=_controlling_tty, close_fds=True,
             )  # fmt: skip
         except BaseException:
@@ -193,7 +218,7 @@ class ProcessTable:
 
     async def _start_pipes(self, proc: Process, env: Dict[str, str]) -> asyncio.subprocess.Process:
         child = await asyncio.create_subprocess_exec(
-            proc.command, *proc.args, stdin=asyncio.subprocess.PIPE,
+            *proc.argv, stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             cwd=proc.cwd, env=env, start_new_session=True, close_fds=True,
         )  # fmt: skip
@@ -227,14 +252,20 @@ class ProcessTable:
             return
         except OSError:  # EIO: every holder of the PTY's other side has closed it
             data = b""
-        if data:
-            proc.output(data)
-        else:
+        if not data:
             self._close_pty(proc)
+        elif proc.framer is not None:
+            proc.framer.feed(data)
+        else:
+            proc.output(data)
 
     def _close_pty(self, proc: Process) -> None:
         if proc.master_fd is None:
             return
+        if proc.framer is not None:
+            proc.framer.flush(final=True)
+        if proc.gate is not None:
+            proc.gate.close()
         loop = asyncio.get_event_loop()
         loop.remove_reader(proc.master_fd)
         loop.remove_writer(proc.master_fd)
@@ -287,6 +318,12 @@ class ProcessTable:
         return proc
 
     def write(self, proc: Process, data: bytes) -> None:
+        if proc.gate is not None:
+            proc.gate.feed(data)
+        else:
+            self._write_now(proc, data)
+
+    def _write_now(self, proc: Process, data: bytes) -> None:
         if not proc.running:
             return
         if proc.master_fd is not None:

@@ -33,7 +33,17 @@ COLOUR_ENV = {"TERM": "xterm-256color", "COLORTERM": "truecolor"}
 
 
 class TerminalCreate(RequestModel):
-    command: Annotated[str, Field(min_length=1, max_length=4096)] = "bash"
+    command: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=4096,
+            description="The program on the PTY. `jsh` (the default) is bash with WebContainer's "
+            "prompt and the history shared by the container's terminals; `/bin/jsh` with "
+            "`--osc` is the bolt shell (docs/terminals.md). Any other program runs as it is: "
+            "`bash`, `sh`, `zsh` if the image has it, `node`, ...",
+        ),
+    ] = "jsh"
     args: Annotated[list[Annotated[str, Field(max_length=131_072)]], Field(max_length=1024)] = []
     cwd: Annotated[str | None, Field(max_length=4096)] = None
     env: Annotated[dict[str, Annotated[str, Field(max_length=131_072)]], Field(max_length=256)] = {}
@@ -66,8 +76,8 @@ ControlMessage = TypeAdapter(Resize)
 async def create_terminal(
     container_id: str, body: TerminalCreate, principal: CurrentPrincipal, services: ServicesDep
 ) -> TerminalOut:
-    """Start a program on a new PTY (bash by default). It runs until it exits or is deleted,
-    whoever is attached."""
+    """Start a program on a new PTY (`jsh`, that is bash, by default). It runs until it exits
+    or is deleted, whoever is attached."""
     spec = TerminalSpec(
         command=body.command, args=body.args, cwd=body.cwd, env={**COLOUR_ENV, **body.env},
         cols=body.cols, rows=body.rows,

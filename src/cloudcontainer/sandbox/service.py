@@ -45,8 +45,9 @@ AGENT_CONNECT_SECONDS = 30.0
 SETTLE_SECONDS = 120.0
 
 
-# Agent events meant for one subscriber (a file watch), not for every event-stream client.
-PRIVATE_EVENTS = frozenset({"fs.watch"})
+# Agent events meant for one subscriber (a file watch, the command log), not for every
+# event-stream client.
+PRIVATE_EVENTS = frozenset({"fs.watch", "proc.command"})
 
 
 class Status(enum.StrEnum):
@@ -82,6 +83,8 @@ class LifecycleHooks:
     stopping: list[Callable[[str, AgentClient], Awaitable[None]]] = field(default_factory=list)
     # After a container is deleted.
     destroyed: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
+    # When the gateway gets a container's agent link: at start, and after a gateway restart.
+    adopted: list[Callable[[Container, AgentClient], None]] = field(default_factory=list)
 
 
 class ContainerService:
@@ -396,6 +399,8 @@ class ContainerService:
             self.events.publish(container_id, {"type": name, **data})
 
         link.on_event(relay)
+        for hook in self.hooks.adopted:
+            hook(container, link)
 
     async def reattach(self, container: Container) -> bool:
         """After a gateway restart: connect to a sandbox that is still running."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from cloudcontainer.agent.protocol import PROC_OUTPUT
 from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.db import Container
 from cloudcontainer.errors import NotFound
 from cloudcontainer.files.service import agent_errors
 from cloudcontainer.sandbox.service import ContainerService
@@ -221,6 +222,34 @@ class TerminalService:
         self._input_rate = input_bytes_per_second
         self.policy = CommandPolicy(deny_patterns)
         self._hubs: dict[tuple[str, int], Hub] = {}
+        containers.hooks.adopted.append(self._record_shell_commands)
+
+    def _record_shell_commands(self, container: Container, link: AgentClient) -> None:
+        """Put the command lines run in the container's jsh terminals on record, as the agent
+        reports them (`proc.command`): a row as a line starts, its status as it ends."""
+        started: dict[int, asyncio.Task[str]] = {}  # proc id → its running line's record
+
+        def on_event(name: str, data: dict[str, Any]) -> None:
+            if name != "proc.command" or not isinstance(data.get("proc_id"), int):
+                return
+            if data.get("phase") == "start":
+                started[data["proc_id"]] = self._containers.tasks.spawn(
+                    self.commands.started(
+                        project_id=container.project_id, container_id=container.id,
+                        user_id=container.owner_id, source="shell", command=str(data["command"]),
+                    ),
+                    name="command started",
+                )  # fmt: skip
+            elif data.get("phase") == "end" and data["proc_id"] in started:
+                record = started.pop(data["proc_id"])
+                self._containers.tasks.spawn(
+                    self._finish(record, data.get("code")), name="command finished"
+                )
+
+        link.on_event(on_event)
+
+    async def _finish(self, record: asyncio.Task[str], code: Any) -> None:
+        await self.commands.finished(await record, code if isinstance(code, int) else None)
 
     async def create(self, owner_id: str, container_id: str, spec: TerminalSpec) -> dict[str, Any]:
         link = await self._containers.agent(owner_id, container_id)
