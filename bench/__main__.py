@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import files, many_terminals, sandboxes, snapshots, terminals, watch
+from bench import boltshell, files, many_terminals, sandboxes, snapshots, terminals, watch
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -97,6 +97,18 @@ def main() -> None:
         table.add_row(
             "M1", "gateway memory per open terminal (RSS growth / terminals)",
             f"{many['gateway_kib_per_terminal']:.0f} KiB", "—", "≤ 100 KiB",
+        )  # fmt: skip
+    if want("BOLT"):
+        runs = 10 if args.quick else 50
+        console.print(f"BOLT: {runs} bolt.diy shell sessions in a row …")
+        bolt = boltshell.sessions(runs)
+        floor = boltshell.bash_floor(samples * 10)
+        report["results"]["BOLT"] = {"figure": bolt, "floor": floor}
+        table.add_row(
+            "BOLT", "bolt shell sessions (25 commands, 2 dev servers preempted; local)",
+            f"{bolt['passed']}/{bolt['runs']} passed; executeCommand {_ms(bolt['command'])}; "
+            f"echo ok preempting a dev server {_ms(bolt['preempt'])}",
+            f"{_ms(floor, p99=True)} echo typed into bash on a PTY", "all pass, none hangs",
         )  # fmt: skip
     if want("P5"):
         console.print("P5: write → watch event at the client …")

@@ -122,7 +122,7 @@ async def _attached(server: Server, container: str) -> AsyncIterator[ClientConne
     url = (base.replace("http", "ws")
            + f"/api/containers/{container}/terminals/{terminal['id']}?ticket={ticket}")  # fmt: skip
     async with connect(url, max_size=None) as socket:
-        await until(socket, b"$ ")  # the prompt
+        await until(socket, "\u276f".encode())  # jsh's prompt
         yield socket
 
 

@@ -159,6 +159,9 @@ class OutputFramer:
         self._timer = asyncio.get_event_loop().call_later(GATE_SECONDS, self.flush)
 
     def feed(self, data: bytes) -> None:
+        if not self._quiet and not self._pending and b"\x1b]" not in data and data[-1:] != b"\x1b":
+            self._send(data)  # no OSC in it, nothing held: as it is (a terminal's fast path)
+            return
         self._pending += data
         if not self._quiet or len(self._pending) >= MAX_FRAME_BYTES:
             self.flush()
