@@ -100,3 +100,16 @@ async def test_bolt_preempts_a_real_vite_dev_server(sandbox_api: Api) -> None:
     async with bolt_shell(sandbox_api, user, container["id"]) as shell:
         await preempt_dev_server(shell, "npx vite --port 5173", "ready in")
         assert (await shell.execute("echo after-vite")).exit_code == 0
+
+
+async def test_a_new_container_of_the_project_starts_with_its_shell_history(
+    sandbox_api: Api,
+) -> None:
+    """The up arrow in a new container's terminal finds what ran in the project before."""
+    user = await sandbox_api.user()
+    first = await new_container(sandbox_api, user)
+    assert (await run(sandbox_api, user, first["id"], "echo", "from-the-first")).code == 0
+    second = await new_container(sandbox_api, user, project_id=first["project_id"])
+    async with bolt_shell(sandbox_api, user, second["id"]) as shell:
+        listed = await shell.execute("history")
+    assert "echo from-the-first" in listed.output

@@ -22,10 +22,12 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from cloudcontainer.agent.protocol import PROC_OUTPUT
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.db import Container
-from cloudcontainer.errors import NotFound
+from cloudcontainer.errors import CloudContainerError, NotFound
 from cloudcontainer.files.service import agent_errors
 from cloudcontainer.sandbox.service import ContainerService
 from cloudcontainer.terminals.commands import CommandLog
@@ -35,6 +37,15 @@ __all__ = ["Control", "Hub", "TerminalClient", "TerminalService", "TerminalSpec"
 
 Control = dict[str, Any]  # a JSON control message for the client: exit, lagged, ...
 CLIENT_MAX_PENDING = 1024 * 1024
+HISTORY_SEED_LINES = 1000
+# Put the project's lines (stdin) before what jsh's history file (agent/jsh.py) holds, once per
+# sandbox home: a terminal opened at once may have made the file already.
+SEED_HISTORY_SCRIPT = (
+    'f="$HOME/.jsh_history"; [ -e "$f.seeded" ] && exit 0; '
+    'cat - "$f" > "$f.seed" 2>/dev/null; mv "$f.seed" "$f" && : > "$f.seeded"'
+)
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +234,25 @@ class TerminalService:
         self.policy = CommandPolicy(deny_patterns)
         self._hubs: dict[tuple[str, int], Hub] = {}
         containers.hooks.adopted.append(self._record_shell_commands)
+        containers.hooks.adopted.append(self._start_seeding_history)
+
+    def _start_seeding_history(self, container: Container, link: AgentClient) -> None:
+        self._containers.tasks.spawn(self._seed_history(container, link), name="seed history")
+
+    async def _seed_history(self, container: Container, link: AgentClient) -> None:
+        """A new container's shell history starts with its project's: the up arrow in its
+        terminals finds what was run in the project's earlier containers."""
+        records = await self.commands.history(container.project_id, "", HISTORY_SEED_LINES)
+        lines = "".join(f"{r.command}\n" for r in reversed(records) if "\n" not in r.command)
+        if not lines:
+            return
+        try:
+            await link.call(
+                "proc.run", command="sh", args=["-c", SEED_HISTORY_SCRIPT],
+                stdin=base64.b64encode(lines.encode()).decode(), timeout_seconds=10,
+            )  # fmt: skip
+        except CloudContainerError as exc:  # the sandbox went away meanwhile: nothing to seed
+            log.info("shell history not seeded", container_id=container.id, reason=exc.message)
 
     def _record_shell_commands(self, container: Container, link: AgentClient) -> None:
         """Put the command lines run in the container's jsh terminals on record, as the agent
