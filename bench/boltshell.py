@@ -1,4 +1,4 @@
-"""BOLT: bolt.diy's `BoltShell` session against `/bin/jsh --osc`, many times in a row (local).
+"""BOLT: bolt.diy's `BoltShell` session against `/bin/jsh --osc`, many times in a row.
 
 Each session is the issue's: 20 commands, `false`, an unknown command, an empty one, a node
 process logging every 3 ms and a real `npx vite` each preempted by `echo ok` (bolt's 2 s wait
@@ -29,8 +29,8 @@ DEV_SERVER_DELAY = 2.0  # bolt's action runner waits this long after starting a 
 SESSION_TIMEOUT = 120.0
 
 
-def sessions(runs: int) -> dict[str, Any]:
-    with running_server(runtime="local") as server:
+def sessions(runs: int, runtime: str) -> dict[str, Any]:
+    with running_server(runtime=runtime) as server:
         container = _container(server, "node")
         installed = server.client.post(
             f"/api/containers/{container}/exec", timeout=600,

@@ -63,6 +63,14 @@ async def test_reports_are_taken_out_and_decoded_even_when_cut_across_reads() ->
     ]
 
 
+async def test_an_osc_that_never_ends_is_passed_on_after_a_while() -> None:
+    framed = Framed(quiet=False)
+    framed.framer.feed(b"prompt> \x1b]0;title")
+    assert framed.frames == [b"prompt> "]
+    await until(lambda: len(framed.frames) == 2, "the unfinished OSC")
+    assert framed.frames[1] == b"\x1b]0;title"
+
+
 async def test_quiet_framing_sends_output_that_arrives_together_in_one_frame() -> None:
     framed = Framed(quiet=True)
     framed.framer.feed(b"last log line\r\n")

@@ -38,7 +38,8 @@ QUIET_SECONDS = 0.008  # R6: a frame leaves once the output has paused this long
 MAX_HOLD_SECONDS = 1.0  # ...or has been held this long (a server that logs without pause)
 MAX_FRAME_BYTES = 65536  # ...or is this big
 GATE_SECONDS = 1.0  # R9: how long input (and output) after Ctrl-C waits for a marker at most
-MAX_PARTIAL_BYTES = 8192  # an unterminated OSC longer than this is passed on as it is
+MAX_PARTIAL_BYTES = 256 * 1024  # an unterminated OSC longer than this is passed on as it is...
+PARTIAL_SECONDS = 0.1  # ...and so is one whose end has not come this long after its start
 
 MARKER = re.compile(rb"\x1b\]654;[^\x07\x1b]*\x07")
 REPORT = re.compile(rb"\x1b\]6973;(start|end);([^\x07]*)\x07")
@@ -196,6 +197,8 @@ class OutputFramer:
             if keep:
                 self._pending += data[-keep:]
                 data = data[:-keep]
+                loop = asyncio.get_event_loop()
+                self._timer = loop.call_later(PARTIAL_SECONDS, self.flush, True)
         start = 0
         for match in MARKER.finditer(data):
             self._send(data[start : match.end()])
