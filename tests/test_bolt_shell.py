@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 from tests.conftest import Api, TestUser
 from tests.sandbox_helpers import live_server, new_container, run
-from tests.support.boltshell import BoltShell, connected
+from tests.support.boltshell import MARKER, BoltShell, connected
 
 WAIT = 60.0  # an upper bound for things that must happen, never a measured timing
 PREEMPT_SECONDS = 5.0  # the bound: the next command runs within 5 s of a dev server
@@ -80,6 +80,10 @@ async def test_bolt_runs_commands_in_jsh_and_preempts_a_dev_server(sandbox_api: 
         await preempt_dev_server(shell, TICKER, "tick ")
         assert (await shell.execute("exit_status=3; (exit $exit_status)")).exit_code == 3
         assert not [c for c in shell.controls if c.get("type") == "lagged"]
+    for chunk in shell.transcript:  # R6, the replay on attach included
+        found = MARKER.findall(chunk)
+        assert len(found) <= 1, chunk
+        assert not found or chunk.endswith("\x07"), chunk
     history = await sandbox_api.client.get(
         f"/api/projects/{container['project_id']}/history", params={"q": "nosuch-tool"},
         headers=user.headers,

@@ -125,6 +125,18 @@ def _rc_file() -> str:
     return path
 
 
+def split_after_markers(data: bytes) -> List[bytes]:
+    """`data` cut right after each 654 marker (R6): no piece carries two, and the text before a
+    marker travels with it. The gateway cuts a bolt shell's replayed scrollback the same way."""
+    pieces, start = [], 0
+    for match in MARKER.finditer(data):
+        pieces.append(data[start : match.end()])
+        start = match.end()
+    if start < len(data):
+        pieces.append(data[start:])
+    return pieces
+
+
 def decode_report(kind: bytes, value: bytes) -> Dict[str, Any]:
     """A private report as a `proc.command` event's data."""
     text = value.replace(b"\r\n", b"\n").decode("utf-8", "replace")
@@ -199,14 +211,10 @@ class OutputFramer:
                 data = data[:-keep]
                 loop = asyncio.get_event_loop()
                 self._timer = loop.call_later(PARTIAL_SECONDS, self.flush, True)
-        start = 0
-        for match in MARKER.finditer(data):
-            self._send(data[start : match.end()])
-            start = match.end()
-            if match.group() == PROMPT:
+        for piece in split_after_markers(data):
+            self._send(piece)
+            if piece.endswith(PROMPT):
                 self._on_prompt()
-        if start < len(data):
-            self._send(data[start:])
 
     def _take_report(self, match: re.Match[bytes]) -> bytes:
         self._report(decode_report(match.group(1), match.group(2)))

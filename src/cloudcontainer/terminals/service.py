@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 
+from cloudcontainer.agent.jsh import split_after_markers
 from cloudcontainer.agent.protocol import PROC_OUTPUT
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.db import Container
@@ -107,7 +108,8 @@ class TerminalClient:
         if notice is not None:
             self.queue.append(notice)
         if scrollback:
-            self.queue.append(scrollback)
+            # A bolt shell's replay is cut as its live output is: one marker per frame at most.
+            self.queue.extend(split_after_markers(scrollback))
             self.pending = len(scrollback)
         self.ready.set()
 
