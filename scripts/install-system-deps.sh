@@ -46,6 +46,9 @@ case "${1:-run}" in
     run_deps; inotify_limits
     need postgresql   # the suite runs on SQLite and on a private PostgreSQL cluster it starts
     image_deps        # the sandbox image is built once per session; the session starts dockerd
+    # Redis (multi-gateway fan-out) and Chromium (browser tests through playwright) are part of
+    # the test bench; no test uses them yet, the first that does starts its own.
+    need redis-server; need chromium
     ;;
   bench) run_deps; inotify_limits; image_deps; need wrk ;;  # wrk drives P4 (python -m bench)
   *) echo "usage: $0 run|image|test|bench" >&2; exit 2 ;;

@@ -136,9 +136,10 @@ async def command_history(
     q: Annotated[str, Query(max_length=1024, pattern=r"^[^\x00]*$")] = "",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CommandOut]:  # fmt: skip
-    """Commands run in the project's containers through the API (`exec`), newest first: who,
-    where, the command line, its exit code (null while running, or when the client left before
-    it ended) and when. `q` keeps the command lines containing it."""
+    """Commands run in the project's containers, newest first: through the API (`source`
+    `exec`) and typed into their `jsh` terminals (`shell`). Who, where, the command line, its
+    exit code (null while running, or when it was cut short) and when. `q` keeps the command
+    lines containing it."""
     await services.projects.get(principal.user_id, project_id)
     records = await services.terminals.commands.history(project_id, q, limit)
     return [CommandOut.model_validate(record) for record in records]

@@ -84,6 +84,7 @@ class LifecycleHooks:
     # After a container is deleted.
     destroyed: list[Callable[[str], Awaitable[None]]] = field(default_factory=list)
     # When the gateway gets a container's agent link: at start, and after a gateway restart.
+    # The container is as it was read before this start: `started_at` is None on its first.
     adopted: list[Callable[[Container, AgentClient], None]] = field(default_factory=list)
 
 

@@ -239,7 +239,8 @@ class TerminalService:
         containers.hooks.adopted.append(self._start_seeding_history)
 
     def _start_seeding_history(self, container: Container, link: AgentClient) -> None:
-        self._containers.tasks.spawn(self._seed_history(container, link), name="seed history")
+        if container.started_at is None:  # a new sandbox home; a restarted one has its history
+            self._containers.tasks.spawn(self._seed_history(container, link), name="seed history")
 
     async def _seed_history(self, container: Container, link: AgentClient) -> None:
         """A new container's shell history starts with its project's: the up arrow in its
