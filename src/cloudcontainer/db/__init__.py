@@ -3,6 +3,7 @@
 from cloudcontainer.db.engine import Database
 from cloudcontainer.db.models import (
     ApiKey,
+    AuditEvent,
     AuthSession,
     Base,
     CommandRecord,
@@ -19,6 +20,7 @@ from cloudcontainer.db.models import (
 
 __all__ = [
     "ApiKey",
+    "AuditEvent",
     "AuthSession",
     "Base",
     "CommandRecord",

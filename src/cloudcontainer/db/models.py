@@ -25,6 +25,7 @@ from cloudcontainer.db.types import UTCDateTime, utcnow
 
 __all__ = [
     "ApiKey",
+    "AuditEvent",
     "AuthSession",
     "Base",
     "Container",
@@ -127,7 +128,9 @@ class ApiKey(Base):
 
 
 class WsTicket(Base):
-    """A short-lived, single-use credential for opening a WebSocket (`?ticket=`)."""
+    """A short-lived, single-use credential for opening one WebSocket (`?ticket=`): `scope`
+    names the socket it opens (a container's events, or one terminal), and the session or API
+    key it was issued under is kept, so ending that credential closes the socket too."""
 
     __tablename__ = "ws_tickets"
 
@@ -135,6 +138,9 @@ class WsTicket(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     ticket_hash: Mapped[str] = mapped_column(String(64), unique=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    scope: Mapped[str] = mapped_column(String(160), default="")
+    session_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    api_key_id: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class Project(Base):
@@ -260,3 +266,26 @@ class CommandRecord(Base):
     exit_code: Mapped[int | None] = mapped_column(Integer, default=None)
     started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+
+class AuditEvent(Base):
+    """Something security-relevant the gateway itself saw happen (a login, a failed login, a
+    key made, a container created or deleted): who, when, from where. Written only by the
+    gateway, never from anything a sandbox reports; it outlives the accounts it names, so
+    the actor is kept by id and e-mail, without a foreign key."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_action_at", "action", "at"),
+        Index("ix_audit_events_actor_id_at", "actor_id", "at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    actor_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    actor_email: Mapped[str | None] = mapped_column(String(320), default=None)
+    target_type: Mapped[str | None] = mapped_column(String(32), default=None)
+    target_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    source_ip: Mapped[str | None] = mapped_column(String(64), default=None)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
