@@ -1,13 +1,16 @@
-"""Run the benchmarks: `python -m bench [--only P1,L4] [--quick]`.
+"""Run the benchmarks: `python -m bench [--only P1,L4,ISO] [--quick]`.
 
 Prints one table (each figure beside its floor from the same run and its goal) and writes
-every sample to bench/results/<time>.json.
+every sample to bench/results/<time>.json, with the commit, the machine and the settings.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from bench import boltshell, files, many_terminals, sandboxes, snapshots, terminals, watch
+from bench import (
+    boltshell,
+    files,
+    many_terminals,
+    neighbours,
+    sandboxes,
+    snapshots,
+    terminals,
+    watch,
+)
 
 RESULTS = Path(__file__).with_name("results")
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
@@ -29,7 +42,9 @@ def main() -> None:
     samples = 10 if args.quick else 30
     console = Console()
     table = Table("id", "what", "result", "floor (same run)", "goal", title="cloudcontainer bench")
-    report: dict[str, Any] = {"started": time.time(), "results": {}}
+    report: dict[str, Any] = {
+        "started": time.time(), "environment": _environment(args), "results": {},
+    }  # fmt: skip
 
     def want(name: str) -> bool:
         return not wanted or name in wanted
@@ -166,11 +181,45 @@ def main() -> None:
             f"new container restored in {shots['create_with_restore_s']:.2f} s",
             "—", "delta uploads only changed files",
         )  # fmt: skip
+    if want("ISO"):
+        for runtime in ("local", "docker"):
+            if runtime == "docker" and not sandboxes.docker_available():
+                continue
+            console.print(f"ISO: a neighbour hogs cpu, memory, disk, pids, fds ({runtime}) …")
+            hogs = neighbours.neighbour_hogs(runtime)
+            report["results"].setdefault("ISO", {})[runtime] = hogs
+            quiet = hogs["floor"]
+            for name in neighbours.HOGS:
+                table.add_row(
+                    "ISO", f"{name} hog next door ({runtime}): gateway GET; neighbour exec",
+                    f"{_ms(hogs[name]['gateway'])}; {_ms(hogs[name]['neighbour'])}",
+                    f"quiet: {_ms(quiet['gateway'])}; {_ms(quiet['neighbour'])}",
+                    "both keep answering",
+                )  # fmt: skip
     console.print(table)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
     path.write_text(json.dumps(report, indent=2))
     console.print(f"samples written to {path}")
+
+
+def _environment(args: argparse.Namespace) -> dict[str, Any]:
+    """What a figure was measured on: the commit, the machine and the bench's settings."""
+
+    def git(*argv: str) -> str:
+        done = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=ROOT)
+        return done.stdout.strip()
+
+    memory = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
+    return {
+        "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain")),
+        "machine": {
+            "cpus": os.cpu_count(), "memory_kib": int(memory), "kernel": platform.release(),
+            "arch": platform.machine(), "python": platform.python_version(),
+            "docker": sandboxes.docker_available(),
+        },
+        "settings": {"only": args.only, "quick": args.quick},
+    }  # fmt: skip
 
 
 def _ms(result: dict[str, Any], p99: bool = False) -> str:

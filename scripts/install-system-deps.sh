@@ -18,7 +18,7 @@ image_deps() { need docker.io; need debootstrap; }
 # util-linux (setsid, unshare, nsenter, setpriv) and iproute2 (named netns); the agent runs on
 # the host's /usr/bin/python3, and sandboxes find the usual tools in the host's /usr.
 run_deps() {
-  need bubblewrap; need slirp4netns; need util-linux; need iproute2; need python3
+  need bubblewrap; need slirp4netns; need iptables; need libseccomp2; need util-linux; need iproute2; need python3
   need ca-certificates; need procps; need curl; need git; need ripgrep
   # Disk quotas (default_disk_mb > 0, on either runtime): mkfs.ext4 makes each sandbox's disk
   # image, mount/umount loop-mount it.

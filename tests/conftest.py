@@ -229,7 +229,6 @@ async def sandbox_api_factory(
                 **image,
                 "runtime": runtime_name,
                 "health_interval_seconds": 0.2,
-                "local_sandbox_uid": 100_000,
                 **overrides,
             }
             settings = make_settings(

@@ -233,7 +233,7 @@ async def test_a_restarted_gateway_finds_the_disk_still_mounted(
     re-adopts the running sandbox with its disk; the fixture destroys it afterwards."""
     values: dict[str, Any] = {
         "runtime": runtime_name, "health_interval_seconds": 0.2, "warm_pool_size": 0,
-        "default_disk_mb": QUOTA_MB, "local_sandbox_uid": 100_000,
+        "default_disk_mb": QUOTA_MB,
     }  # fmt: skip
     if runtime_name == "docker":
         values["sandbox_image"] = request.getfixturevalue("built_image").tag

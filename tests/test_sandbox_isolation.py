@@ -73,7 +73,8 @@ async def test_two_sandboxes_can_both_listen_on_5173(sandbox_api: Api) -> None:
         assert check.stdout.strip() == "1", check
 
 
-async def test_sandbox_reaches_the_package_registry_but_not_host_loopback(sandbox_api: Api) -> None:
+async def test_sandbox_reaches_the_package_registry(sandbox_api: Api) -> None:
+    """The internet is open (what may not be reached is tried in test_breakout.py)."""
     user = await sandbox_api.user()
     cid = (await new_container(sandbox_api, user))["id"]
     registry = await sh(
@@ -81,21 +82,6 @@ async def test_sandbox_reaches_the_package_registry_but_not_host_loopback(sandbo
         "curl -sS -o /dev/null -w '%{http_code}' --max-time 20 https://registry.npmjs.org/is-number",
     )  # fmt: skip
     assert registry.stdout == "200", registry
-    # A service on the host's loopback (where the gateway and databases listen) is out of reach.
-    connections: list[object] = []
-    server = await asyncio.start_server(lambda r, w: connections.append(w), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        probe = await sh(
-            sandbox_api, user, cid,
-            f"for host in 127.0.0.1 10.0.2.2 172.17.0.1 172.18.0.1; do "
-            f"curl -s -o /dev/null --max-time 2 telnet://$host:{port} </dev/null; echo $host=$?; done",
-        )  # fmt: skip
-    finally:
-        server.close()
-        await server.wait_closed()
-    assert connections == [], probe
-    assert all(not line.endswith("=0") for line in probe.stdout.split()), probe
 
 
 async def test_a_fork_bomb_hits_the_pids_limit_and_the_host_is_fine(sandbox_api: Api) -> None:

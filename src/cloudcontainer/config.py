@@ -155,8 +155,34 @@ class Settings(BaseSettings):
         Path("/etc/ssl/certs/ca-certificates.crt"),
         description="Host CA bundle mounted read-only into sandboxes; empty to mount none.",
     )
-    local_sandbox_uid: int = Field(
-        100_000, ge=1, description="Unprivileged host uid that local sandboxes run as."
+    local_sandbox_uids: str = Field(
+        "1000000000-1000099999",
+        description="Host uids for local sandboxes, FIRST-LAST: each sandbox runs as one of "
+        "its own (uid 1000 inside). Keep it clear of every other user and subuid range.",
+    )
+    local_allow_without_cgroups: bool = Field(
+        False,
+        description="Start local sandboxes even where cgroups cannot limit their cpu, memory "
+        "and pids (logged loudly); off: the runtime refuses to run.",
+    )
+    sandbox_open_files: int = Field(
+        65_536, ge=1_024, le=1_048_576,
+        description="Open files per sandbox process (RLIMIT_NOFILE, soft and hard).",
+    )  # fmt: skip
+    egress_block_private: bool = Field(
+        True,
+        description="Refuse sandbox connections to this host, private and link-local networks "
+        "and the cloud metadata address (runtimes/egress.py); off: sandboxes reach them all.",
+    )
+    egress_allow: list[str] = Field(
+        default_factory=list,
+        description="Destinations sandboxes may reach despite egress_block_private: CIDR or "
+        "CIDR:PORT ([IPV6]:PORT), e.g. a package mirror on the LAN.",
+    )
+    docker_require_userns: bool = Field(
+        True,
+        description="Refuse a Docker Engine without user-namespace remapping (or rootless), "
+        "where a sandbox's uid 1000 is the host's uid 1000.",
     )
     container_start_concurrency: int = Field(
         4, ge=1, le=256, description="Sandboxes started at once; more wait in a queue."
@@ -243,6 +269,25 @@ class Settings(BaseSettings):
             raise ValueError("must be an ascending range inside 1-65535")
         return value
 
+    @field_validator("local_sandbox_uids")
+    @classmethod
+    def _check_uid_range(cls, value: str) -> str:
+        first, sep, last = value.partition("-")
+        if not sep or not first.isdigit() or not last.isdigit():
+            raise ValueError("must look like 1000000000-1000099999")
+        if not 1_000 <= int(first) <= int(last) < 2**32 - 1:
+            raise ValueError("must be an ascending range of unprivileged uids (1000 and up)")
+        return value
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _check_egress_allow(cls, value: list[str]) -> list[str]:
+        from cloudcontainer.runtimes.egress import parse_allow  # no import cycle at load
+
+        for entry in value:
+            parse_allow(entry)
+        return value
+
     @field_validator("command_deny_patterns")
     @classmethod
     def _check_patterns(cls, value: list[str]) -> list[str]:
@@ -273,6 +318,11 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+    @property
+    def local_uid_range(self) -> tuple[int, int]:
+        first, _, last = self.local_sandbox_uids.partition("-")
+        return int(first), int(last)
 
     @property
     def preview_port_range(self) -> range:

@@ -27,6 +27,7 @@ from cloudcontainer.observability.metrics import Metrics
 from cloudcontainer.projects.service import ProjectService
 from cloudcontainer.runtimes import load_runtime
 from cloudcontainer.runtimes.base import Runtime, RuntimeOptions, RuntimeUnavailable
+from cloudcontainer.runtimes.egress import EgressPolicy
 from cloudcontainer.sandbox.service import ContainerService
 from cloudcontainer.sandbox.supervisor import Supervisor
 from cloudcontainer.snapshots import SnapshotService
@@ -68,10 +69,12 @@ def build_runtime(settings: Settings) -> Runtime:
         if settings.sandbox_ca_bundle and settings.sandbox_ca_bundle.is_file()
         else None,
         image=settings.sandbox_image,
-        extra={
-            "host_uid": settings.local_sandbox_uid,
-            "disk_quotas": settings.default_disk_mb > 0,
-        },
+        egress=EgressPolicy.from_settings(settings.egress_allow, settings.egress_block_private),
+        open_files=settings.sandbox_open_files,
+        local_uids=settings.local_uid_range,
+        local_allow_without_cgroups=settings.local_allow_without_cgroups,
+        docker_require_userns=settings.docker_require_userns,
+        extra={"disk_quotas": settings.default_disk_mb > 0},
     )
     return load_runtime(settings.runtime, options)
 

@@ -1,4 +1,8 @@
-"""Agent entry point: `python3 agent.pyz --listen unix:/run/cloudcontainer/agent.sock ...`."""
+"""Agent entry point: `python3 agent.pyz --listen fd:3 --secret-file - ...`.
+
+The agent runs as the sandbox's user, beside the tenant's processes. Before anything else it
+makes itself undumpable, so those processes (same uid) can neither ptrace it nor read its
+memory or /proc/PID/environ: the secret it reads from its stdin stays its own."""
 
 from __future__ import annotations
 
@@ -23,8 +27,6 @@ from cloudcontainer.agent import (
     watch,
 )
 from cloudcontainer.agent.server import Agent, Session
-
-SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
 
 
 def _rss_bytes() -> int:
@@ -90,9 +92,33 @@ def build(
 
 
 USAGE = (
-    "usage: agent.pyz --listen unix:PATH|tcp:HOST:PORT [--secret-file FILE] "
+    "usage: agent.pyz --listen fd:N|unix:PATH|tcp:HOST:PORT [--secret-file FILE|-] "
     "[--workspace DIR] [--log-level LEVEL]"
 )
+PR_SET_DUMPABLE = 4
+# The agent's log lands on the host (a file, or Docker's log): however much a sandbox makes
+# it complain, one run writes at most this much.
+LOG_LIMIT_BYTES = 1024 * 1024
+
+
+class _CappedStream:
+    """A text stream that passes on the first LOG_LIMIT_BYTES characters, then one notice."""
+
+    def __init__(self, stream: Any, limit: int = LOG_LIMIT_BYTES) -> None:
+        self._stream = stream
+        self._left = limit
+
+    def write(self, text: str) -> int:
+        if self._left <= 0:
+            return len(text)
+        self._left -= len(text)
+        self._stream.write(text if self._left > 0 else "agent WARNING log limit reached\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()
+
+
 OPTIONS = {"--listen": "listen", "--secret-file": "secret_file", "--workspace": "workspace",
            "--log-level": "log_level"}  # fmt: skip
 
@@ -116,19 +142,46 @@ def parse(argv: Optional[List[str]]) -> Dict[str, str]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     options = parse(argv)
-    logging.basicConfig(level=options["log_level"].upper(), stream=sys.stderr,
+    logging.basicConfig(level=options["log_level"].upper(), stream=_CappedStream(sys.stderr),
                         format="agent %(levelname)s %(message)s")  # fmt: skip
-    if options["secret_file"]:
-        with open(options["secret_file"]) as handle:
-            secret = handle.read().strip()
-    else:
-        secret = os.environ.pop(SECRET_ENV, "")
+    _make_undumpable()
+    secret = _read_secret(options["secret_file"])
     if not secret:
         sys.exit("cloudcontainer-agent: no secret given")
-    env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}
-    agent = build(secret, options["workspace"], env, _tcp_port(options["listen"]))
+    agent = build(secret, options["workspace"], dict(os.environ), _tcp_port(options["listen"]))
     os.makedirs(options["workspace"], exist_ok=True)
     asyncio.run(_serve(agent, options["listen"]))
+
+
+def _make_undumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0): processes of the same uid (everything the tenant runs) may
+    no longer ptrace the agent or open its /proc/PID/mem and environ. Children are dumpable
+    again after their execve, as usual."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE)")
+    except (ImportError, OSError, AttributeError) as exc:
+        logging.getLogger("cloudcontainer.agent").warning(
+            "could not make the agent undumpable (%s): sandbox processes can ptrace it", exc
+        )
+
+
+def _read_secret(source: str) -> str:
+    """The secret, from stdin (`-`: the first line; stdin is then /dev/null, so nothing
+    started later inherits the pipe) or from a file."""
+    if source == "-":
+        secret = sys.stdin.readline().strip()
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        return secret
+    if not source:
+        return ""
+    with open(source) as handle:
+        return handle.read().strip()
 
 
 def _tcp_port(listen: str) -> Optional[int]:

@@ -13,6 +13,7 @@ import collections
 import hmac
 import json
 import logging
+import socket
 from http import HTTPStatus
 from typing import Any, Awaitable, Callable, Deque, Dict, Optional, Set, Tuple, Union
 
@@ -234,13 +235,19 @@ class Agent:
             ping_timeout=20,
             max_queue=64,
         )
-        if listen.startswith("unix:"):
+        if listen.startswith("fd:"):
+            # A listening socket made by the runtime, outside anything the sandbox can
+            # write: the gateway never has to follow a path the tenant controls.
+            sock = socket.socket(fileno=int(listen[len("fd:") :]))
+            sock.set_inheritable(False)
+            server = await unix_serve(self._handle, sock=sock, **options)
+        elif listen.startswith("unix:"):
             server = await unix_serve(self._handle, listen[len("unix:") :], **options)
         elif listen.startswith("tcp:"):
             host, _, port = listen[len("tcp:") :].rpartition(":")
             server = await serve(self._handle, host or "0.0.0.0", int(port), **options)
         else:
-            raise ValueError("listen must be unix:PATH or tcp:HOST:PORT")
+            raise ValueError("listen must be fd:N, unix:PATH or tcp:HOST:PORT")
         if ready is not None:
             ready()
         async with server:

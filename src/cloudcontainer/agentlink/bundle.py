@@ -28,8 +28,14 @@ __all__ = ["build_agent_zipapp"]
 # WebSocket handshake needs) instead of loading libcrypto through `_hashlib`. ~5 MiB of RSS.
 # It also closes every descriptor it did not open: whatever the runtime's spawner let leak
 # (uvloop does not close them) must not reach the sandbox's processes.
+# A listening socket handed over as `--listen fd:N` is the one descriptor kept.
 MAIN = b"""import os, sys
-os.closerange(3, 65536)
+keep = [int(a[3:]) for a in sys.argv[1:] if a[:3] == "fd:" and a[3:].isdigit()]
+low = 3
+for fd in sorted(keep):
+    os.closerange(low, fd)
+    low = fd + 1
+os.closerange(low, 65536)
 sys.modules.setdefault("ssl", None)
 sys.modules.setdefault("_hashlib", None)
 from cloudcontainer.agent.main import main

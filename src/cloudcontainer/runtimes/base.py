@@ -9,12 +9,19 @@ agent, so adding a runtime never touches them.
 from __future__ import annotations
 
 import enum
+import functools
+import resource
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import structlog
 
 from cloudcontainer.agentlink.client import AgentAddress
 from cloudcontainer.errors import CloudContainerError, Unavailable
+
+if TYPE_CHECKING:
+    from cloudcontainer.runtimes.egress import EgressPolicy
 
 __all__ = [
     "Runtime",
@@ -25,6 +32,8 @@ __all__ = [
     "SandboxStartFailed",
     "SandboxState",
 ]
+
+log = structlog.get_logger(__name__)
 
 SANDBOX_UID = 1000
 WORKSPACE = "/home/project"
@@ -51,6 +60,16 @@ class RuntimeOptions:
     ca_bundle: Path | None
     image: str = "cloudcontainer/sandbox:node20"
     network: str = "cloudcontainer"
+    # Where sandboxes may connect (runtimes/egress.py).
+    egress: EgressPolicy = field(default_factory=lambda: _default_egress())
+    # RLIMIT_NOFILE of every sandbox process (soft and hard).
+    open_files: int = 65_536
+    # `local`: the host uids sandboxes run as, one each, and whether a host whose cgroups
+    # cannot limit them may run sandboxes anyway (the operator's explicit, logged choice).
+    local_uids: tuple[int, int] = (1_000_000_000, 1_000_099_999)
+    local_allow_without_cgroups: bool = False
+    # `docker`: refuse an engine that runs containers' uid 1000 as the host's uid 1000.
+    docker_require_userns: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -111,6 +130,12 @@ class Runtime(Protocol):
     async def aclose(self) -> None: ...
 
 
+def _default_egress() -> EgressPolicy:
+    from cloudcontainer.runtimes.egress import EgressPolicy  # it imports this module
+
+    return EgressPolicy()
+
+
 def sandbox_env(spec: SandboxSpec, ca_bundle: bool) -> dict[str, str]:
     """The environment every sandbox process starts with, the same on every runtime."""
     env = {
@@ -133,3 +158,18 @@ def sandbox_env(spec: SandboxSpec, ca_bundle: bool) -> dict[str, str]:
             env[name] = CA_BUNDLE_PATH
     env.update(spec.env)
     return env
+
+
+@functools.cache
+def open_files_limit(wanted: int) -> int:
+    """`wanted`, or this host's hard limit where root may not raise it (a host that withholds
+    CAP_SYS_RESOURCE, as some container hosts do): lowering is always allowed. Cached: the
+    limit is the process's, and the warning is said once."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or wanted <= hard:
+        return wanted
+    log.warning(
+        "sandbox open-file limit lowered to the gateway's own hard limit",
+        wanted=wanted, hard_limit=hard,
+    )  # fmt: skip
+    return hard

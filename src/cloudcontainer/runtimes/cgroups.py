@@ -22,12 +22,14 @@ CPU_PERIOD_US = 100_000
 
 
 class CgroupLimits:
-    """Creates and removes one cgroup per sandbox. `available` is False when the host's
-    cgroup tree is read-only or missing; sandboxes then run without these limits."""
+    """Creates and removes one cgroup per sandbox. `available` is False (and `problem` says
+    why) when the host's cgroup tree is read-only, missing or lacks a controller; the local
+    runtime then refuses to start sandboxes unless the operator allows it."""
 
     def __init__(self, root: Path = ROOT) -> None:
         self.root = root
         self.version = 2 if (root / "cgroup.controllers").exists() else 1
+        self.problem = ""
         self.available = self._prepare()
 
     def _v1(self, controller: str, sandbox_id: str = "") -> Path:
@@ -50,8 +52,7 @@ class CgroupLimits:
                 for controller in ("cpu", "memory", "pids"):
                     self._v1(controller).mkdir(exist_ok=True)
         except OSError as exc:
-            log.warning("cgroup limits unavailable; sandboxes run without cpu/memory/pids limits",
-                        error=str(exc))  # fmt: skip
+            self.problem = f"{exc.strerror or exc}: {exc.filename or self.root}"
             return False
         return True
 

@@ -3,10 +3,25 @@
 Each sandbox has two named volumes (`cc-<id>-home` at /home, `cc-<id>-workspace` at
 /home/project) and, while running, one container `cc-<id>` on the `cloudcontainer` bridge
 network (inter-container traffic off). Containers run as uid 1000 with every capability
-dropped, no-new-privileges, a read-only root filesystem with tmpfs /tmp and /run, memory/cpu/
-pids limits, an init process, the agent zipapp and the host CA bundle mounted read-only. The
-agent listens on TCP 7070 on the container's bridge address. Stopping removes the container;
-the volumes keep the files.
+dropped, no-new-privileges, the sandboxes' seccomp filter (runtimes/seccomp.py, the same as
+`local`'s), a read-only root filesystem with
+tmpfs /tmp and /run, memory/cpu/pids/open-file limits, no core dumps, a capped log, an init
+process, the agent zipapp and the host CA bundle mounted read-only. The agent listens on TCP
+7070 on the container's bridge address. Stopping removes the container; the volumes keep the
+files.
+
+The engine must remap user namespaces (`dockerd --userns-remap=default`, or rootless Docker):
+without it the container's uid 1000 is the host's uid 1000, a real user on most machines, and
+a process escaping the container would be that user. `check()` refuses such an engine unless
+the operator sets `docker_require_userns = false` (logged loudly).
+
+The agent's secret never enters the container's configuration (`docker inspect` shows the
+environment, and so would /proc/1/environ): the gateway attaches to the container's stdin
+before starting it and writes the secret there; the agent reads one line and closes stdin.
+
+The sandbox's traffic leaves through the network's bridge, where runtimes/egress.py's chains
+(entered from DOCKER-USER and INPUT) refuse this host, private networks and the metadata
+address.
 
 With a disk quota the two volumes are binds (local driver, `o=bind`) of `home/` and
 `workspace/` inside a sparse ext4 image `DATA_DIR/sandboxes/<id>/disk.img` (runtimes/disk.py)
@@ -14,23 +29,29 @@ that the gateway loop-mounts on the host at `DATA_DIR/sandboxes/<id>/disk` befor
 container starts and unmounts when it stops. The local driver cannot mount an image itself
 (`o=loop` is a mount(8) option, not a kernel one: dockerd 20.10 answers "invalid argument").
 The directories exist only inside the image, so a volume can never bind the empty mount point.
+Their owner is the host uid the container's uid 1000 maps to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import re
 import shutil
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiodocker
+import aiohttp
 import structlog
+from aiodocker.containers import DockerContainer
 from aiodocker.exceptions import DockerError
 
 from cloudcontainer.agentlink.client import AgentAddress
-from cloudcontainer.runtimes import disk
+from cloudcontainer.runtimes import disk, seccomp
 from cloudcontainer.runtimes.base import (
     AGENT_PATH,
     CA_BUNDLE_PATH,
@@ -43,8 +64,10 @@ from cloudcontainer.runtimes.base import (
     SandboxSpec,
     SandboxStartFailed,
     SandboxState,
+    open_files_limit,
     sandbox_env,
 )
+from cloudcontainer.runtimes.egress import Firewall
 
 __all__ = ["DockerRuntime"]
 
@@ -56,8 +79,35 @@ LABEL = "cloudcontainer.sandbox"
 # production, or test sessions) may share one Docker Engine; each lists, adopts and sweeps
 # only its own sandboxes.
 OWNER_LABEL = "cloudcontainer.owner"
-SECRET_ENV = "CLOUDCONTAINER_AGENT_SECRET"  # noqa: S105 (a variable name)
-AGENT_COMMAND = ["python3", "-S", AGENT_PATH, "--listen", f"tcp:0.0.0.0:{AGENT_PORT}"]
+AGENT_COMMAND = [
+    "python3", "-S", AGENT_PATH, "--listen", f"tcp:0.0.0.0:{AGENT_PORT}", "--secret-file", "-",
+]  # fmt: skip
+# What Docker writes of a container's output to the host (the agent caps its own log too).
+LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}}
+# dockerd --userns-remap keeps each mapping's data in <root>/<uid>.<gid>.
+_REMAPPED_ROOT = re.compile(r"/(\d+)\.(\d+)$")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _engine_call(
+    method: Callable[Concatenate[DockerRuntime, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[DockerRuntime, P], Coroutine[Any, Any, R]]:
+    """A Docker Engine that does not answer (stopped, restarting) is RuntimeUnavailable — a
+    clear 503 and, for the supervisor, a reason to wait rather than a crashed sandbox."""
+
+    @functools.wraps(method)
+    async def call(runtime: DockerRuntime, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(runtime, *args, **kwargs)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise RuntimeUnavailable(
+                f"the Docker Engine is not answering ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    return call
 
 
 def _name(sandbox_id: str) -> str:
@@ -77,6 +127,9 @@ class DockerRuntime:
         self.root = options.data_dir / "sandboxes"
         self.disk_quotas = bool(options.extra.get("disk_quotas", False))
         self.owner = hashlib.sha256(str(options.data_dir.resolve()).encode()).hexdigest()[:16]
+        self.seccomp_profile = seccomp.docker_profile()
+        # The host uid that owns the sandbox's files on a quota disk (set by check()).
+        self.host_uid = SANDBOX_UID
 
     def _labels(self, sandbox_id: str) -> dict[str, str]:
         return {LABEL: sandbox_id, OWNER_LABEL: self.owner}
@@ -89,6 +142,7 @@ class DockerRuntime:
 
     # -- host checks ----------------------------------------------------------------------
 
+    @_engine_call
     async def check(self) -> None:
         try:
             await self.docker.version()
@@ -103,13 +157,37 @@ class DockerRuntime:
                 f"the sandbox image {self.options.image} is missing: run "
                 "`cloudcontainer image build`"
             ) from exc
-        await self._ensure_network()
+        await self._check_userns()
+        bridge = await self._ensure_network()
+        await Firewall(self.options.egress).install_bridge(bridge)
         if self.disk_quotas:
             disk.check_tools()
 
-    async def _ensure_network(self) -> None:
+    async def _check_userns(self) -> None:
+        """Refuse an engine that runs the container's uid 1000 as the host's (see above)."""
+        info = await self.docker.system.info()
+        options = " ".join(info.get("SecurityOptions") or [])
+        remapped = _REMAPPED_ROOT.search(info.get("DockerRootDir") or "")
+        if remapped is not None:
+            self.host_uid = int(remapped.group(1)) + SANDBOX_UID
+        if "name=userns" in options or "name=rootless" in options:
+            return
+        if self.options.docker_require_userns:
+            raise RuntimeUnavailable(
+                "the Docker Engine does not remap user namespaces, so a sandbox's uid 1000 "
+                "would be this host's uid 1000: start dockerd with --userns-remap=default (or "
+                '"userns-remap": "default" in /etc/docker/daemon.json), use rootless Docker, '
+                "or set docker_require_userns = false (not recommended)"
+            )
+        log.warning(
+            "DOCKER SANDBOXES RUN AS HOST UID 1000: the engine does not remap user namespaces "
+            "and docker_require_userns is off"
+        )
+
+    async def _ensure_network(self) -> str:
+        """Make the sandboxes' network if missing; return its bridge's interface name."""
         try:
-            await self.docker.networks.get(self.options.network)
+            network = await self.docker.networks.get(self.options.network)
         except DockerError:
             with contextlib.suppress(DockerError):  # a concurrent gateway made it first
                 await self.docker.networks.create(
@@ -120,6 +198,15 @@ class DockerRuntime:
                         "Options": {"com.docker.network.bridge.enable_icc": "false"},
                     }
                 )
+            network = await self.docker.networks.get(self.options.network)
+        details = await network.show()
+        if details.get("Driver") != "bridge":
+            raise RuntimeUnavailable(
+                f"the docker network {self.options.network!r} is not a bridge network: the "
+                "sandboxes' egress rules need one"
+            )
+        options = details.get("Options") or {}
+        return str(options.get("com.docker.network.bridge.name") or f"br-{details['Id'][:12]}")
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -128,13 +215,14 @@ class DockerRuntime:
             raise ValueError(f"bad sandbox id {sandbox_id!r}")
         return self.root / sandbox_id
 
+    @_engine_call
     async def create(self, spec: SandboxSpec) -> None:
         base = self._dir(spec.sandbox_id)
         image = base / "disk.img"
         # The quota is decided once: volumes made without one stay plain named volumes.
         if spec.disk_mb > 0 and not await self._has_volumes(spec.sandbox_id):
             base.mkdir(parents=True, exist_ok=True)
-            await disk.make_image(image, spec.disk_mb, SANDBOX_UID)
+            await disk.make_image(image, spec.disk_mb, self.host_uid)
         for volume, target in _volumes(spec.sandbox_id).items():
             try:
                 await self.docker.volumes.get(volume)
@@ -148,12 +236,12 @@ class DockerRuntime:
 
     def _config(self, spec: SandboxSpec) -> dict[str, Any]:
         env = sandbox_env(spec, self.options.ca_bundle is not None)
-        env[SECRET_ENV] = spec.agent_secret
         binds = [f"{self.options.agent_zipapp}:{AGENT_PATH}:ro"]
         if self.options.ca_bundle is not None:
             binds.append(f"{self.options.ca_bundle}:{CA_BUNDLE_PATH}:ro")
         binds += [f"{volume}:{target}" for volume, target in _volumes(spec.sandbox_id).items()]
         memory = spec.memory_mb * 1024 * 1024
+        open_files = open_files_limit(self.options.open_files)
         return {
             "Image": self.options.image,
             "Cmd": AGENT_COMMAND,
@@ -162,21 +250,31 @@ class DockerRuntime:
             "WorkingDir": WORKSPACE,
             "Hostname": "sandbox",
             "Labels": self._labels(spec.sandbox_id),
+            # The secret's way in (see the module docstring): read once, then closed.
+            "OpenStdin": True,
+            "StdinOnce": True,
+            "AttachStdin": True,
             "HostConfig": {
                 "Binds": binds,
                 "CapDrop": ["ALL"],
-                "SecurityOpt": ["no-new-privileges"],
+                "SecurityOpt": ["no-new-privileges", f"seccomp={self.seccomp_profile}"],
                 "ReadonlyRootfs": True,
                 "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g", "/run": "rw,nosuid,nodev,size=16m"},  # noqa: S108
                 "Memory": memory,
                 "MemorySwap": memory,
                 "NanoCpus": int(spec.cpu * 1e9),
                 "PidsLimit": spec.pids,
+                "Ulimits": [
+                    {"Name": "nofile", "Soft": open_files, "Hard": open_files},
+                    {"Name": "core", "Soft": 0, "Hard": 0},
+                ],
+                "LogConfig": LOG_CONFIG,
                 "NetworkMode": self.options.network,
                 "Init": True,
             },
         }
 
+    @_engine_call
     async def start(self, spec: SandboxSpec) -> SandboxInfo:
         info = await self.inspect(spec.sandbox_id)
         if info.state is SandboxState.RUNNING:
@@ -192,7 +290,7 @@ class DockerRuntime:
             container = await self.docker.containers.create(
                 self._config(spec), name=_name(spec.sandbox_id)
             )
-            await container.start()
+            await self._start_with_secret(container, spec.agent_secret)
         except DockerError as exc:
             raise SandboxStartFailed(f"docker could not start the sandbox: {exc.message}") from exc
         info = await self.inspect(spec.sandbox_id)
@@ -201,17 +299,27 @@ class DockerRuntime:
             raise SandboxStartFailed(f"the sandbox exited as it started: {output or 'no output'}")
         return info
 
+    async def _start_with_secret(self, container: DockerContainer, secret: str) -> None:
+        """Start the container with the secret waiting on its stdin (attached before the
+        start, so the agent's first read finds it), then close stdin."""
+        stream = container.attach(stdin=True, stdout=False, stderr=False)
+        async with stream:
+            await container.start()
+            await stream.write_in(secret.encode() + b"\n")
+
     async def _remove_container(self, sandbox_id: str) -> None:
         with contextlib.suppress(DockerError):
             container = await self.docker.containers.get(_name(sandbox_id))
             await container.delete(force=True)
 
+    @_engine_call
     async def stop(self, sandbox_id: str) -> None:
         """Remove the container, then unmount its disk: a stopped sandbox holds no loop
         device."""
         await self._remove_container(sandbox_id)
         await disk.unmount(self._dir(sandbox_id) / "disk")
 
+    @_engine_call
     async def destroy(self, sandbox_id: str) -> None:
         await self.stop(sandbox_id)
         for volume in _volumes(sandbox_id):
@@ -226,6 +334,7 @@ class DockerRuntime:
         if base.exists():
             await asyncio.to_thread(shutil.rmtree, base, True)
 
+    @_engine_call
     async def inspect(self, sandbox_id: str) -> SandboxInfo:
         try:
             details = await (await self.docker.containers.get(_name(sandbox_id))).show()
@@ -254,6 +363,7 @@ class DockerRuntime:
                 continue
         return False
 
+    @_engine_call
     async def list(self) -> list[SandboxInfo]:
         ids: set[str] = set()
         mine = {"label": [LABEL, f"{OWNER_LABEL}={self.owner}"]}
@@ -272,6 +382,7 @@ class DockerRuntime:
             )
         return [await self.inspect(sandbox_id) for sandbox_id in sorted(ids)]
 
+    @_engine_call
     async def logs(self, sandbox_id: str, limit: int = 2000) -> str:
         try:
             container = await self.docker.containers.get(_name(sandbox_id))

@@ -1,19 +1,27 @@
 """The `local` runtime: bubblewrap sandboxes on this host, each in its own network namespace.
 
-A sandbox is a directory `DATA_DIR/sandboxes/<id>/` holding its workspace (`/home/project`
-inside), its home (`/home`), the agent's socket and secret (`/run/cloudcontainer`), a few
-generated /etc files, and `state.json` with the pids that make it up. With a disk quota the
-workspace and home live in `disk.img` instead (runtimes/disk.py), loop-mounted on `disk/` inside
-the sandbox's own mount namespace only: the host never sees the mount, other namespaces never
-pin it, and it goes away with the sandbox's last process. Started as:
+A sandbox is a directory `DATA_DIR/sandboxes/<id>/`, owned by root and never visible inside,
+holding its workspace (`/home/project` inside) and home (`/home`) — the only parts the sandbox
+can write —, the agent's listening socket, a few generated /etc files, `uid` (the host uid the
+sandbox runs as, its own) and `state.json` with the pids that make it up. With a disk quota
+the workspace and home live in `disk.img` instead (runtimes/disk.py), loop-mounted on `disk/`
+inside the sandbox's own mount namespace only. Started as:
 
     sh (joins the cgroup) → unshare --mount (binds the directory, mounts disk.img)
-      → nsenter --net=/run/netns/cc-<id> → setpriv (unprivileged host uid)
-      → bwrap (user, pid, ipc, uts, mount namespaces; /usr read-only) → python3 agent.pyz
+      → nsenter --net=/run/netns/cc-<id> → prlimit (open files, no core dumps)
+      → setpriv (the sandbox's own host uid) → bwrap (user, pid, ipc, uts, mount namespaces,
+        no nested user namespaces, seccomp filter; /usr read-only) → python3 agent.pyz
 
-with `slirp4netns` attached to the same named netns for egress. Nothing is a child that dies
-with the gateway: a restarted gateway finds the sandboxes through `list()` and re-adopts them.
-Needs root (named netns, setpriv), bwrap and slirp4netns.
+with `slirp4netns` attached to the same named netns for egress, running with the sandbox's uid
+as its group so the host firewall applies the egress policy to it (runtimes/egress.py).
+
+Nothing root does follows a path the sandbox can change: the gateway makes the agent's
+listening socket itself in the root-owned directory and hands it over as a descriptor, and the
+agent's secret travels through a pipe on its stdin — nothing is written into, chowned in or
+connected to inside the workspace or home. Nothing is a child that dies with the gateway: a
+restarted gateway finds the sandboxes through `list()` and re-adopts them. Needs root (named
+netns, setpriv), bwrap and slirp4netns, libseccomp, iptables, and writable cgroups (or the
+operator's explicit `local_allow_without_cgroups`).
 """
 
 from __future__ import annotations
@@ -21,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +43,7 @@ from typing import Any
 import structlog
 
 from cloudcontainer.agentlink.client import AgentAddress
-from cloudcontainer.runtimes import disk
+from cloudcontainer.runtimes import disk, seccomp
 from cloudcontainer.runtimes.base import (
     AGENT_PATH,
     CA_BUNDLE_PATH,
@@ -45,21 +55,23 @@ from cloudcontainer.runtimes.base import (
     SandboxSpec,
     SandboxStartFailed,
     SandboxState,
+    open_files_limit,
     sandbox_env,
 )
 from cloudcontainer.runtimes.cgroups import CgroupLimits
+from cloudcontainer.runtimes.egress import Firewall
 
 __all__ = ["LocalRuntime"]
 
 log = structlog.get_logger(__name__)
 
-TOOLS = ("bwrap", "slirp4netns", "nsenter", "setpriv", "ip")
-RUN_DIR = "/run/cloudcontainer"
+TOOLS = ("bwrap", "slirp4netns", "nsenter", "setpriv", "prlimit", "ip")
 # Where a sandbox's private mount namespace shows its directory before bwrap starts.
 STAGE = "/mnt"
 NETNS_DIR = Path("/run/netns")
-# The host uid that sandbox processes run as: unprivileged, owns nothing else on the host.
-DEFAULT_HOST_UID = 100_000
+# The one host uid of sandboxes made before each had its own (they keep it).
+LEGACY_HOST_UID = 100_000
+UID_FILE = "uid"
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000:user:/home:/bin/bash\n"  # noqa: S105
 GROUP = "root:x:0:\nuser:x:1000:\n"
 HOSTS = "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost\n"
@@ -95,13 +107,17 @@ class LocalRuntime:
     def __init__(self, options: RuntimeOptions) -> None:
         self.options = options
         self.root = options.data_dir / "sandboxes"
-        self.host_uid = int(options.extra.get("host_uid", DEFAULT_HOST_UID))
+        self.uids = UidAllocator(self.root, *options.local_uids)
         self.cgroups = CgroupLimits()
         self.disk_quotas = bool(options.extra.get("disk_quotas", False))
+        self.seccomp_filter = options.data_dir / "seccomp.bpf"
 
     # -- host checks ----------------------------------------------------------------------
 
     async def check(self) -> None:
+        """Everything a sandbox's isolation rests on, or RuntimeUnavailable saying what is
+        missing: sandboxes are never started with less than promised, unless the operator
+        said so (and the log says it loudly)."""
         missing = [tool for tool in TOOLS if shutil.which(tool) is None]
         if missing:
             raise RuntimeUnavailable(
@@ -115,8 +131,29 @@ class LocalRuntime:
             )
         if not Path("/usr/bin/python3").exists():
             raise RuntimeUnavailable("the local runtime needs /usr/bin/python3 for the agent")
+        self._check_cgroups()
         if self.disk_quotas:
             disk.check_tools()
+        self.options.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(seccomp.build_filter, self.seccomp_filter)
+        first, last = self.options.local_uids
+        await Firewall(self.options.egress).install_local(first, last)
+
+    def _check_cgroups(self) -> None:
+        if self.cgroups.available:
+            return
+        if not self.options.local_allow_without_cgroups:
+            raise RuntimeUnavailable(
+                f"cgroups cannot limit sandboxes here ({self.cgroups.problem}): without them a "
+                "sandbox can take every core, all memory and every pid of this host. Run the "
+                "server where /sys/fs/cgroup is writable, or set local_allow_without_cgroups = "
+                "true to run sandboxes without cpu, memory and pids limits"
+            )
+        log.warning(
+            "SANDBOXES RUN WITHOUT CPU, MEMORY AND PIDS LIMITS (local_allow_without_cgroups): "
+            "one sandbox can starve this host and every other sandbox",
+            problem=self.cgroups.problem,
+        )
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -134,19 +171,22 @@ class LocalRuntime:
     async def create(self, spec: SandboxSpec) -> None:
         base = self._dir(spec.sandbox_id)
         base.mkdir(parents=True, exist_ok=True)
-        owned = ["run"]
+        uid = await self.uids.uid_for(spec.sandbox_id)
+        owned = []
         # The quota is decided once: a sandbox made without one keeps its plain directories.
         if self._image(spec.sandbox_id).exists() or (
             spec.disk_mb > 0 and not (base / "workspace").exists()
         ):
             (base / "disk").mkdir(exist_ok=True)
-            await disk.make_image(self._image(spec.sandbox_id), spec.disk_mb, self.host_uid)
+            await disk.make_image(self._image(spec.sandbox_id), spec.disk_mb, uid)
         else:
             owned += ["workspace", "home"]
         for name in [*owned, "etc"]:
             (base / name).mkdir(exist_ok=True)
         for name in owned:
-            os.chown(base / name, self.host_uid, self.host_uid)
+            # Made here by root in a directory only root writes: never a path the sandbox
+            # could have replaced. Still, never follow one.
+            os.chown(base / name, uid, uid, follow_symlinks=False)
         for name, text in (("passwd", PASSWD), ("group", GROUP), ("hosts", HOSTS),
                            ("resolv.conf", RESOLV), ("hostname", "sandbox\n")):  # fmt: skip
             (base / "etc" / name).write_text(text)
@@ -160,18 +200,14 @@ class LocalRuntime:
         await self.stop(spec.sandbox_id)  # clear a half-dead previous run
         await self.create(spec)
         base = self._dir(spec.sandbox_id)
-        secret = base / "run" / "secret"
-        secret.write_text(spec.agent_secret)
-        os.chown(secret, self.host_uid, self.host_uid)
-        secret.chmod(0o400)
-        with contextlib.suppress(FileNotFoundError):
-            (base / "run" / "agent.sock").unlink()
+        uid = await self.uids.uid_for(spec.sandbox_id)
         netns = self._netns(spec.sandbox_id)
         await self._run("ip", "netns", "add", netns)
         # Network and sandbox start side by side: neither waits for the other.
         started = await asyncio.gather(
-            self._start_slirp(netns), self._start_bwrap(spec, base, netns), return_exceptions=True
-        )
+            self._start_slirp(netns, uid), self._start_bwrap(spec, base, netns, uid),
+            return_exceptions=True,
+        )  # fmt: skip
         failure = next((half for half in started if isinstance(half, BaseException)), None)
         if failure is not None:
             for half in started:
@@ -188,7 +224,10 @@ class LocalRuntime:
         return SandboxInfo(spec.sandbox_id, SandboxState.RUNNING, self._address(spec.sandbox_id))
 
     def _address(self, sandbox_id: str) -> AgentAddress:
-        return AgentAddress(unix_path=str(self._dir(sandbox_id) / "run" / "agent.sock"))
+        return AgentAddress(unix_path=str(self._socket_path(sandbox_id)))
+
+    def _socket_path(self, sandbox_id: str) -> Path:
+        return self._dir(sandbox_id) / "agent.sock"
 
     async def _run(self, *argv: str) -> None:
         process = await asyncio.create_subprocess_exec(
@@ -200,13 +239,16 @@ class LocalRuntime:
                 f"{' '.join(argv)} failed: {stderr.decode(errors='replace').strip()}"
             )
 
-    async def _start_slirp(self, netns: str) -> tuple[int, int]:
+    async def _start_slirp(self, netns: str, uid: int) -> tuple[int, int]:
         ready_read, ready_write = os.pipe()
         try:
             # `sh` starts it in the background in a session of its own and says its pid: the
             # sandbox's network never is the gateway's child and outlives it.
             process = await asyncio.create_subprocess_exec(
                 "sh", "-c", 'setsid "$@" </dev/null >/dev/null 2>&1 & echo $!', "sh",
+                # Root keeps the capabilities slirp4netns needs; the sandbox's id as its group
+                # is what the egress rules match its connections by.
+                "setpriv", f"--regid={uid}", "--clear-groups",
                 "slirp4netns", "--configure", "--mtu=65520", "--disable-host-loopback",
                 "--enable-seccomp", f"--ready-fd={ready_write}",
                 "--netns-type=path", str(NETNS_DIR / netns), "tap0",
@@ -229,10 +271,11 @@ class LocalRuntime:
         pid = int(output)
         return pid, _start_time(pid) or 0
 
-    def _bwrap_argv(self, spec: SandboxSpec) -> list[str]:
+    def _bwrap_argv(self, spec: SandboxSpec, seccomp_fd: int) -> list[str]:
         argv = [
             "bwrap", "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-            "--unshare-cgroup-try", "--hostname", "sandbox", "--uid", "1000", "--gid", "1000",
+            "--unshare-cgroup-try", "--disable-userns", "--seccomp", str(seccomp_fd),
+            "--hostname", "sandbox", "--uid", "1000", "--gid", "1000",
             "--new-session", "--clearenv",
             "--ro-bind", "/usr", "/usr",
             "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
@@ -267,18 +310,31 @@ class LocalRuntime:
         binds += [
             ("--bind", f"{files}/home", HOME),
             ("--bind", f"{files}/workspace", WORKSPACE),
-            ("--bind", f"{STAGE}/run", RUN_DIR),
             ("--ro-bind", f"{STAGE}/agent.pyz", AGENT_PATH),
         ]
         return binds
 
-    async def _start_bwrap(self, spec: SandboxSpec, base: Path, netns: str) -> tuple[int, int]:
-        join = self.cgroups.create(
-            spec.sandbox_id, cpu=spec.cpu, memory_mb=spec.memory_mb, pids=spec.pids
-        )
-        info_read, info_write = os.pipe()
+    async def _start_bwrap(
+        self, spec: SandboxSpec, base: Path, netns: str, uid: int
+    ) -> tuple[int, int]:
+        try:
+            join = self.cgroups.create(
+                spec.sandbox_id, cpu=spec.cpu, memory_mb=spec.memory_mb, pids=spec.pids
+            )
+        except OSError as exc:
+            raise SandboxStartFailed(
+                f"the sandbox's cgroup limits could not be set: {exc}"
+            ) from exc
         image = self._image(spec.sandbox_id)
         _link_agent(self.options.agent_zipapp, base / "agent.pyz")
+        _truncate_log(base / "agent.log")
+        listener = _listen(self._socket_path(spec.sandbox_id))
+        secret_read, secret_write = os.pipe()
+        os.write(secret_write, spec.agent_secret.encode() + b"\n")
+        os.close(secret_write)
+        seccomp_fd = os.open(self.seccomp_filter, os.O_RDONLY | os.O_NOFOLLOW)
+        info_read, info_write = os.pipe()
+        open_files = open_files_limit(self.options.open_files)
         argv = [
             "setsid", "--fork",
             "sh", "-c", 'for f in $CC_CGROUP_PROCS; do echo $$ > "$f"; done; exec "$@"', "sh",
@@ -288,23 +344,28 @@ class LocalRuntime:
             "sh", "-c", f'mount --bind "$CC_BASE" {STAGE} && {{ [ -z "$CC_DISK" ] || mount -t '
             f'ext4 -o {disk.MOUNT_OPTIONS} "$CC_DISK" {STAGE}/disk; }} && exec "$@"', "sh",
             "nsenter", f"--net={NETNS_DIR / netns}",
-            "setpriv", f"--reuid={self.host_uid}", f"--regid={self.host_uid}", "--clear-groups",
-            *self._bwrap_argv(spec), "--info-fd", str(info_write),
-            "/usr/bin/python3", "-S", AGENT_PATH, "--listen", f"unix:{RUN_DIR}/agent.sock",
-            "--secret-file", f"{RUN_DIR}/secret", "--workspace", WORKSPACE,
+            # Raised and capped by root, before the uid changes: the sandbox cannot lift them.
+            # No core dumps: a host's core_pattern may hand them to a program running as root.
+            "prlimit", f"--nofile={open_files}:{open_files}", "--core=0:0",
+            "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+            *self._bwrap_argv(spec, seccomp_fd), "--info-fd", str(info_write),
+            "/usr/bin/python3", "-S", AGENT_PATH, "--listen", f"fd:{listener.fileno()}",
+            "--secret-file", "-", "--workspace", WORKSPACE,
         ]  # fmt: skip
         log_file = open(base / "agent.log", "ab")  # noqa: SIM115 (the child writes to it)
         try:
             process = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file,
-                pass_fds=(info_write,),
+                *argv, stdin=secret_read, stdout=log_file, stderr=log_file,
+                pass_fds=(info_write, listener.fileno(), seccomp_fd),
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                      "CC_CGROUP_PROCS": " ".join(str(p) for p in join), "CC_BASE": str(base),
                      "CC_DISK": str(image) if image.exists() else ""},
             )  # fmt: skip
             await process.wait()
         finally:
-            os.close(info_write)
+            for fd in (info_write, secret_read, seccomp_fd):
+                os.close(fd)
+            listener.close()
             log_file.close()
         try:
             raw = await asyncio.wait_for(_read_fd(info_read, until_eof=False), timeout=10)
@@ -393,6 +454,101 @@ class LocalRuntime:
 
     async def aclose(self) -> None:
         """Nothing to release: sandboxes outlive the gateway by design."""
+
+
+class UidAllocator:
+    """One host uid per sandbox, from the configured range, recorded in the sandbox's
+    root-owned directory. Sandboxes with uids of their own cannot signal, trace or share
+    per-user kernel limits (inotify instances, RLIMIT_NPROC) with each other, and their files
+    on the host are told apart."""
+
+    def __init__(self, root: Path, first: int, last: int) -> None:
+        self.root = root
+        self.first, self.last = first, last
+        self._lock = asyncio.Lock()
+
+    def recorded(self, sandbox_id: str) -> int | None:
+        try:
+            return int((self.root / sandbox_id / UID_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    async def uid_for(self, sandbox_id: str) -> int:
+        uid = self.recorded(sandbox_id)
+        if uid is not None:
+            return uid
+        async with self._lock:
+            return await asyncio.to_thread(self._allocate, sandbox_id)
+
+    def _allocate(self, sandbox_id: str) -> int:
+        """The lowest free uid of the range; `flock` keeps two gateways sharing a data
+        directory from taking the same one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".uids.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            uid = self.recorded(sandbox_id)
+            if uid is None:
+                uid = self._legacy_uid(sandbox_id) or self._free_uid(sandbox_id)
+                path = self.root / sandbox_id / UID_FILE
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(str(uid))
+            return uid
+
+    def _legacy_uid(self, sandbox_id: str) -> int | None:
+        """A sandbox made when all shared one uid keeps it: its files are that uid's."""
+        base = self.root / sandbox_id
+        if (base / "workspace").exists() or (base / "disk.img").exists():
+            log.warning(
+                "a sandbox made before per-sandbox uids keeps the shared uid; recreate it for "
+                "a uid of its own", sandbox_id=sandbox_id, uid=LEGACY_HOST_UID,
+            )  # fmt: skip
+            return LEGACY_HOST_UID
+        return None
+
+    def _free_uid(self, sandbox_id: str) -> int:
+        taken = {self.recorded(path.name) for path in self.root.iterdir() if path.is_dir()}
+        for uid in range(self.first, self.last + 1):
+            if uid not in taken:
+                return uid
+        raise SandboxStartFailed(
+            f"every host uid of local_sandbox_uids ({self.first}-{self.last}) is in use: widen "
+            "the range or delete containers"
+        )
+
+
+def _listen(path: Path) -> socket.socket:
+    """The agent's listening socket, made by the gateway in the root-owned sandbox directory
+    (only root may connect) and handed to the agent as a descriptor."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        directory = os.open(path.parent, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:  # through /proc/self/fd: sun_path holds 108 bytes, a data directory may be deeper
+            sock.bind(f"/proc/self/fd/{directory}/{path.name}")
+        finally:
+            os.close(directory)
+        os.chmod(path, 0o600)
+        sock.listen(64)
+        sock.set_inheritable(True)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _truncate_log(path: Path, keep: int = 64 * 1024, limit: int = 1024 * 1024) -> None:
+    """Keep the agent's log on the host small across starts (the agent caps each run's)."""
+    try:
+        if path.stat().st_size <= limit:
+            return
+        with open(path, "rb") as handle:
+            handle.seek(-keep, os.SEEK_END)
+            tail = handle.read()
+        path.write_bytes(tail)
+    except OSError:
+        return
 
 
 def _link_agent(source: Path, target: Path) -> None:

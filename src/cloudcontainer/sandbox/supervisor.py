@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
-from cloudcontainer.runtimes.base import SandboxState
+from cloudcontainer.runtimes.base import RuntimeUnavailable, SandboxState
 from cloudcontainer.sandbox.service import ContainerService, Status
 
 __all__ = ["Supervisor"]
@@ -19,6 +19,7 @@ log = structlog.get_logger(__name__)
 
 BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30, 60)
 GIVE_UP_AFTER = 10  # consecutive failed restarts
+RUNTIME_RETRY_SECONDS = 2  # between checks while the runtime itself does not answer
 STABLE_SECONDS = 60.0  # running this long resets the failure count
 BUSY_CPU_FRACTION = 0.02  # sandbox processes using more than this of a core count as activity
 
@@ -113,7 +114,15 @@ class Supervisor:
             if failures >= GIVE_UP_AFTER:
                 await self.service.fail(container_id, "the sandbox kept crashing; start it again")
                 return
-            info = await self.service.runtime.inspect(container_id)
+            try:
+                info = await self.service.runtime.inspect(container_id)
+            except RuntimeUnavailable as exc:
+                # The runtime itself is down (dockerd restarting): not the sandbox's failure.
+                # Nothing is taken down; a later health pass tries again once it answers.
+                log.warning("the runtime is unavailable; waiting for it", container_id=container_id,
+                            error=exc.message)  # fmt: skip
+                await asyncio.sleep(RUNTIME_RETRY_SECONDS)
+                return
             reason = (
                 "the agent stopped answering"
                 if info.state is SandboxState.RUNNING
