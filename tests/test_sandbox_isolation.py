@@ -120,3 +120,39 @@ async def test_a_memory_hog_is_stopped_by_the_memory_limit(sandbox_api: Api) -> 
     assert "exit=137" in hog.stdout or "MemoryError" in hog.stderr, hog
     await asyncio.sleep(0.5)
     assert (await sh(sandbox_api, user, cid, "echo still-here")).stdout == "still-here\n"
+
+
+async def test_a_neighbour_hogging_everything_leaves_the_rest_answering(sandbox_api: Api) -> None:
+    """CPU, memory, disk, pids and file descriptors hogged at once next door: each hog hits
+    its own limit, and the gateway and a neighbour sandbox keep answering (how fast is bench
+    ISO's business, not a test's)."""
+    user = await sandbox_api.user()
+    neighbour = (await new_container(sandbox_api, user))["id"]
+    hog = (
+        await new_container(
+            sandbox_api, user,
+            resources={"cpu": 0.5, "memory_mb": 256, "pids": 96, "disk_mb": 256},
+        )
+    )["id"]  # fmt: skip
+    hogs = " & ".join(
+        f"timeout -s KILL 8 sh -c '{script}'"
+        for script in (  # the pids hog last, so the others have started before it fills up
+            'python3 -c "f=[]\ntry:\n while True: f.append(open(\\"/dev/null\\"))\n'
+            'except OSError as e: print(\\"fds\\", e.errno, flush=True)"',
+            "while true; do :; done",
+            'python3 -c "b=[]\nwhile True: b.append(bytearray(8<<20))"',
+            "dd if=/dev/zero of=fill bs=1M count=1000 2>/dev/null",
+            'python3 -c "import os,time\nwhile True:\n try: os.fork() or time.sleep(30)\n'
+            ' except OSError: time.sleep(0.01)"',
+        )
+    )
+    running = asyncio.create_task(sh(sandbox_api, user, hog, f"{hogs}; wait; rm -f fill"))
+    await asyncio.sleep(3)
+    for _ in range(5):
+        answer = await sandbox_api.client.get(f"/api/containers/{neighbour}", headers=user.headers)
+        assert answer.status_code == 200, answer.text
+        assert (await sh(sandbox_api, user, neighbour, "echo fine")).stdout == "fine\n"
+        await asyncio.sleep(0.5)
+    result = await running
+    assert "fds 24" in result.stdout, result  # EMFILE: the open-files limit held
+    assert (await sh(sandbox_api, user, hog, "echo recovered")).stdout == "recovered\n"
