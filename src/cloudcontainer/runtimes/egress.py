@@ -198,11 +198,12 @@ class Firewall:
     def __init__(self, policy: EgressPolicy) -> None:
         self.policy = policy
 
-    async def install_local(self, first_gid: int, last_gid: int) -> str:
-        """For `local` sandboxes: their slirp4netns runs with a group in [first, last]."""
-        chain = chain_name("L", f"{first_gid}-{last_gid}")
-        owner = f"-m owner --gid-owner {first_gid}-{last_gid}"
-        await self._install(chain, jumps=[("OUTPUT", owner)])
+    async def install_local(self, *gid_ranges: tuple[int, int]) -> str:
+        """For `local` sandboxes: their slirp4netns runs with a group in one of the ranges."""
+        first, last = gid_ranges[0]
+        chain = chain_name("L", f"{first}-{last}")
+        jumps = [("OUTPUT", f"-m owner --gid-owner {low}-{high}") for low, high in gid_ranges]
+        await self._install(chain, jumps=jumps)
         return chain
 
     async def install_bridge(self, bridge: str) -> str:

@@ -136,8 +136,10 @@ class LocalRuntime:
             disk.check_tools()
         self.options.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(seccomp.build_filter, self.seccomp_filter)
-        first, last = self.options.local_uids
-        await Firewall(self.options.egress).install_local(first, last)
+        # Sandboxes made before per-sandbox uids keep the shared one: the policy covers it.
+        await Firewall(self.options.egress).install_local(
+            self.options.local_uids, (LEGACY_HOST_UID, LEGACY_HOST_UID)
+        )
 
     def _check_cgroups(self) -> None:
         if self.cgroups.available:
