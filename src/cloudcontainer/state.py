@@ -15,6 +15,7 @@ from cloudcontainer.auth.credentials import CredentialService, PrincipalCache
 from cloudcontainer.auth.mail import mailer_from_settings
 from cloudcontainer.auth.passwords import PasswordHasher
 from cloudcontainer.auth.service import AccountService
+from cloudcontainer.auth.sockets import SocketRegistry
 from cloudcontainer.auth.tokens import AccessTokenSigner
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Database, migrate
@@ -48,6 +49,7 @@ class Services:
     tasks: TaskSet
     accounts: AccountService
     credentials: CredentialService
+    sockets: SocketRegistry
     projects: ProjectService
     events: EventBus
     runtime: Runtime
@@ -91,6 +93,7 @@ async def open_services(
     supervisor: Supervisor | None = None
     locks: LockService | None = None
     periodic: asyncio.Task[None] | None = None
+    revalidating: asyncio.Task[None] | None = None
     try:
         await migrate.upgrade(database)
         signer = AccessTokenSigner(settings.signing_key(), settings.access_token_ttl_seconds)
@@ -126,6 +129,9 @@ async def open_services(
                 # Not in `tasks`: it never ends by itself, and `tasks` is drained at shutdown.
                 periodic = asyncio.create_task(snapshots.run_periodically(), name="snapshots")
         principals = PrincipalCache(settings.auth_cache_seconds)
+        sockets = SocketRegistry(database, revalidate_seconds=settings.ws_revalidate_seconds)
+        if supervise:
+            revalidating = asyncio.create_task(sockets.run(), name="revalidate websockets")
         yield Services(
             settings=settings,
             database=database,
@@ -139,13 +145,16 @@ async def open_services(
                 mailer=mailer_from_settings(settings),
                 tasks=tasks,
                 principals=principals,
+                sockets=sockets,
             ),
             credentials=CredentialService(
                 database=database,
                 signer=signer,
                 ticket_ttl_seconds=settings.ws_ticket_ttl_seconds,
                 cache=principals,
+                sockets=sockets,
             ),
+            sockets=sockets,
             projects=ProjectService(database),
             events=events,
             runtime=runtime,
@@ -164,10 +173,11 @@ async def open_services(
             snapshots=snapshots,
         )
     finally:
-        if periodic is not None:
-            periodic.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await periodic
+        for task in (periodic, revalidating):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if locks is not None:
             locks.aclose()
         if supervisor is not None:

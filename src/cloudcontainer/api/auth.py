@@ -53,6 +53,21 @@ class ResetConfirmRequest(RequestModel):
     password: Password
 
 
+class TicketRequest(RequestModel):
+    path: Annotated[
+        str,
+        Field(
+            min_length=5,
+            max_length=160,
+            pattern=r"^/api/[^?#\x00]*$",
+            description="The path of the one WebSocket the ticket opens, without host or query: "
+            "`/api/containers/{id}/events` or `/api/containers/{id}/terminals/{terminal_id}`. "
+            "Presented on any other socket the ticket is refused (and stays valid for this one).",
+            examples=["/api/containers/ctr_0123456789abcdef/events"],
+        ),
+    ]
+
+
 class ApiKeyRequest(RequestModel):
     name: Name
     expires_in_days: Annotated[int | None, Field(ge=1, le=3650), WholeNumber] = None
@@ -233,7 +248,11 @@ async def revoke_api_key(
 
 
 @router.post("/ws-ticket")
-async def ws_ticket(principal: CurrentPrincipal, services: ServicesDep) -> TicketOut:
-    """A short-lived, single-use ticket to open a WebSocket as `?ticket=...`."""
-    ticket, ttl = await services.credentials.issue_ws_ticket(principal.user_id)
+async def ws_ticket(
+    body: TicketRequest, principal: CurrentPrincipal, services: ServicesDep
+) -> TicketOut:
+    """A short-lived, single-use ticket to open the WebSocket at `path` as `?ticket=...`.
+    The socket lasts as long as the session or API key that asked for the ticket: logging
+    out, revoking the key, a password reset or deleting the account closes it (1008)."""
+    ticket, ttl = await services.credentials.issue_ws_ticket(principal, body.path)
     return TicketOut(ticket=ticket, expires_in=ttl)

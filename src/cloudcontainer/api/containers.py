@@ -330,10 +330,12 @@ EventCommand = TypeAdapter(Annotated[WatchCommand | UnwatchCommand, Field(discri
 @router.websocket("/{container_id}/events")
 async def container_events(websocket: WebSocket, container_id: str, ticket: str = "") -> None:
     """Status changes, agent events (ports, process exits) and file watches, as JSON frames.
-    The client sends `watch`/`unwatch` commands; see docs/api.md for the whole protocol."""
+    The client sends `watch`/`unwatch` commands; see docs/api.md for the whole protocol.
+    `?ticket=` is from POST /api/auth/ws-ticket for this path; the socket is closed with 1008
+    when the session or key behind it ends."""
     services: Services = websocket.app.state.services
     try:
-        principal = await services.credentials.redeem_ws_ticket(ticket)
+        principal = await services.credentials.redeem_ws_ticket(ticket, websocket.url.path)
         container = await services.containers.get(principal.user_id, container_id)
     except CloudContainerError:
         await websocket.close(code=WS_POLICY_VIOLATION)
@@ -349,10 +351,17 @@ async def container_events(websocket: WebSocket, container_id: str, ticket: str 
         outbox.put_nowait(({"type": "status", "status": container.status,
                             "reason": container.status_reason}, 0))  # fmt: skip
         try:
-            await until_first_ends(
-                _send_events(websocket, outbox, feed), _read_commands(websocket, feed, outbox),
-                _pump_bus(queue, feed, outbox),
-            )  # fmt: skip
+            with (
+                services.sockets.track(principal) as tracked,
+                services.containers.hold(container_id),
+            ):
+                await until_first_ends(
+                    _send_events(websocket, outbox, feed), _read_commands(websocket, feed, outbox),
+                    _pump_bus(queue, feed, outbox), tracked.wait(),
+                )  # fmt: skip
+            if tracked.ended.is_set():
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                    await websocket.close(code=WS_POLICY_VIOLATION, reason=tracked.reason)
         finally:
             await feed.close()
 

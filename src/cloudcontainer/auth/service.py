@@ -18,6 +18,7 @@ from cloudcontainer.auth import emails
 from cloudcontainer.auth.credentials import PrincipalCache
 from cloudcontainer.auth.mail import Mailer, compose
 from cloudcontainer.auth.passwords import PasswordHasher
+from cloudcontainer.auth.sockets import SocketRegistry
 from cloudcontainer.auth.throttle import SlidingWindow
 from cloudcontainer.auth.tokens import AccessTokenSigner, digest, new_secret
 from cloudcontainer.config import Settings
@@ -53,9 +54,11 @@ class AccountService:
         mailer: Mailer,
         tasks: TaskSet,
         principals: PrincipalCache,
+        sockets: SocketRegistry,
     ) -> None:
         self._settings = settings
         self._principals = principals
+        self._sockets = sockets
         self._db = database
         self._hasher = hasher
         self._signer = signer
@@ -162,6 +165,7 @@ class AccountService:
                 .values(used_at=now)
             )
         self._principals.forget(user_id=row.user_id)
+        self._sockets.end(user_id=row.user_id, reason="password reset")
         log.info("password reset", user_id=row.user_id)
 
     @property
@@ -311,3 +315,4 @@ class AccountService:
                 .values(revoked_at=utcnow(), revoked_reason=reason)
             )
         self._principals.forget(session_id=session_id)
+        self._sockets.end(session_id=session_id, reason=f"session ended: {reason}")
