@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from cloudcontainer.accounts import Removal
 from cloudcontainer.agentlink.bundle import build_agent_zipapp
 from cloudcontainer.auth.credentials import CredentialService, PrincipalCache
 from cloudcontainer.auth.mail import mailer_from_settings
@@ -60,6 +61,7 @@ class Services:
     storage: ObjectStorage
     snapshots: SnapshotService
     terminals: TerminalService
+    removal: Removal
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -129,6 +131,7 @@ async def open_services(
                 # Not in `tasks`: it never ends by itself, and `tasks` is drained at shutdown.
                 periodic = asyncio.create_task(snapshots.run_periodically(), name="snapshots")
         principals = PrincipalCache(settings.auth_cache_seconds)
+        projects = ProjectService(database)
         sockets = SocketRegistry(database, revalidate_seconds=settings.ws_revalidate_seconds)
         if supervise:
             revalidating = asyncio.create_task(sockets.run(), name="revalidate websockets")
@@ -155,7 +158,7 @@ async def open_services(
                 sockets=sockets,
             ),
             sockets=sockets,
-            projects=ProjectService(database),
+            projects=projects,
             events=events,
             runtime=runtime,
             containers=containers,
@@ -171,7 +174,11 @@ async def open_services(
             order=Sequencer(settings.fifo_wait_seconds),
             storage=storage,
             snapshots=snapshots,
-        )
+            removal=Removal(
+                database=database, containers=containers, projects=projects,
+                snapshots=snapshots, principals=principals, sockets=sockets,
+            ),
+        )  # fmt: skip
     finally:
         for task in (periodic, revalidating):
             if task is not None:

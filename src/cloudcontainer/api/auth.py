@@ -68,6 +68,11 @@ class TicketRequest(RequestModel):
     ]
 
 
+class DeleteAccountRequest(RequestModel):
+    # Any length, as at login: the password the account has now, whatever the policy was.
+    password: Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class ApiKeyRequest(RequestModel):
     name: Name
     expires_in_days: Annotated[int | None, Field(ge=1, le=3650), WholeNumber] = None
@@ -219,6 +224,22 @@ async def confirm_password_reset(body: ResetConfirmRequest, services: ServicesDe
 @router.get("/me")
 async def me(principal: CurrentPrincipal) -> UserOut:
     return UserOut.of(principal.user)
+
+
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_account(
+    body: DeleteAccountRequest, request: Request, principal: CurrentPrincipal,
+    services: ServicesDep,
+) -> Response:  # fmt: skip
+    """Delete the account and everything it owns, for good: its containers (sandboxes
+    stopped and destroyed), projects, snapshots, sessions and API keys. Needs the account's
+    password (403 `wrong_password` otherwise, and nothing is deleted). Its open WebSockets
+    are closed (1008 `account deleted`)."""
+    await services.accounts.check_password(principal.user, body.password)
+    await services.removal.delete_account(
+        principal.user, actor="self", source_ip=client_ip(request)
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/keys", status_code=status.HTTP_201_CREATED)

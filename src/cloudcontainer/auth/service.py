@@ -212,6 +212,23 @@ class AccountService:
         message = compose(sender=self._settings.mail_from, to=to, subject=subject, body=text)
         self._tasks.spawn(self._mailer.send(message), name=f"mail:{subject}")
 
+    async def check_password(self, user: User, password: str) -> None:
+        """Before a destructive request (deleting the account): 403 `wrong_password` unless
+        `password` is the account's. Failures count against the account's login throttle, so
+        a stolen access token cannot be used to guess the password."""
+        retry_after = self._account_failures.retry_after(user.email)
+        if retry_after is not None:
+            raise TooManyRequests(
+                "Too many wrong passwords; try again later.",
+                retry_after=retry_after, code="login_throttled",
+            )  # fmt: skip
+        async with self._db.session() as session:
+            stored = await session.scalar(select(User.password_hash).where(User.id == user.id))
+        if not await self._hasher.verify(password, stored):
+            self._account_failures.hit(user.email)
+            raise Forbidden("The password is not correct.", code="wrong_password")
+        self._account_failures.reset(user.email)
+
     # -- login sessions -------------------------------------------------------------------
 
     async def login(self, email: str, password: str, *, ip: str, user_agent: str) -> TokenPair:

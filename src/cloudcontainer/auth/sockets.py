@@ -33,6 +33,7 @@ __all__ = ["OpenSocket", "SocketRegistry"]
 log = structlog.get_logger(__name__)
 
 WS_POLICY_VIOLATION = 1008
+SESSION_ENDED = "session ended"
 CHUNK = 500  # ids per IN (...) when revalidating
 _Query = Callable[[Iterable[str], datetime], Select[str]]
 
@@ -109,12 +110,17 @@ class SocketRegistry:
             {s.api_key_id for s in sockets if s.api_key_id}, _live_keys, now
         )
         live_users = await self._live({s.user_id for s in sockets}, _live_users, now)
-        ended = 0
-        for socket in sockets:
-            reason = _why_dead(socket, live_sessions, live_keys, live_users)
-            if reason:
-                socket.end(reason)
-                ended += 1
+        dead = [
+            (socket, reason)
+            for socket in sockets
+            if (reason := _why_dead(socket, live_sessions, live_keys, live_users))
+        ]
+        why = await self._revoked_reasons({s.session_id for s, _ in dead if s.session_id})
+        for socket, reason in dead:
+            if socket.session_id in why and reason == SESSION_ENDED:
+                reason = f"{SESSION_ENDED}: {why[socket.session_id]}"
+            socket.end(reason)
+        ended = len(dead)
         if ended:
             log.info("websockets of ended credentials closed", count=ended)
         return ended
@@ -126,6 +132,18 @@ class SocketRegistry:
             for start in range(0, len(chunked), CHUNK):
                 live.update(await session.scalars(query(chunked[start : start + CHUNK], now)))
         return live
+
+    async def _revoked_reasons(self, session_ids: set[str]) -> dict[str, str]:
+        if not session_ids:
+            return {}
+        async with self._db.session() as session:
+            rows = await session.execute(
+                select(AuthSession.id, AuthSession.revoked_reason).where(
+                    AuthSession.id.in_(sorted(session_ids)[:CHUNK]),
+                    AuthSession.revoked_reason.is_not(None),
+                )
+            )
+            return {session_id: reason for session_id, reason in rows if reason}
 
     async def run(self) -> None:
         """`revalidate` every `revalidate_seconds`, until cancelled."""
@@ -143,7 +161,7 @@ def _why_dead(
     if socket.user_id not in users:
         return "account deleted"
     if socket.session_id is not None and socket.session_id not in sessions:
-        return "session ended"
+        return SESSION_ENDED
     if socket.api_key_id is not None and socket.api_key_id not in keys:
         return "API key revoked or expired"
     if socket.session_id is None and socket.api_key_id is None:
