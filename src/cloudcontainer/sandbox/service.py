@@ -330,7 +330,8 @@ class ContainerService:
             self._held[container_id] -= 1
             if self._held[container_id] <= 0:
                 del self._held[container_id]
-            self.touch(container_id)
+            if container_id in self.last_active:  # not for a container deleted meanwhile
+                self.touch(container_id)
 
     def held(self, container_id: str) -> bool:
         return self._held[container_id] > 0
