@@ -13,7 +13,7 @@ import jwt
 import pytest
 from sqlalchemy import func, select, update
 
-from cloudcontainer.db import ApiKey, EmailToken, RefreshToken, User, WsTicket
+from cloudcontainer.db import ApiKey, AuthSession, EmailToken, Project, RefreshToken, User, WsTicket
 from cloudcontainer.errors import Unauthorized
 from tests.conftest import PASSWORD, Api, ApiFactory
 
@@ -816,3 +816,66 @@ async def test_ws_ticket_of_an_ended_session_or_key_is_refused(api: Api) -> None
     for ticket in (of_session, of_key):
         with pytest.raises(Unauthorized):
             await api.services.credentials.redeem_ws_ticket(ticket, EVENTS)
+
+
+# -- deleting the account ---------------------------------------------------------------------
+
+
+async def delete_me(api: Api, headers: dict[str, str], password: str) -> httpx.Response:
+    return await api.client.request(
+        "DELETE", "/api/auth/me", json={"password": password}, headers=headers
+    )
+
+
+async def rows_of(api: Api, user_id: str) -> dict[str, int]:
+    counts = {}
+    async with api.services.database.session() as session:
+        for model, column in ((User, User.id), (Project, Project.owner_id),
+                              (AuthSession, AuthSession.user_id), (ApiKey, ApiKey.user_id),
+                              (WsTicket, WsTicket.user_id), (EmailToken, EmailToken.user_id)):  # fmt: skip
+            counts[model.__name__] = await session.scalar(
+                select(func.count()).select_from(model).where(column == user_id)
+            )
+    return counts
+
+
+async def test_deleting_the_account_needs_its_password_and_removes_everything(api: Api) -> None:
+    user, other = await api.user(), await api.user()
+    for owner in (user, other):
+        created = await api.client.post("/api/projects", json={"name": "p"}, headers=owner.headers)
+        assert created.status_code == 201
+    key = (await create_key(api, user.headers)).json()
+    await api.client.post("/api/auth/ws-ticket", json={"path": EVENTS}, headers=user.headers)
+    await api.client.post("/api/auth/password-reset/request", json={"email": user.email})
+    await api.services.tasks.drain()
+    before = await rows_of(api, user.id)
+    assert all(before.values()), before
+
+    for password in ("not the password", PASSWORD.upper()):
+        wrong = await delete_me(api, user.headers, password)
+        assert wrong.status_code == 403
+        assert error_code(wrong) == "wrong_password"
+    assert await rows_of(api, user.id) == before
+    assert (await delete_me(api, {}, PASSWORD)).status_code == 401
+
+    response = await delete_me(api, bearer(key["key"]), PASSWORD)  # a key may do it too
+    assert response.status_code == 204
+    assert not any((await rows_of(api, user.id)).values())
+    assert (await me(api, user.tokens["access_token"])).status_code == 401
+    assert (await login(api, user.email)).status_code == 401
+    assert (await refresh(api, user.tokens["refresh_token"])).status_code == 401
+    theirs = await api.client.get("/api/projects", headers=other.headers)
+    assert theirs.json()["total"] == 1
+    # The address is free again.
+    assert (await register(api, user.email)).status_code == 202
+
+
+async def test_wrong_passwords_at_account_deletion_are_throttled(api_factory: ApiFactory) -> None:
+    api = await api_factory(login_max_failures_per_account=2)
+    user = await api.user()
+    for _ in range(2):
+        assert (await delete_me(api, user.headers, "guess")).status_code == 403
+    throttled = await delete_me(api, user.headers, PASSWORD)
+    assert throttled.status_code == 429
+    assert error_code(throttled) == "login_throttled"
+    assert (await me(api, user.tokens["access_token"])).status_code == 200
