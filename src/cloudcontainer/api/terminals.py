@@ -120,22 +120,21 @@ async def attach_terminal(
     client = TerminalClient()
     try:
         principal = await services.credentials.redeem_ws_ticket(ticket, websocket.url.path)
-        attach = services.terminals.attach(principal.user_id, container_id, terminal_id, client)
-        async with attach as (hub, terminal):
-            await websocket.accept()
-            with (
-                services.sockets.track(principal) as tracked,
-                services.containers.hold(container_id),
-            ):
-                await websocket.send_text(_json({"type": "attached", "terminal": terminal}))
-                if terminal["state"] == "exited":  # its exit event went by before this client
-                    client.put({"type": "exit", "code": terminal["exit_code"]})
-                await until_first_ends(
-                    _send_output(websocket, hub, client), _read_input(websocket, hub),
-                    tracked.wait(),
-                )  # fmt: skip
-            if tracked.ended.is_set():
-                await _close(websocket, WS_POLICY_VIOLATION, tracked.reason)
+        # Tracked from the ticket's check on: a logout while the terminal attaches still counts.
+        with services.sockets.track(principal) as tracked:
+            attach = services.terminals.attach(principal.user_id, container_id, terminal_id, client)
+            async with attach as (hub, terminal):
+                await websocket.accept()
+                with services.containers.hold(container_id):
+                    await websocket.send_text(_json({"type": "attached", "terminal": terminal}))
+                    if terminal["state"] == "exited":  # its exit event went by before this client
+                        client.put({"type": "exit", "code": terminal["exit_code"]})
+                    await until_first_ends(
+                        _send_output(websocket, hub, client), _read_input(websocket, hub),
+                        tracked.wait(),
+                    )  # fmt: skip
+                if tracked.ended.is_set():
+                    await _close(websocket, WS_POLICY_VIOLATION, tracked.reason)
     except CloudContainerError:
         if websocket.client_state.name == "CONNECTING":
             await websocket.close(code=WS_POLICY_VIOLATION)
