@@ -12,9 +12,10 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 
+import pytest
 from sqlalchemy import func, select, update
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from cloudcontainer.db import ApiKey, AuthSession, Container, Project, User, WsTicket
 from cloudcontainer.db.types import utcnow
@@ -237,3 +238,22 @@ async def test_a_session_ended_elsewhere_closes_its_sockets_at_revalidation(
             assert await closed_by_server(socket) == "session ended"
         for socket in others.both():
             await still_open(socket)
+
+
+async def test_a_ticket_opens_only_the_socket_it_was_asked_for(sandbox_api: Api) -> None:
+    api = sandbox_api
+    user, cid, tid = await setup(api)
+    events_path = f"/api/containers/{cid}/events"
+    for_events = await ticket(api, user.headers, events_path)
+    async with live_server(api) as base:
+        for elsewhere in (f"/api/containers/{cid}/terminals/{tid}", f"{events_path}/"):
+            with pytest.raises(InvalidStatus) as refused:
+                async with connect(f"{base}{elsewhere}?ticket={for_events}"):
+                    pass
+            assert refused.value.response.status_code == 403, elsewhere
+        # Refused elsewhere, it is not used up: it opens its own socket, once.
+        async with connect(f"{base}{events_path}?ticket={for_events}") as events:
+            assert json.loads(await events.recv())["type"] == "status"
+        with pytest.raises(InvalidStatus):
+            async with connect(f"{base}{events_path}?ticket={for_events}"):
+                pass
