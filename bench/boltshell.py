@@ -66,9 +66,10 @@ async def _session(
         f"/api/containers/{container}/terminals",
         json={"command": "/bin/jsh", "args": ["--osc"], "cols": 80, "rows": 15},
     ).json()
-    ticket = server.client.post("/api/auth/ws-ticket").json()["ticket"]
+    path = f"/api/containers/{container}/terminals/{created['id']}"
+    ticket = server.client.post("/api/auth/ws-ticket", json={"path": path}).json()["ticket"]
     base = str(server.client.base_url).replace("http", "ws", 1)
-    url = f"{base}/api/containers/{container}/terminals/{created['id']}?ticket={ticket}"
+    url = f"{base}{path}?ticket={ticket}"
     try:
         async with connected(url) as shell:
             for step in range(20):

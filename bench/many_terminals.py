@@ -40,9 +40,11 @@ async def _many(server: Server, containers: list[str]) -> dict[str, Any]:
         async with AsyncExitStack() as stack:
             sockets: list[ClientConnection] = []
             for cid, tid in terminals:
-                ticket = (await client.post("/api/auth/ws-ticket")).json()["ticket"]
-                url = (base.replace("http", "ws")
-                       + f"/api/containers/{cid}/terminals/{tid}?ticket={ticket}")  # fmt: skip
+                path = f"/api/containers/{cid}/terminals/{tid}"
+                ticket = (await client.post("/api/auth/ws-ticket", json={"path": path})).json()[
+                    "ticket"
+                ]
+                url = base.replace("http", "ws") + f"{path}?ticket={ticket}"
                 socket = await stack.enter_async_context(connect(url, max_size=None))
                 assert json.loads(await socket.recv())["type"] == "attached"
                 sockets.append(socket)

@@ -118,9 +118,9 @@ async def _attached(server: Server, container: str) -> AsyncIterator[ClientConne
     base = str(server.client.base_url)
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
         terminal = (await client.post(f"/api/containers/{container}/terminals", json={})).json()
-        ticket = (await client.post("/api/auth/ws-ticket")).json()["ticket"]
-    url = (base.replace("http", "ws")
-           + f"/api/containers/{container}/terminals/{terminal['id']}?ticket={ticket}")  # fmt: skip
+        path = f"/api/containers/{container}/terminals/{terminal['id']}"
+        ticket = (await client.post("/api/auth/ws-ticket", json={"path": path})).json()["ticket"]
+    url = base.replace("http", "ws") + f"{path}?ticket={ticket}"
     async with connect(url, max_size=None) as socket:
         await until(socket, "\u276f".encode())  # jsh's prompt
         yield socket

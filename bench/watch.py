@@ -36,8 +36,9 @@ async def _write_to_event(server: Server, container: str, samples: int) -> dict[
     headers = {"Authorization": server.client.headers["Authorization"]}
     base = str(server.client.base_url)
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=60) as client:
-        ticket = (await client.post("/api/auth/ws-ticket")).json()["ticket"]
-        url = base.replace("http", "ws") + f"/api/containers/{container}/events?ticket={ticket}"
+        path = f"/api/containers/{container}/events"
+        ticket = (await client.post("/api/auth/ws-ticket", json={"path": path})).json()["ticket"]
+        url = base.replace("http", "ws") + f"{path}?ticket={ticket}"
         async with connect(url, max_size=None) as socket:
             await socket.send(json.dumps(BOLT_WATCH))
             await _until(socket, lambda frame: frame["type"] == "watching")
@@ -107,8 +108,9 @@ async def _install(server: Server, container: str, watch: dict[str, Any] | None)
     base = str(server.client.base_url)
     counts = {"events": 0, "frames": 0, "bytes": 0}
     async with httpx.AsyncClient(base_url=base, headers=headers, timeout=900) as client:
-        ticket = (await client.post("/api/auth/ws-ticket")).json()["ticket"]
-        url = base.replace("http", "ws") + f"/api/containers/{container}/events?ticket={ticket}"
+        path = f"/api/containers/{container}/events"
+        ticket = (await client.post("/api/auth/ws-ticket", json={"path": path})).json()["ticket"]
+        url = base.replace("http", "ws") + f"{path}?ticket={ticket}"
         async with connect(url, max_size=None) as socket:
             if watch:
                 await socket.send(json.dumps(watch))

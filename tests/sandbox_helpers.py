@@ -103,8 +103,11 @@ async def live_server(api: Api) -> AsyncIterator[str]:
 
 
 async def events_socket_url(api: Api, user: TestUser, base: str, container_id: str) -> str:
-    response = await api.client.post("/api/auth/ws-ticket", headers=user.headers)
-    return f"{base}/api/containers/{container_id}/events?ticket={response.json()['ticket']}"
+    path = f"/api/containers/{container_id}/events"
+    response = await api.client.post(
+        "/api/auth/ws-ticket", json={"path": path}, headers=user.headers
+    )
+    return f"{base}{path}?ticket={response.json()['ticket']}"
 
 
 async def stopped_container(api: Api, user: TestUser) -> str:

@@ -13,7 +13,7 @@ import jwt
 import pytest
 from sqlalchemy import func, select, update
 
-from cloudcontainer.db import ApiKey, EmailToken, RefreshToken, User, WsTicket
+from cloudcontainer.db import ApiKey, AuthSession, EmailToken, Project, RefreshToken, User, WsTicket
 from cloudcontainer.errors import Unauthorized
 from tests.conftest import PASSWORD, Api, ApiFactory
 
@@ -718,49 +718,164 @@ async def test_api_keys_need_authentication(api: Api) -> None:
 
 # -- WebSocket tickets ------------------------------------------------------------------------
 
+EVENTS = "/api/containers/ctr_a/events"
+TERMINAL = "/api/containers/ctr_a/terminals/t-1"
+
+
+async def new_ticket(api: Api, headers: dict[str, str], path: str = EVENTS) -> str:
+    response = await api.client.post("/api/auth/ws-ticket", json={"path": path}, headers=headers)
+    assert response.status_code == 200, response.text
+    return str(response.json()["ticket"])
+
 
 async def test_ws_ticket_is_issued_to_an_authenticated_user(api: Api) -> None:
     user = await api.user()
-    response = await api.client.post("/api/auth/ws-ticket", headers=user.headers)
+    response = await api.client.post(
+        "/api/auth/ws-ticket", json={"path": EVENTS}, headers=user.headers
+    )
     assert response.status_code == 200
     body = response.json()
     assert set(body) == {"ticket", "expires_in"}
     assert body["expires_in"] == api.services.settings.ws_ticket_ttl_seconds
-    assert (await api.client.post("/api/auth/ws-ticket")).status_code == 401
+    assert (await api.client.post("/api/auth/ws-ticket", json={"path": EVENTS})).status_code == 401
+
+
+async def test_ws_ticket_names_the_socket_it_opens(api: Api) -> None:
+    user = await api.user()
+    for body in (None, {}, {"path": "api/containers/x/events"}, {"path": "/api/x?ticket=y"},
+                 {"path": "/api/" + "x" * 200}, {"path": "/elsewhere"}):  # fmt: skip
+        response = await api.client.post("/api/auth/ws-ticket", json=body, headers=user.headers)
+        assert response.status_code == 422, body
+    async with api.services.database.session() as session:
+        assert await session.scalar(select(func.count()).select_from(WsTicket)) == 0
 
 
 async def test_ws_ticket_can_be_redeemed_once(api: Api) -> None:
     user = await api.user()
-    ticket = (await api.client.post("/api/auth/ws-ticket", headers=user.headers)).json()["ticket"]
-    principal = await api.services.credentials.redeem_ws_ticket(ticket)
+    ticket = await new_ticket(api, user.headers)
+    principal = await api.services.credentials.redeem_ws_ticket(ticket, EVENTS)
     assert principal.user_id == user.id
+    assert principal.session_id is not None
+    assert principal.api_key_id is None
     with pytest.raises(Unauthorized) as second:
-        await api.services.credentials.redeem_ws_ticket(ticket)
+        await api.services.credentials.redeem_ws_ticket(ticket, EVENTS)
     assert second.value.code == "invalid_ticket"
+
+
+async def test_ws_ticket_opens_only_the_socket_it_was_made_for(api: Api) -> None:
+    user = await api.user()
+    ticket = await new_ticket(api, user.headers, EVENTS)
+    for elsewhere in (TERMINAL, "/api/containers/ctr_b/events", EVENTS + "/", EVENTS.upper()):
+        with pytest.raises(Unauthorized) as refused:
+            await api.services.credentials.redeem_ws_ticket(ticket, elsewhere)
+        assert refused.value.code == "invalid_ticket"
+    # Refused elsewhere, it was not used up: it still opens its own socket, once.
+    principal = await api.services.credentials.redeem_ws_ticket(ticket, EVENTS)
+    assert principal.user_id == user.id
 
 
 async def test_unknown_ws_ticket_is_refused(api: Api) -> None:
     with pytest.raises(Unauthorized):
-        await api.services.credentials.redeem_ws_ticket("wst_no-such-ticket")
+        await api.services.credentials.redeem_ws_ticket("wst_no-such-ticket", EVENTS)
 
 
 async def test_expired_ws_ticket_is_refused(api_factory: ApiFactory) -> None:
     api = await api_factory(ws_ticket_ttl_seconds=5)
     user = await api.user()
-    response = await api.client.post("/api/auth/ws-ticket", headers=user.headers)
+    response = await api.client.post(
+        "/api/auth/ws-ticket", json={"path": EVENTS}, headers=user.headers
+    )
     assert response.json()["expires_in"] == 5
     async with api.services.database.session() as session:
         await session.execute(
             update(WsTicket).values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
         )
     with pytest.raises(Unauthorized):
-        await api.services.credentials.redeem_ws_ticket(response.json()["ticket"])
+        await api.services.credentials.redeem_ws_ticket(response.json()["ticket"], EVENTS)
 
 
 async def test_ws_ticket_is_issued_for_an_api_key(api: Api) -> None:
     user = await api.user()
-    secret = (await create_key(api, user.headers)).json()["key"]
-    response = await api.client.post("/api/auth/ws-ticket", headers=bearer(secret))
-    assert response.status_code == 200
-    principal = await api.services.credentials.redeem_ws_ticket(response.json()["ticket"])
+    created = (await create_key(api, user.headers)).json()
+    ticket = await new_ticket(api, bearer(created["key"]))
+    principal = await api.services.credentials.redeem_ws_ticket(ticket, EVENTS)
     assert principal.user_id == user.id
+    assert principal.api_key_id == created["id"]
+    assert principal.session_id is None
+
+
+async def test_ws_ticket_of_an_ended_session_or_key_is_refused(api: Api) -> None:
+    user = await api.user()
+    of_session = await new_ticket(api, user.headers)
+    key = (await create_key(api, user.headers)).json()
+    of_key = await new_ticket(api, bearer(key["key"]))
+    response = await api.client.delete(f"/api/auth/keys/{key['id']}", headers=user.headers)
+    assert response.status_code == 204
+    response = await api.client.post("/api/auth/logout", headers=user.headers)
+    assert response.status_code == 204
+    for ticket in (of_session, of_key):
+        with pytest.raises(Unauthorized):
+            await api.services.credentials.redeem_ws_ticket(ticket, EVENTS)
+
+
+# -- deleting the account ---------------------------------------------------------------------
+
+
+async def delete_me(api: Api, headers: dict[str, str], password: str) -> httpx.Response:
+    return await api.client.request(
+        "DELETE", "/api/auth/me", json={"password": password}, headers=headers
+    )
+
+
+async def rows_of(api: Api, user_id: str) -> dict[str, int]:
+    counts = {}
+    async with api.services.database.session() as session:
+        for model, column in ((User, User.id), (Project, Project.owner_id),
+                              (AuthSession, AuthSession.user_id), (ApiKey, ApiKey.user_id),
+                              (WsTicket, WsTicket.user_id), (EmailToken, EmailToken.user_id)):  # fmt: skip
+            counts[model.__name__] = await session.scalar(
+                select(func.count()).select_from(model).where(column == user_id)
+            )
+    return counts
+
+
+async def test_deleting_the_account_needs_its_password_and_removes_everything(api: Api) -> None:
+    user, other = await api.user(), await api.user()
+    for owner in (user, other):
+        created = await api.client.post("/api/projects", json={"name": "p"}, headers=owner.headers)
+        assert created.status_code == 201
+    key = (await create_key(api, user.headers)).json()
+    await api.client.post("/api/auth/ws-ticket", json={"path": EVENTS}, headers=user.headers)
+    await api.client.post("/api/auth/password-reset/request", json={"email": user.email})
+    await api.services.tasks.drain()
+    before = await rows_of(api, user.id)
+    assert all(before.values()), before
+
+    for password in ("not the password", PASSWORD.upper()):
+        wrong = await delete_me(api, user.headers, password)
+        assert wrong.status_code == 403
+        assert error_code(wrong) == "wrong_password"
+    assert await rows_of(api, user.id) == before
+    assert (await delete_me(api, {}, PASSWORD)).status_code == 401
+
+    response = await delete_me(api, bearer(key["key"]), PASSWORD)  # a key may do it too
+    assert response.status_code == 204
+    assert not any((await rows_of(api, user.id)).values())
+    assert (await me(api, user.tokens["access_token"])).status_code == 401
+    assert (await login(api, user.email)).status_code == 401
+    assert (await refresh(api, user.tokens["refresh_token"])).status_code == 401
+    theirs = await api.client.get("/api/projects", headers=other.headers)
+    assert theirs.json()["total"] == 1
+    # The address is free again.
+    assert (await register(api, user.email)).status_code == 202
+
+
+async def test_wrong_passwords_at_account_deletion_are_throttled(api_factory: ApiFactory) -> None:
+    api = await api_factory(login_max_failures_per_account=2)
+    user = await api.user()
+    for _ in range(2):
+        assert (await delete_me(api, user.headers, "guess")).status_code == 403
+    throttled = await delete_me(api, user.headers, PASSWORD)
+    assert throttled.status_code == 429
+    assert error_code(throttled) == "login_throttled"
+    assert (await me(api, user.tokens["access_token"])).status_code == 200

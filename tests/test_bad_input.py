@@ -702,7 +702,7 @@ WRONG_METHODS = [
     ("DELETE", "/api/projects", {"GET", "POST"}),
     ("POST", "/api/projects/{project_id}", {"GET", "PATCH", "DELETE"}),
     ("GET", "/api/auth/login", {"POST"}),
-    ("PUT", "/api/auth/me", {"GET"}),
+    ("PUT", "/api/auth/me", {"GET", "DELETE"}),
     ("PATCH", "/api/auth/keys", {"GET", "POST"}),
 ]
 

@@ -28,9 +28,12 @@ async def bolt_shell(api: Api, user: TestUser, cid: str) -> AsyncIterator[BoltSh
         json={"command": "/bin/jsh", "args": ["--osc"], "cols": 80, "rows": 15},
     )  # fmt: skip
     assert created.status_code == 201, created.text
-    ticket = (await api.client.post("/api/auth/ws-ticket", headers=user.headers)).json()["ticket"]
+    path = f"/api/containers/{cid}/terminals/{created.json()['id']}"
+    ticket = (
+        await api.client.post("/api/auth/ws-ticket", json={"path": path}, headers=user.headers)
+    ).json()["ticket"]
     async with live_server(api) as base:
-        url = f"{base}/api/containers/{cid}/terminals/{created.json()['id']}?ticket={ticket}"
+        url = f"{base}{path}?ticket={ticket}"
         async with asyncio.timeout(WAIT * 3), connected(url) as shell:
             yield shell
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.support.server import CLI, cli_env, serve
 
@@ -159,3 +162,64 @@ def test_missing_config_file_is_reported(tmp_path: Path) -> None:
     result = run_cli("db", "upgrade", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
     assert "nope.toml" in result.stderr
+
+
+async def test_user_delete_removes_the_account_under_a_running_server(tmp_path: Path) -> None:
+    """An operator deletes an account while the server runs: its sandbox is destroyed, its
+    credentials stop working, and the server closes its open WebSocket at revalidation."""
+    from websockets.asyncio.client import connect
+
+    data_dir = tmp_path / "state"
+    quick = {"argon2_time_cost": "1", "argon2_memory_cost_kib": "1024", "warm_pool_size": "0"}
+    assert create_user(data_dir, "gone@example.com").returncode == 0
+    assert create_user(data_dir, "kept@example.com").returncode == 0
+    with serve(data_dir, ws_revalidate_seconds="0.5", **quick) as server:
+        async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+            tokens = {}
+            for email in ("gone@example.com", "kept@example.com"):
+                login = await client.post(
+                    "/api/auth/login", json={"email": email, "password": PASSWORD}
+                )
+                tokens[email] = {"Authorization": f"Bearer {login.json()['access_token']}"}
+            gone = tokens["gone@example.com"]
+            project = (await client.post("/api/projects", json={"name": "p"}, headers=gone)).json()
+            cid = (
+                await client.post(
+                    "/api/containers?wait=true", json={"project_id": project["id"]}, headers=gone
+                )
+            ).json()["id"]
+            path = f"/api/containers/{cid}/events"
+            ticket = (
+                await client.post("/api/auth/ws-ticket", json={"path": path}, headers=gone)
+            ).json()["ticket"]
+            ws_url = server.url.replace("http", "ws") + f"{path}?ticket={ticket}"
+            async with connect(ws_url) as socket:
+                assert json.loads(await socket.recv())["status"] == "running"
+                refused = run_cli("user", "delete", "gone@example.com", "--data-dir",
+                                  str(data_dir), stdin="n\n")  # fmt: skip
+                assert refused.returncode == 1
+                assert (await client.get("/api/auth/me", headers=gone)).status_code == 200
+                deleted = run_cli(
+                    "user", "delete", "Gone@Example.com", "--yes", "--data-dir", str(data_dir)
+                )
+                assert deleted.returncode == 0, deleted.stderr
+                assert "gone@example.com" in deleted.stderr
+                with contextlib.suppress(ConnectionClosed):
+                    async with asyncio.timeout(10):
+                        async for _ in socket:
+                            pass
+                assert socket.close_code == 1008
+                # The sessions are revoked first: this server may see that before the user goes.
+                assert socket.close_reason in ("account deleted", "session ended: account_deleted")
+            assert (await client.get("/api/auth/me", headers=gone)).status_code == 401
+            kept = await client.get("/api/auth/me", headers=tokens["kept@example.com"])
+            assert kept.status_code == 200
+        again = run_cli("user", "delete", "gone@example.com", "--yes", "--data-dir", str(data_dir))
+        assert again.returncode == 1
+        assert "No account" in again.stderr
+        assert server.stop()
+    with sqlite3.connect(data_dir / "cloudcontainer.db") as db:
+        assert db.execute("SELECT count(*) FROM containers").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM users").fetchone() == (1,)
+    sandboxes = data_dir / "sandboxes"
+    assert not sandboxes.exists() or cid not in {p.name for p in sandboxes.iterdir()}

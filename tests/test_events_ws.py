@@ -33,8 +33,10 @@ async def login(client: httpx.AsyncClient, email: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {tokens['access_token']}"}
 
 
-async def ticket(client: httpx.AsyncClient, headers: dict[str, str]) -> str:
-    return str((await client.post("/api/auth/ws-ticket", headers=headers)).json()["ticket"])
+async def ticket(client: httpx.AsyncClient, headers: dict[str, str], ws_url: str) -> str:
+    path = httpx.URL(ws_url).path
+    response = await client.post("/api/auth/ws-ticket", json={"path": path}, headers=headers)
+    return str(response.json()["ticket"])
 
 
 async def test_event_socket_streams_status_and_guards_access(tmp_path: Path) -> None:
@@ -57,7 +59,7 @@ async def test_event_socket_streams_status_and_guards_access(tmp_path: Path) -> 
             ).json()["id"]
             ws_url = server.url.replace("http", "ws") + f"/api/containers/{cid}/events"
 
-            good = await ticket(client, owner)
+            good = await ticket(client, owner, ws_url)
             async with connect(f"{ws_url}?ticket={good}") as socket:
                 first = json.loads(await socket.recv())
                 assert first["type"] == "status"
@@ -77,11 +79,11 @@ async def test_event_socket_streams_status_and_guards_access(tmp_path: Path) -> 
                         pass
                 assert refused.value.response.status_code == 403
             with pytest.raises(InvalidStatus):
-                async with connect(f"{ws_url}?ticket={await ticket(client, other)}"):
+                async with connect(f"{ws_url}?ticket={await ticket(client, other, ws_url)}"):
                     pass
 
             # Deleting the container ends the stream with a normal close.
-            async with connect(f"{ws_url}?ticket={await ticket(client, owner)}") as socket:
+            async with connect(f"{ws_url}?ticket={await ticket(client, owner, ws_url)}") as socket:
                 await socket.recv()
                 await client.delete(f"/api/containers/{cid}", headers=owner)
                 async with asyncio.timeout(30):

@@ -42,8 +42,9 @@ def run(client: httpx.Client, container_id: str, script: str) -> tuple[str, int]
 def terminal_output(url: str, client: httpx.Client, cid: str, tid: str, *, typed: bytes,
                     until: bytes) -> bytes:  # fmt: skip
     """Attach to a terminal, type `typed`, and read its bytes until `until` shows."""
-    ticket = client.post("/api/auth/ws-ticket").json()["ticket"]
-    ws_url = url.replace("http", "ws") + f"/api/containers/{cid}/terminals/{tid}?ticket={ticket}"
+    path = f"/api/containers/{cid}/terminals/{tid}"
+    ticket = client.post("/api/auth/ws-ticket", json={"path": path}).json()["ticket"]
+    ws_url = url.replace("http", "ws") + f"{path}?ticket={ticket}"
     seen = b""
     with connect(ws_url, max_size=None) as socket:
         assert json.loads(socket.recv(timeout=30))["type"] == "attached"

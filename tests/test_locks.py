@@ -130,7 +130,12 @@ async def served(api: Api) -> AsyncIterator[str]:
 async def test_lock_changes_are_published_on_the_event_socket(api: Api) -> None:
     user = await api.user()
     cid = await stopped_container(api, user)
-    ticket = (await api.client.post("/api/auth/ws-ticket", headers=user.headers)).json()["ticket"]
+    ticket = (
+        await api.client.post(
+            "/api/auth/ws-ticket", json={"path": f"/api/containers/{cid}/events"},
+            headers=user.headers,
+        )
+    ).json()["ticket"]  # fmt: skip
     async with (
         served(api) as base,
         connect(f"{base}/api/containers/{cid}/events?ticket={ticket}") as socket,

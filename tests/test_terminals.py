@@ -38,8 +38,11 @@ async def create(api: Api, user: TestUser, cid: str, **body: Any) -> dict[str, A
 async def attached(
     api: Api, user: TestUser, base: str, cid: str, tid: str, max_queue: int = 16
 ) -> AsyncIterator[tuple[ClientConnection, dict[str, Any]]]:
-    ticket = (await api.client.post("/api/auth/ws-ticket", headers=user.headers)).json()["ticket"]
-    url = f"{base}/api/containers/{cid}/terminals/{tid}?ticket={ticket}"
+    path = f"/api/containers/{cid}/terminals/{tid}"
+    ticket = (
+        await api.client.post("/api/auth/ws-ticket", json={"path": path}, headers=user.headers)
+    ).json()["ticket"]
+    url = f"{base}{path}?ticket={ticket}"
     async with connect(url, max_size=None, max_queue=max_queue) as socket:
         hello = json.loads(await socket.recv())
         assert hello["type"] == "attached"
@@ -154,7 +157,11 @@ async def test_missing_programs_and_others_terminals(sandbox_api: Api) -> None:
             assert response.status_code == 404
             assert response.json()["error"]["code"] == "terminal_not_found"
         ticket = (
-            await sandbox_api.client.post("/api/auth/ws-ticket", headers=other.headers)
+            await sandbox_api.client.post(
+                "/api/auth/ws-ticket",
+                json={"path": f"/api/containers/{cid}/terminals/{missing['id']}"},
+                headers=other.headers,
+            )
         ).json()
         url = f"{base}/api/containers/{cid}/terminals/{missing['id']}?ticket={ticket['ticket']}"
         with pytest.raises(InvalidStatus) as refused:

@@ -206,6 +206,51 @@ def user_create(
     )
 
 
+@user_app.command("delete")
+def user_delete(
+    email: Annotated[str, typer.Argument(help="The account's e-mail address.")],
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (scripts).")
+    ] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Delete an account and everything it owns: containers (sandboxes destroyed), projects,
+    snapshots, sessions, API keys. A running server closes the account's WebSockets within
+    `ws_revalidate_seconds`."""
+    from sqlalchemy import select
+
+    from cloudcontainer.api.schemas import normalize_email
+    from cloudcontainer.db import User
+    from cloudcontainer.state import open_services
+
+    try:
+        email = normalize_email(email)
+    except ValueError as exc:
+        console.print(f"[red]Invalid e-mail: {exc}[/red]")
+        raise typer.Exit(2) from None
+    if not yes and not typer.confirm(f"Delete {email} and everything it owns?", err=True):
+        raise typer.Exit(1)
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+    configure_logging("warning", "console")
+
+    async def run() -> str | None:
+        async with open_services(settings, supervise=False) as services:
+            async with services.database.session() as session:
+                user = await session.scalar(select(User).where(User.email == email))
+            if user is None:
+                return None
+            await services.removal.delete_account(user, actor="cli", source_ip=None)
+            return user.id
+
+    user_id = asyncio.run(run())
+    if user_id is None:
+        console.print(f"[red]No account {escape(email)}.[/red]")
+        raise typer.Exit(1)
+    console.print(f"[green]Deleted {escape(email)}[/green] ({user_id})")
+
+
 @image_app.command("build")
 def image_build(
     tag: Annotated[

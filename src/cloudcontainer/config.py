@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=300)
     email_token_ttl_seconds: int = Field(86_400, ge=60)
     ws_ticket_ttl_seconds: int = Field(60, ge=5, le=3_600)
+    ws_revalidate_seconds: float = Field(
+        30.0, gt=0, le=3_600,
+        description="How often open WebSockets are checked against the database: one whose "
+        "session, API key or account ended through another gateway (or expired) is closed "
+        "within this time; through this one, at once.",
+    )  # fmt: skip
     auth_cache_seconds: float = Field(
         2.0, ge=0, le=60,
         description="How long a checked session or API key is trusted without asking the "

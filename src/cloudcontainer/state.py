@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 import structlog
 
+from cloudcontainer.accounts import Removal
 from cloudcontainer.agentlink.bundle import build_agent_zipapp
 from cloudcontainer.auth.credentials import CredentialService, PrincipalCache
 from cloudcontainer.auth.mail import mailer_from_settings
 from cloudcontainer.auth.passwords import PasswordHasher
 from cloudcontainer.auth.service import AccountService
+from cloudcontainer.auth.sockets import SocketRegistry
 from cloudcontainer.auth.tokens import AccessTokenSigner
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Database, migrate
@@ -49,6 +51,7 @@ class Services:
     tasks: TaskSet
     accounts: AccountService
     credentials: CredentialService
+    sockets: SocketRegistry
     projects: ProjectService
     events: EventBus
     runtime: Runtime
@@ -59,6 +62,7 @@ class Services:
     storage: ObjectStorage
     snapshots: SnapshotService
     terminals: TerminalService
+    removal: Removal
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -94,6 +98,7 @@ async def open_services(
     supervisor: Supervisor | None = None
     locks: LockService | None = None
     periodic: asyncio.Task[None] | None = None
+    revalidating: asyncio.Task[None] | None = None
     try:
         await migrate.upgrade(database)
         signer = AccessTokenSigner(settings.signing_key(), settings.access_token_ttl_seconds)
@@ -129,6 +134,10 @@ async def open_services(
                 # Not in `tasks`: it never ends by itself, and `tasks` is drained at shutdown.
                 periodic = asyncio.create_task(snapshots.run_periodically(), name="snapshots")
         principals = PrincipalCache(settings.auth_cache_seconds)
+        projects = ProjectService(database)
+        sockets = SocketRegistry(database, revalidate_seconds=settings.ws_revalidate_seconds)
+        if supervise:
+            revalidating = asyncio.create_task(sockets.run(), name="revalidate websockets")
         yield Services(
             settings=settings,
             database=database,
@@ -142,14 +151,17 @@ async def open_services(
                 mailer=mailer_from_settings(settings),
                 tasks=tasks,
                 principals=principals,
+                sockets=sockets,
             ),
             credentials=CredentialService(
                 database=database,
                 signer=signer,
                 ticket_ttl_seconds=settings.ws_ticket_ttl_seconds,
                 cache=principals,
+                sockets=sockets,
             ),
-            projects=ProjectService(database),
+            sockets=sockets,
+            projects=projects,
             events=events,
             runtime=runtime,
             containers=containers,
@@ -165,12 +177,17 @@ async def open_services(
             order=Sequencer(settings.fifo_wait_seconds),
             storage=storage,
             snapshots=snapshots,
-        )
+            removal=Removal(
+                database=database, containers=containers, projects=projects,
+                snapshots=snapshots, principals=principals, sockets=sockets,
+            ),
+        )  # fmt: skip
     finally:
-        if periodic is not None:
-            periodic.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await periodic
+        for task in (periodic, revalidating):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if locks is not None:
             locks.aclose()
         if supervisor is not None:

@@ -53,6 +53,26 @@ class ResetConfirmRequest(RequestModel):
     password: Password
 
 
+class TicketRequest(RequestModel):
+    path: Annotated[
+        str,
+        Field(
+            min_length=5,
+            max_length=160,
+            pattern=r"^/api/[^?#\x00]*$",
+            description="The path of the one WebSocket the ticket opens, without host or query: "
+            "`/api/containers/{id}/events` or `/api/containers/{id}/terminals/{terminal_id}`. "
+            "Presented on any other socket the ticket is refused (and stays valid for this one).",
+            examples=["/api/containers/ctr_0123456789abcdef/events"],
+        ),
+    ]
+
+
+class DeleteAccountRequest(RequestModel):
+    # Any length, as at login: the password the account has now, whatever the policy was.
+    password: Annotated[str, Field(min_length=1, max_length=256)]
+
+
 class ApiKeyRequest(RequestModel):
     name: Name
     expires_in_days: Annotated[int | None, Field(ge=1, le=3650), WholeNumber] = None
@@ -206,6 +226,22 @@ async def me(principal: CurrentPrincipal) -> UserOut:
     return UserOut.of(principal.user)
 
 
+@router.delete("/me", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_account(
+    body: DeleteAccountRequest, request: Request, principal: CurrentPrincipal,
+    services: ServicesDep,
+) -> Response:  # fmt: skip
+    """Delete the account and everything it owns, for good: its containers (sandboxes
+    stopped and destroyed), projects, snapshots, sessions and API keys. Needs the account's
+    password (403 `wrong_password` otherwise, and nothing is deleted). Its open WebSockets
+    are closed (1008 `account deleted`)."""
+    await services.accounts.check_password(principal.user, body.password)
+    await services.removal.delete_account(
+        principal.user, actor="self", source_ip=client_ip(request)
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.post("/keys", status_code=status.HTTP_201_CREATED)
 async def create_api_key(
     body: ApiKeyRequest, principal: CurrentPrincipal, services: ServicesDep
@@ -233,7 +269,11 @@ async def revoke_api_key(
 
 
 @router.post("/ws-ticket")
-async def ws_ticket(principal: CurrentPrincipal, services: ServicesDep) -> TicketOut:
-    """A short-lived, single-use ticket to open a WebSocket as `?ticket=...`."""
-    ticket, ttl = await services.credentials.issue_ws_ticket(principal.user_id)
+async def ws_ticket(
+    body: TicketRequest, principal: CurrentPrincipal, services: ServicesDep
+) -> TicketOut:
+    """A short-lived, single-use ticket to open the WebSocket at `path` as `?ticket=...`.
+    The socket lasts as long as the session or API key that asked for the ticket: logging
+    out, revoking the key, a password reset or deleting the account closes it (1008)."""
+    ticket, ttl = await services.credentials.issue_ws_ticket(principal, body.path)
     return TicketOut(ticket=ticket, expires_in=ttl)

@@ -20,6 +20,7 @@ from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel, WholeNumber
+from cloudcontainer.auth.sockets import OpenSocket
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, Forbidden
 from cloudcontainer.files.watch import WatchFeed, WatchRequest
@@ -330,29 +331,44 @@ EventCommand = TypeAdapter(Annotated[WatchCommand | UnwatchCommand, Field(discri
 @router.websocket("/{container_id}/events")
 async def container_events(websocket: WebSocket, container_id: str, ticket: str = "") -> None:
     """Status changes, agent events (ports, process exits) and file watches, as JSON frames.
-    The client sends `watch`/`unwatch` commands; see docs/api.md for the whole protocol."""
+    The client sends `watch`/`unwatch` commands; see docs/api.md for the whole protocol.
+    `?ticket=` is from POST /api/auth/ws-ticket for this path; the socket is closed with 1008
+    when the session or key behind it ends."""
     services: Services = websocket.app.state.services
     try:
-        principal = await services.credentials.redeem_ws_ticket(ticket)
+        principal = await services.credentials.redeem_ws_ticket(ticket, websocket.url.path)
         container = await services.containers.get(principal.user_id, container_id)
     except CloudContainerError:
         await websocket.close(code=WS_POLICY_VIOLATION)
         return
+    # Tracked from the ticket's check on: a logout while the socket opens still counts.
+    with services.sockets.track(principal) as tracked:
+        await _serve_events(websocket, services, principal.user_id, container, tracked)
+
+
+async def _serve_events(
+    websocket: WebSocket, services: Services, user_id: str, container: Container,
+    tracked: OpenSocket,
+) -> None:  # fmt: skip
     outbox: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue()
     feed = WatchFeed(
-        services.containers, principal.user_id, container_id,
+        services.containers, user_id, container.id,
         lambda message, size: outbox.put_nowait((message, size)), services.metrics,
         max_pending_bytes=services.settings.watch_max_pending_bytes,
     )  # fmt: skip
-    async with services.events.subscribe(container_id) as queue:
+    async with services.events.subscribe(container.id) as queue:
         await websocket.accept()
         outbox.put_nowait(({"type": "status", "status": container.status,
                             "reason": container.status_reason}, 0))  # fmt: skip
         try:
-            await until_first_ends(
-                _send_events(websocket, outbox, feed), _read_commands(websocket, feed, outbox),
-                _pump_bus(queue, feed, outbox),
-            )  # fmt: skip
+            with services.containers.hold(container.id):
+                await until_first_ends(
+                    _send_events(websocket, outbox, feed), _read_commands(websocket, feed, outbox),
+                    _pump_bus(queue, feed, outbox), tracked.wait(),
+                )  # fmt: skip
+            if tracked.ended.is_set():
+                with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+                    await websocket.close(code=WS_POLICY_VIOLATION, reason=tracked.reason)
         finally:
             await feed.close()
 

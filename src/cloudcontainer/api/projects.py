@@ -110,10 +110,7 @@ async def update_project(
 async def delete_project(
     project_id: str, principal: CurrentPrincipal, services: ServicesDep
 ) -> Response:
-    await services.projects.get(principal.user_id, project_id)
-    await services.containers.delete_project_containers(principal.user_id, project_id)
-    await services.projects.delete(principal.user_id, project_id)
-    await services.snapshots.forget_project(project_id)
+    await services.removal.delete_project(principal.user_id, project_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

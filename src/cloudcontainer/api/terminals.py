@@ -114,20 +114,27 @@ async def delete_terminal(
 async def attach_terminal(
     websocket: WebSocket, container_id: str, terminal_id: str, ticket: str = ""
 ) -> None:
-    """Attach to a terminal (`?ticket=` from POST /api/auth/ws-ticket); see docs/terminals.md."""
+    """Attach to a terminal (`?ticket=` from POST /api/auth/ws-ticket for this path); see
+    docs/terminals.md. Closed with 1008 when the session or key behind the ticket ends."""
     services: Services = websocket.app.state.services
     client = TerminalClient()
     try:
-        principal = await services.credentials.redeem_ws_ticket(ticket)
-        attach = services.terminals.attach(principal.user_id, container_id, terminal_id, client)
-        async with attach as (hub, terminal):
-            await websocket.accept()
-            await websocket.send_text(_json({"type": "attached", "terminal": terminal}))
-            if terminal["state"] == "exited":  # its exit event went by before this client
-                client.put({"type": "exit", "code": terminal["exit_code"]})
-            await until_first_ends(
-                _send_output(websocket, hub, client), _read_input(websocket, hub)
-            )
+        principal = await services.credentials.redeem_ws_ticket(ticket, websocket.url.path)
+        # Tracked from the ticket's check on: a logout while the terminal attaches still counts.
+        with services.sockets.track(principal) as tracked:
+            attach = services.terminals.attach(principal.user_id, container_id, terminal_id, client)
+            async with attach as (hub, terminal):
+                await websocket.accept()
+                with services.containers.hold(container_id):
+                    await websocket.send_text(_json({"type": "attached", "terminal": terminal}))
+                    if terminal["state"] == "exited":  # its exit event went by before this client
+                        client.put({"type": "exit", "code": terminal["exit_code"]})
+                    await until_first_ends(
+                        _send_output(websocket, hub, client), _read_input(websocket, hub),
+                        tracked.wait(),
+                    )  # fmt: skip
+                if tracked.ended.is_set():
+                    await _close(websocket, WS_POLICY_VIOLATION, tracked.reason)
     except CloudContainerError:
         if websocket.client_state.name == "CONNECTING":
             await websocket.close(code=WS_POLICY_VIOLATION)
@@ -173,9 +180,9 @@ async def _control(websocket: WebSocket, hub: Hub, text: str) -> None:
     await hub.resize(command.cols, command.rows)
 
 
-async def _close(websocket: WebSocket, code: int) -> None:
+async def _close(websocket: WebSocket, code: int, reason: str | None = None) -> None:
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client closed first
-        await websocket.close(code=code)
+        await websocket.close(code=code, reason=reason)
 
 
 def _json(message: dict[str, Any]) -> str:

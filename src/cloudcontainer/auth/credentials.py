@@ -6,8 +6,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Select, delete, false, or_, select, update
 
+from cloudcontainer.auth.sockets import SocketRegistry
 from cloudcontainer.auth.tokens import API_KEY_PREFIX, AccessTokenSigner, digest, new_secret
 from cloudcontainer.db import ApiKey, AuthSession, Database, User, WsTicket
 from cloudcontainer.db.types import new_id, utcnow
@@ -80,9 +81,10 @@ class PrincipalCache:
 class CredentialService:
     def __init__(
         self, *, database: Database, signer: AccessTokenSigner, ticket_ttl_seconds: int,
-        cache: PrincipalCache,
+        cache: PrincipalCache, sockets: SocketRegistry,
     ) -> None:  # fmt: skip
         self._db = database
+        self._sockets = sockets
         self._signer = signer
         self._ticket_ttl = timedelta(seconds=ticket_ttl_seconds)
         self.cache = cache
@@ -180,32 +182,67 @@ class CredentialService:
                 .values(revoked_at=utcnow())
             )
         self.cache.forget(api_key_id=key_id)
+        self._sockets.end(api_key_id=key_id, reason="API key revoked")
 
     # -- WebSocket tickets ----------------------------------------------------------------
 
-    async def issue_ws_ticket(self, user_id: str) -> tuple[str, int]:
-        """A single-use ticket for `?ticket=` on a WebSocket URL, and its lifetime in seconds."""
+    async def issue_ws_ticket(self, principal: Principal, scope: str) -> tuple[str, int]:
+        """A single-use ticket for `?ticket=` on the WebSocket whose path is `scope`, bound to
+        the session or API key of `principal`; and its lifetime in seconds."""
         ticket = new_secret("wst_")
         now = utcnow()
         async with self._db.session() as session:
             await session.execute(delete(WsTicket).where(WsTicket.expires_at <= now))
             session.add(
                 WsTicket(
-                    id=new_id("wst"), user_id=user_id, ticket_hash=digest(ticket),
-                    expires_at=now + self._ticket_ttl,
+                    id=new_id("wst"), user_id=principal.user_id, ticket_hash=digest(ticket),
+                    expires_at=now + self._ticket_ttl, scope=scope,
+                    session_id=principal.session_id, api_key_id=principal.api_key_id,
                 )
             )  # fmt: skip
         return ticket, int(self._ticket_ttl.total_seconds())
 
-    async def redeem_ws_ticket(self, ticket: str) -> Principal:
-        """Consume a ticket (atomically: a second use fails) and return its principal."""
+    async def redeem_ws_ticket(self, ticket: str, scope: str) -> Principal:
+        """Consume a ticket made for the socket `scope` (atomically: a second use fails) and
+        return its principal, if the session or key it was issued under is still valid.
+
+        A ticket presented on another socket is refused and left as it was: it still opens
+        the one it was made for (issue 9)."""
+        now = utcnow()
         async with self._db.session() as session:
-            user_id = await session.scalar(
-                delete(WsTicket)
-                .where(WsTicket.ticket_hash == digest(ticket), WsTicket.expires_at > utcnow())
-                .returning(WsTicket.user_id)
-            )
-            user = await session.get(User, user_id) if user_id else None
-        if user is None:
+            row = (
+                await session.execute(
+                    delete(WsTicket)
+                    .where(
+                        WsTicket.ticket_hash == digest(ticket),
+                        WsTicket.scope == scope,
+                        WsTicket.expires_at > now,
+                    )
+                    .returning(WsTicket.user_id, WsTicket.session_id, WsTicket.api_key_id)
+                )
+            ).first()
+            user = None
+            if row is not None:
+                user = await session.scalar(_live_user(row.user_id, row.session_id,
+                                                       row.api_key_id, now))  # fmt: skip
+        if row is None or user is None:
             raise Unauthorized("The ticket is invalid, used or expired.", code="invalid_ticket")
-        return Principal(user=user)
+        return Principal(user=user, session_id=row.session_id, api_key_id=row.api_key_id)
+
+
+def _live_user(
+    user_id: str, session_id: str | None, api_key_id: str | None, now: datetime
+) -> Select[User]:
+    """The user, if the session or API key named is still valid."""
+    query = select(User).where(User.id == user_id)
+    if session_id is not None:
+        return query.join(AuthSession, AuthSession.user_id == User.id).where(
+            AuthSession.id == session_id, AuthSession.revoked_at.is_(None)
+        )
+    if api_key_id is not None:
+        return query.join(ApiKey, ApiKey.user_id == User.id).where(
+            ApiKey.id == api_key_id,
+            ApiKey.revoked_at.is_(None),
+            or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+        )
+    return query.where(false())  # every ticket names the credential it was issued under

@@ -18,6 +18,7 @@ from cloudcontainer.auth import emails
 from cloudcontainer.auth.credentials import PrincipalCache
 from cloudcontainer.auth.mail import Mailer, compose
 from cloudcontainer.auth.passwords import PasswordHasher
+from cloudcontainer.auth.sockets import SocketRegistry
 from cloudcontainer.auth.throttle import SlidingWindow
 from cloudcontainer.auth.tokens import AccessTokenSigner, digest, new_secret
 from cloudcontainer.config import Settings
@@ -53,9 +54,11 @@ class AccountService:
         mailer: Mailer,
         tasks: TaskSet,
         principals: PrincipalCache,
+        sockets: SocketRegistry,
     ) -> None:
         self._settings = settings
         self._principals = principals
+        self._sockets = sockets
         self._db = database
         self._hasher = hasher
         self._signer = signer
@@ -162,6 +165,7 @@ class AccountService:
                 .values(used_at=now)
             )
         self._principals.forget(user_id=row.user_id)
+        self._sockets.end(user_id=row.user_id, reason="password reset")
         log.info("password reset", user_id=row.user_id)
 
     @property
@@ -207,6 +211,23 @@ class AccountService:
         )
         message = compose(sender=self._settings.mail_from, to=to, subject=subject, body=text)
         self._tasks.spawn(self._mailer.send(message), name=f"mail:{subject}")
+
+    async def check_password(self, user: User, password: str) -> None:
+        """Before a destructive request (deleting the account): 403 `wrong_password` unless
+        `password` is the account's. Failures count against the account's login throttle, so
+        a stolen access token cannot be used to guess the password."""
+        retry_after = self._account_failures.retry_after(user.email)
+        if retry_after is not None:
+            raise TooManyRequests(
+                "Too many wrong passwords; try again later.",
+                retry_after=retry_after, code="login_throttled",
+            )  # fmt: skip
+        async with self._db.session() as session:
+            stored = await session.scalar(select(User.password_hash).where(User.id == user.id))
+        if not await self._hasher.verify(password, stored):
+            self._account_failures.hit(user.email)
+            raise Forbidden("The password is not correct.", code="wrong_password")
+        self._account_failures.reset(user.email)
 
     # -- login sessions -------------------------------------------------------------------
 
@@ -311,3 +332,4 @@ class AccountService:
                 .values(revoked_at=utcnow(), revoked_reason=reason)
             )
         self._principals.forget(session_id=session_id)
+        self._sockets.end(session_id=session_id, reason=f"session ended: {reason}")

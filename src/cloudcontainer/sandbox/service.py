@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import secrets
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,7 @@ class ContainerService:
         # Set when the runtime cannot work on this host; creating containers then says why.
         self.runtime_problem: str | None = None
         self.last_active: dict[str, float] = {}
+        self._held: Counter[str] = Counter()  # container id → client connections open
         self.hooks = LifecycleHooks()
 
     # -- queries --------------------------------------------------------------------------
@@ -315,6 +317,24 @@ class ContainerService:
 
     def touch(self, container_id: str) -> None:
         self.last_active[container_id] = asyncio.get_running_loop().time()
+
+    @contextmanager
+    def hold(self, container_id: str) -> Iterator[None]:
+        """A client connection (a terminal or event WebSocket): while one is open the
+        container is never idle-stopped, and its idle time counts from the last one's end."""
+        self._held[container_id] += 1
+        self.touch(container_id)
+        try:
+            yield
+        finally:
+            self._held[container_id] -= 1
+            if self._held[container_id] <= 0:
+                del self._held[container_id]
+            if container_id in self.last_active:  # not for a container deleted meanwhile
+                self.touch(container_id)
+
+    def held(self, container_id: str) -> bool:
+        return self._held[container_id] > 0
 
     # -- bringing up and taking down ------------------------------------------------------
 

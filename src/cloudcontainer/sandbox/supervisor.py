@@ -162,6 +162,9 @@ class Supervisor:
         for container in await self.service.list(None):
             if container.status != Status.RUNNING:
                 continue
+            if self.service.held(container.id):  # someone is connected to it
+                self.service.touch(container.id)
+                continue
             idle_for = now - self.service.last_active.get(container.id, now)
             if idle_for >= self.settings.idle_timeout_seconds:
                 log.info(

@@ -118,13 +118,17 @@ class Hub:
     """The clients of one terminal on this gateway, fed from the agent link."""
 
     def __init__(
-        self, link: AgentClient, proc_id: int, input_rate: InputRate, on_empty: Callable[[], None]
-    ) -> None:
+        self, link: AgentClient, proc_id: int, input_rate: InputRate,
+        on_empty: Callable[[], None], on_activity: Callable[[], None] = lambda: None,
+    ) -> None:  # fmt: skip
         self.link = link
         self.proc_id = proc_id
         self.input_rate = input_rate
         self.clients: set[TerminalClient] = set()
         self._on_empty = on_empty
+        # Input and output keep the container from being idle-stopped (issue 9): a dict
+        # write per chunk, no database.
+        self._on_activity = on_activity
         self._stop_listening: list[Callable[[], None]] = []
 
     async def join(self, client: TerminalClient) -> dict[str, Any]:
@@ -160,6 +164,7 @@ class Hub:
     async def type(self, data: bytes) -> None:
         """Input from any client, at most the terminal's input rate (it waits beyond)."""
         await self.input_rate.take(len(data))
+        self._on_activity()
         await self.link.send_input(self.proc_id, data)
 
     async def resize(self, cols: int, rows: int) -> None:
@@ -182,6 +187,7 @@ class Hub:
             task.add_done_callback(_ignore_failure)
 
     def _output(self, _: int, data: bytes) -> None:
+        self._on_activity()
         for client in self.clients:
             client.put(data)
 
@@ -322,7 +328,10 @@ class TerminalService:
         hub = self._hubs.get(key)
         if hub is None or hub.link is not link:
             rate = InputRate(self._input_rate, burst=max(self._input_rate // 4, 4096))
-            hub = Hub(link, process["proc_id"], rate, lambda: self._forget(key, hub))
+            hub = Hub(
+                link, process["proc_id"], rate, lambda: self._forget(key, hub),
+                lambda: self._containers.touch(container_id),
+            )  # fmt: skip
             self._hubs[key] = hub
         try:
             attached = await hub.join(client)
