@@ -80,3 +80,31 @@ def test_command_deny_patterns_must_be_regular_expressions(tmp_path: Path) -> No
     assert Settings(data_dir=tmp_path, command_deny_patterns=[r"\brm\s+-rf\b"])
     with pytest.raises(ValueError, match="not a regular expression"):
         Settings(data_dir=tmp_path, command_deny_patterns=["(unclosed"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("egress_allow", ["10.0.0.1:0"]),
+        ("egress_allow", ["10.0.0.1:99999"]),
+        ("egress_allow", ["not-an-address"]),
+        ("egress_allow", ["[fd00::1]443"]),
+        ("local_sandbox_uids", "5-4"),
+        ("local_sandbox_uids", "0-100"),
+        ("local_sandbox_uids", "1000000000"),
+    ],
+)
+def test_security_settings_refuse_what_they_cannot_mean(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        Settings(**{field: value})
+
+
+def test_egress_allow_entries_parse_to_networks_and_ports() -> None:
+    from cloudcontainer.config import parse_allow
+
+    assert str(parse_allow("10.1.2.3").network) == "10.1.2.3/32"
+    rule = parse_allow("10.5.0.0/16:4873")
+    assert (str(rule.network), rule.port) == ("10.5.0.0/16", 4873)
+    rule = parse_allow("[fd00::/8]:443")
+    assert (str(rule.network), rule.port) == ("fd00::/8", 443)
+    assert parse_allow("fd00::1").port is None

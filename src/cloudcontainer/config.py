@@ -8,9 +8,11 @@ once at start and injected; nothing below the CLI reads the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,9 +24,49 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["AllowRule", "Settings", "load_settings", "parse_allow"]
 
 RuntimeName = Literal["local", "docker"]
+
+
+@dataclass(frozen=True, slots=True)
+class AllowRule:
+    """One `egress_allow` entry: a network, and optionally the one port allowed there."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network
+    port: int | None = None
+
+    def matches(self) -> list[str]:
+        """iptables match arguments: the destination, and the port for TCP and UDP both."""
+        if self.port is None:
+            return [f"-d {self.network}"]
+        return [f"-d {self.network} -p {proto} --dport {self.port}" for proto in ("tcp", "udp")]
+
+
+def parse_allow(entry: str) -> AllowRule:
+    """`CIDR`, `ADDRESS`, `CIDR:PORT`, or `[IPV6-CIDR]:PORT`; ValueError with the reason."""
+    text, port = entry.strip(), None
+    if text.startswith("["):
+        address, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{entry!r}: expected [ADDRESS]:PORT")
+            port = _port(rest[1:], entry)
+        text = address
+    elif text.count(":") == 1:  # IPv4 with a port (an IPv6 address has several colons)
+        text, _, raw_port = text.partition(":")
+        port = _port(raw_port, entry)
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{entry!r}: not an address or network ({exc})") from None
+    return AllowRule(network, port)
+
+
+def _port(text: str, entry: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ValueError(f"{entry!r}: the port must be 1-65535")
+    return int(text)
 
 
 class Settings(BaseSettings):
@@ -288,8 +330,6 @@ class Settings(BaseSettings):
     @field_validator("egress_allow")
     @classmethod
     def _check_egress_allow(cls, value: list[str]) -> list[str]:
-        from cloudcontainer.runtimes.egress import parse_allow  # no import cycle at load
-
         for entry in value:
             parse_allow(entry)
         return value

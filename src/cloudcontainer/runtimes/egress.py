@@ -35,6 +35,7 @@ from pathlib import Path
 
 import structlog
 
+from cloudcontainer.config import AllowRule, parse_allow
 from cloudcontainer.runtimes.base import RuntimeUnavailable
 
 __all__ = [
@@ -43,7 +44,6 @@ __all__ = [
     "METADATA_ADDRESS",
     "EgressPolicy",
     "Firewall",
-    "parse_allow",
 ]
 
 log = structlog.get_logger(__name__)
@@ -72,44 +72,6 @@ REJECT_CHAIN_SUFFIX = "-NO"
 RESOLV_CONF = Path("/etc/resolv.conf")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-@dataclass(frozen=True, slots=True)
-class AllowRule:
-    network: ipaddress.IPv4Network | ipaddress.IPv6Network
-    port: int | None = None
-
-    def matches(self) -> list[str]:
-        """iptables match arguments: the destination, and the port for TCP and UDP both."""
-        if self.port is None:
-            return [f"-d {self.network}"]
-        return [f"-d {self.network} -p {proto} --dport {self.port}" for proto in ("tcp", "udp")]
-
-
-def parse_allow(entry: str) -> AllowRule:
-    """`CIDR`, `ADDRESS`, `CIDR:PORT`, or `[IPV6-CIDR]:PORT`; ValueError with the reason."""
-    text, port = entry.strip(), None
-    if text.startswith("["):
-        address, _, rest = text[1:].partition("]")
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"{entry!r}: expected [ADDRESS]:PORT")
-            port = _port(rest[1:], entry)
-        text = address
-    elif text.count(":") == 1:  # IPv4 with a port (an IPv6 address has several colons)
-        text, _, raw_port = text.partition(":")
-        port = _port(raw_port, entry)
-    try:
-        network = ipaddress.ip_network(text, strict=False)
-    except ValueError as exc:
-        raise ValueError(f"{entry!r}: not an address or network ({exc})") from None
-    return AllowRule(network, port)
-
-
-def _port(text: str, entry: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise ValueError(f"{entry!r}: the port must be 1-65535")
-    return int(text)
 
 
 def nameservers(resolv_conf: Path = RESOLV_CONF) -> list[Address]:
