@@ -16,10 +16,13 @@ import posixpath
 import stat
 from typing import Any, Dict, List, Optional
 
-from cloudcontainer.agent.protocol import AgentError
+from cloudcontainer.agent.protocol import READ_CHUNK_BYTES, AgentError
 from cloudcontainer.agent.server import Registry, Session
 
 MAX_PATH = 4096
+# Replaced content an answer carries at most per file (file history): a rename answers two,
+# and both fit the link's message limit (protocol.MAX_MESSAGE_BYTES) with room to spare.
+MAX_KEEP_PREVIOUS = 4 * 1024 * 1024
 
 
 class Files:
@@ -60,18 +63,34 @@ class Files:
         absolute = self.resolve(path)
         return self.entry(absolute, os.lstat(absolute))
 
-    def read(self, path: Any) -> Dict[str, Any]:
+    def read(self, path: Any, offset: Any = 0, length: Any = None) -> Dict[str, Any]:
+        """The file's bytes; with `length`, at most that many (capped at READ_CHUNK_BYTES)
+        from `offset`: larger files travel in chunks, each answer under the message limit.
+        `sha256` comes only with an answer that holds the whole file; `eof` says whether the
+        answer reaches the end."""
         absolute = self.resolve(path)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise AgentError("EINVAL", "offset must be a non-negative integer")
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool)
+                                   or length < 1):  # fmt: skip
+            raise AgentError("EINVAL", "length must be a positive integer")
         with open(absolute, "rb") as handle:
             st = os.fstat(handle.fileno())
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(21, "Is a directory", absolute)
-            data = handle.read()
-        return {
-            "data": base64.b64encode(data).decode("ascii"),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            **self.entry(absolute, st),
-        }
+            if offset:
+                handle.seek(offset)
+            if length is None:
+                data, eof = handle.read(), True
+            else:
+                length = min(length, READ_CHUNK_BYTES)
+                data = handle.read(length)
+                eof = len(data) < length or not handle.read(1)
+        answer = {"data": base64.b64encode(data).decode("ascii"), "eof": eof,
+                  **self.entry(absolute, st)}  # fmt: skip
+        if eof and not offset:
+            answer["sha256"] = hashlib.sha256(data).hexdigest()
+        return answer
 
     def write(self, path: Any, data: Any, mkdirs: bool = False,
               expect_sha256: Optional[str] = None,
@@ -257,6 +276,7 @@ def _previous(path: str, limit: Any) -> Optional[Dict[str, Any]]:
     `limit` is 0: not asked)."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
         return None
+    limit = min(limit, MAX_KEEP_PREVIOUS)
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -290,7 +310,7 @@ def register(registry: Registry, files: Files) -> None:
         return files.stat(args["path"])
 
     async def read(session: Session, args: Dict[str, Any]) -> Any:
-        return files.read(args["path"])
+        return files.read(args["path"], args.get("offset", 0), args.get("length"))
 
     async def write(session: Session, args: Dict[str, Any]) -> Any:
         return files.write(

@@ -20,7 +20,15 @@ from websockets.asyncio.server import ServerConnection, serve, unix_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from cloudcontainer.agent.protocol import AUTH_HEADER, AgentError, pack_frame, unpack_frame
+from cloudcontainer.agent.protocol import (
+    AUTH_HEADER,
+    AgentError,
+    pack_frame,
+    unpack_frame,
+)
+from cloudcontainer.agent.protocol import (
+    MAX_MESSAGE_BYTES as MAX_SEND_BYTES,
+)
 
 log = logging.getLogger("cloudcontainer.agent")
 
@@ -72,8 +80,15 @@ class Session:
         self._wakeup.set()
 
     def send_json(self, message: Dict[str, Any]) -> None:
-        if not self.closed:
-            self._enqueue(json.dumps(message, separators=(",", ":")))
+        if self.closed:
+            return
+        text = json.dumps(message, separators=(",", ":"))  # ASCII: as many bytes as chars
+        if len(text) > MAX_SEND_BYTES:
+            replacement = _too_large(message, len(text))
+            if replacement is None:
+                return
+            text = replacement
+        self._enqueue(text)
 
     def event(self, name: str, data: Dict[str, Any]) -> None:
         self.send_json({"event": name, "data": data})
@@ -182,6 +197,20 @@ class Session:
 
     def _reply_error(self, request_id: Any, exc: AgentError) -> None:
         self.send_json({"id": request_id, "ok": False, "error": exc.to_dict()})
+
+
+def _too_large(message: Dict[str, Any], size: int) -> Optional[str]:
+    """An answer the gateway would refuse (it takes MAX_SEND_BYTES) becomes an EFBIG error;
+    an event is dropped (those that could grow are split by their senders)."""
+    if "id" not in message:
+        log.warning("event %s dropped: %d bytes", message.get("event"), size)
+        return None
+    text = "EFBIG: the answer would be %.1f MiB, more than the %d MiB a message may carry" % (
+        size / 1048576,
+        MAX_SEND_BYTES // 1048576,
+    )
+    error = {"code": "EFBIG", "message": text}
+    return json.dumps({"id": message["id"], "ok": False, "error": error})
 
 
 def os_error(exc: OSError) -> AgentError:

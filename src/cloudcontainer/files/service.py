@@ -14,6 +14,7 @@ from typing import Any
 
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
+from cloudcontainer.agentlink.files import read_file
 from cloudcontainer.db import FileVersion
 from cloudcontainer.errors import (
     BadRequest,
@@ -22,6 +23,7 @@ from cloudcontainer.errors import (
     Forbidden,
     InsufficientStorage,
     NotFound,
+    PayloadTooLarge,
     PreconditionFailed,
 )
 from cloudcontainer.files.history import FileHistory
@@ -51,6 +53,7 @@ _ERRORS: ErrorTable = {
     "ENOSPC": (InsufficientStorage, "no_space"),
     "EXDEV": (Conflict, "cross_device"),
     "EDQUOT": (InsufficientStorage, "quota_exceeded"),
+    "EFBIG": (PayloadTooLarge, "too_large"),
 }
 
 
@@ -149,9 +152,13 @@ def _entry(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class FileService:
-    def __init__(self, containers: ContainerService, history: FileHistory | None = None) -> None:
+    def __init__(
+        self, containers: ContainerService, history: FileHistory | None = None, *,
+        max_file_bytes: int = 50 * 1024 * 1024,
+    ) -> None:  # fmt: skip
         self._containers = containers
         self.history = history
+        self.max_file_bytes = max_file_bytes
 
     async def _agent(self, owner_id: str, container_id: str) -> AgentClient:
         return await self._containers.agent(owner_id, container_id)
@@ -165,12 +172,14 @@ class FileService:
         return [_entry(entry) for entry in entries]
 
     async def read(self, owner_id: str, container_id: str, path: str) -> FileContent:
+        """The whole file (read in chunks past the link's message size); 413 past
+        `max_file_bytes`."""
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            raw = await agent.call("fs.read", path=path)
+            read = await read_file(agent, path, max_bytes=self.max_file_bytes)
         return FileContent(
-            path=workdir_path(raw["path"]), data=base64.b64decode(raw["data"]),
-            sha256=raw["sha256"], size=raw["size"], mtime=raw["mtime"],
+            path=workdir_path(read.entry["path"]), data=read.data, sha256=read.sha256,
+            size=len(read.data), mtime=read.entry["mtime"],
         )  # fmt: skip
 
     async def write(
