@@ -14,7 +14,7 @@ import hmac
 import json
 import logging
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Deque, Dict, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from websockets.asyncio.server import ServerConnection, serve, unix_serve
 from websockets.exceptions import ConnectionClosed
@@ -38,6 +38,9 @@ BinaryHandler = Callable[["Session", int, bytes], Awaitable[None]]
 # A session whose socket does not drain stops receiving droppable stream bytes past this much
 # queued data; it still gets every response and event, and re-attaching replays scrollback.
 SESSION_QUEUE_BYTES = 4 * 1024 * 1024
+# What this agent takes from the gateway, which is trusted: file writes come in parts of 8 MiB
+# (protocol.WRITE_CHUNK_BYTES), but a snapshot restore sends a file of up to 64 MiB in one
+# fs.apply. What the agent sends is capped at protocol.MAX_MESSAGE_BYTES (send_json).
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 
@@ -71,6 +74,8 @@ class Session:
         self._sent = asyncio.Event()  # set after each send, so producers can wait for a drain
         self._tasks: Set[asyncio.Task[None]] = set()
         self.closed = False
+        self.state: Dict[str, Any] = {}  # what ops keep per connection (unfinished uploads)
+        self.on_close: List[Callable[[], Any]] = []  # run once the connection ended
 
     # -- sending --------------------------------------------------------------------------
 
@@ -139,6 +144,8 @@ class Session:
             sender.cancel()
             for task in list(self._tasks):
                 task.cancel()
+            for callback in self.on_close:
+                callback()
 
     async def _on_binary(self, frame: bytes) -> None:
         try:

@@ -384,7 +384,11 @@ class AgentClient:
             return
         if ok:
             if (hook := self._answer_hooks.pop(request_id, None)) is not None:
-                hook(result)
+                try:
+                    hook(result)
+                except AgentProtocolError as exc:  # it found a value it cannot take
+                    future.set_exception(exc)
+                    return
             future.set_result(result)
         else:
             future.set_exception(AgentOpError(error["code"], error["message"][:MAX_ERROR_MESSAGE]))

@@ -234,6 +234,7 @@ RESULTS: dict[str, Check] = {
     "fs.read": obj({**ENTRY_FIELDS, "data": base64_text}, {"sha256": SHA256, "eof": boolean}),
     "fs.write": obj({**ENTRY_FIELDS, "sha256": SHA256}, KEPT),
     "fs.write.part": obj({"size": SIZE}),
+    "fs.write.abort": null,
     "fs.list": list_of(ENTRY),
     "fs.mkdir": ENTRY,
     "fs.remove": optional(obj({}, KEPT)),

@@ -3,7 +3,6 @@ itself, so a symlink made inside a sandbox resolves inside that sandbox only."""
 
 from __future__ import annotations
 
-import base64
 import functools
 import mimetypes
 import posixpath
@@ -14,7 +13,7 @@ from typing import Any
 
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
-from cloudcontainer.agentlink.files import read_file
+from cloudcontainer.agentlink.files import read_file, write_file
 from cloudcontainer.db import FileVersion
 from cloudcontainer.errors import (
     BadRequest,
@@ -188,16 +187,11 @@ class FileService:
     ) -> dict[str, Any]:  # fmt: skip
         """Write atomically; with `expect_sha256` only if the file still has that content."""
         agent = await self._agent(owner_id, container_id)
-        args: dict[str, Any] = {
-            "path": path,
-            "data": base64.b64encode(data).decode(),
-            "mkdirs": mkdirs,
-        }
+        args: dict[str, Any] = {"mkdirs": mkdirs, **self._keep_previous()}
         if expect_sha256 is not None:
             args["expect_sha256"] = expect_sha256
-        args.update(self._keep_previous())
         with agent_errors():
-            raw = await agent.call("fs.write", **args)
+            raw = await write_file(agent, path, data, **args)
         self._record(owner_id, container_id, raw.get("previous"), reason, raw["sha256"])
         return {**_entry(raw), "etag": etag_of(raw["sha256"])}
 

@@ -27,6 +27,7 @@ import structlog
 from cloudcontainer.agent.jsh import split_after_markers
 from cloudcontainer.agent.protocol import PROC_OUTPUT
 from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.agentlink.schema import decode
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, NotFound
 from cloudcontainer.files.service import agent_errors
@@ -148,7 +149,7 @@ class Hub:
         self, client: TerminalClient, notice: Control | None = None
     ) -> dict[str, Any]:
         def start(answer: dict[str, Any]) -> None:
-            client.restart(base64.b64decode(answer.get("scrollback", "")), notice)
+            client.restart(decode(answer["scrollback"], "proc.attach"), notice)
             self.clients.add(client)
 
         with agent_errors():
