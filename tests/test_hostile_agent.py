@@ -160,7 +160,8 @@ async def test_a_long_error_message_is_cut(tmp_path: Path) -> None:
         agent.reply = reply
         with pytest.raises(AgentOpError) as caught:
             await client.call("fs.stat", path="/a", timeout=5)
-        assert caught.value.errno == "ENOENT" and len(caught.value.message) <= 8192
+        assert caught.value.errno == "ENOENT"
+        assert len(caught.value.message) <= 8192
 
 
 async def test_a_message_over_the_limit_closes_the_link_before_it_is_buffered(
@@ -181,7 +182,8 @@ async def test_a_message_over_the_limit_closes_the_link_before_it_is_buffered(
         await asyncio.wait_for(client.closed.wait(), 5)
         grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
         assert grown_kib < 64 * 1024
-        assert client._ws is not None and client._ws.protocol.close_sent is not None
+        assert client._ws is not None
+        assert client._ws.protocol.close_sent is not None
         assert client._ws.protocol.close_sent.code == 1009  # message too big
 
 
@@ -253,3 +255,111 @@ async def test_reads_ask_for_chunks_under_the_limit(tmp_path: Path) -> None:
         read = await read_file(client, "/a.txt", max_bytes=1024)
         assert read.data == b"abc"
         assert agent.requests[-1] == ("fs.read", {"path": "/a.txt", "length": READ_CHUNK_BYTES})
+
+
+# -- the whole gateway, one sandbox's agent replaced by a hostile one --------------------------
+
+GARBAGE: dict[str, Any] = {
+    "fs.read": {**ENTRY, "data": 12, "eof": True},
+    "fs.list": [ENTRY, {"path": None}],
+    "fs.write": {"ok": "maybe"},
+    "fs.batch": {"results": []},  # no result for the batch's one operation
+    "proc.list": {"processes": []},
+}
+
+
+async def garbage(ws: ServerConnection, request_id: int, op: str, args: Any) -> None:
+    if op == "fs.write":
+        error = {"code": "<script>", "message": "x"}
+        await ws.send(json.dumps({"id": request_id, "ok": False, "error": error}))
+    elif op == "fs.stat":
+        await ws.send("\x00 not json")  # and no answer at all: the call times out
+    else:
+        await answer(ws, request_id, GARBAGE.get(op))
+
+
+def clear_error(response: Any, status: int, code: str) -> None:
+    assert (response.status_code, response.json()["error"]["code"]) == (status, code), response.text
+
+
+@pytest.mark.parametrize("runtime_name", ["local"])
+async def test_the_api_answers_clear_errors_and_loses_nothing(
+    sandbox_api_factory: Callable[..., Awaitable[Api]], tmp_path: Path
+) -> None:
+    api = await sandbox_api_factory()
+    user = await api.user()
+    other = (await new_container(api, user))["id"]
+    victim = (await new_container(api, user))["id"]
+    files = f"/api/containers/{victim}/files"
+    large = os.urandom(20 * 1024 * 1024 + 5)  # past a read chunk and a write part
+    for name, content in (("keep.txt", b"precious"), ("large.bin", large)):
+        written = await api.client.put(f"{files}/{name}", content=content, headers=user.headers)
+        assert written.status_code == 200, written.text
+    assert (await api.client.get(f"{files}/large.bin", headers=user.headers)).content == large
+
+    service = api.services.containers
+    async with hostile_agent(tmp_path) as (agent, hostile):
+        agent.reply = garbage
+        real = service.links[victim]
+        service._adopt(await service.get(None, victim), hostile)
+        try:
+            get = await api.client.get(f"{files}/keep.txt", headers=user.headers)
+            clear_error(get, 502, "sandbox_protocol_error")
+            listing = await api.client.get(f"{files}?path=/", headers=user.headers)
+            clear_error(listing, 502, "sandbox_protocol_error")
+            put = await api.client.put(f"{files}/keep.txt", content=b"x", headers=user.headers)
+            clear_error(put, 502, "sandbox_protocol_error")
+            batch = await api.client.post(
+                files, headers=user.headers, json={"operations": [{"op": "mkdir", "path": "/d"}]}
+            )
+            clear_error(batch, 502, "sandbox_protocol_error")
+            terminals = await api.client.get(
+                f"/api/containers/{victim}/terminals", headers=user.headers
+            )
+            clear_error(terminals, 502, "sandbox_protocol_error")
+
+            # A flood of events, most of them garbage: dropped, and the other sandbox's
+            # files answer meanwhile.
+            ws = agent.connections[0]
+
+            async def flood() -> None:
+                for n in range(20_000):
+                    await ws.send(
+                        '{"event": "port", "data": {"port": "x"}}'
+                        if n % 10
+                        else json.dumps({"event": "proc.lagged", "data": {"proc_id": n}})
+                    )
+
+            flooding = asyncio.ensure_future(flood())
+            started = time.monotonic()
+            while not flooding.done():
+                response = await api.client.get(
+                    f"/api/containers/{other}/files?path=/", headers=user.headers
+                )
+                assert response.status_code == 200, response.text
+            assert time.monotonic() - started < 60
+            await flooding
+            await still_answers(hostile)
+            assert hostile.violations >= 18_000
+
+            # An answer far too large: the link ends; the sandbox is started again.
+            async def too_large(ws: ServerConnection, request_id: int, op: str, a: Any) -> None:
+                await ws.send("x" * (MAX_MESSAGE_BYTES + 1))
+
+            agent.reply = too_large
+            gone = await api.client.get(f"{files}/keep.txt", headers=user.headers)
+            assert gone.status_code in (502, 503), gone.text
+            assert gone.json()["error"]["code"] in ("agent_unavailable", "sandbox_protocol_error")
+        finally:
+            await real.aclose()
+
+    # The supervisor sees the link gone and starts the sandbox again: every file is intact.
+    async with asyncio.timeout(120):
+        while True:
+            kept = await api.client.get(f"{files}/keep.txt", headers=user.headers)
+            if kept.status_code == 200:
+                break
+            assert kept.status_code in (502, 503), kept.text
+            await asyncio.sleep(0.2)
+    assert kept.content == b"precious"
+    assert (await api.client.get(f"{files}/large.bin", headers=user.headers)).content == large

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudcontainer.agentlink.client import AgentClient
-from cloudcontainer.agentlink.errors import AgentOpError
+from cloudcontainer.agentlink.errors import AgentOpError, AgentProtocolError
 from cloudcontainer.agentlink.files import read_file, write_file
 from cloudcontainer.db import FileVersion
 from cloudcontainer.errors import (
@@ -253,6 +253,11 @@ class FileService:
             error = api_error(raw["error"]["code"], raw["error"]["message"])
             return BatchOutcome(
                 results=[], failed=raw["failed"], error=error, rolled_back=raw["rolled_back"]
+            )
+        if len(raw["results"]) != len(operations):
+            raise AgentProtocolError(
+                f"The sandbox's agent answered {len(raw['results'])} results to a batch of "
+                f"{len(operations)} operations."
             )
         for operation, result in zip(operations, raw["results"], strict=True):
             self._record_batch_step(owner_id, container_id, operation["op"], result)
