@@ -202,11 +202,18 @@ async def test_a_message_just_under_the_limit_is_taken(tmp_path: Path) -> None:
 async def test_stream_bytes_for_made_up_channels_are_held_in_bounds(tmp_path: Path) -> None:
     async with hostile_agent(tmp_path) as (agent, client):
         ws = agent.connections[0]
+        taken: list[bytes] = []
+        await ws.send(pack_frame(PROC_OUTPUT, 7, b"early"))
+        await still_answers(client)
+        client.on_stream(PROC_OUTPUT, 7, lambda kind, payload: taken.append(payload))()
+        assert taken == [b"early"]  # held until its listener came
         for channel in range(20_000):  # nobody listens: each is held for a listener to come
             await ws.send(pack_frame(PROC_OUTPUT, channel, b"x" * (channel % 3)))
         await still_answers(client)
         assert len(client._orphan_order) <= ORPHAN_FRAMES
-        assert sum(len(held) for held in client._orphans.values()) <= ORPHAN_FRAMES
+        held = [payload for queue in client._orphans.values() for payload in queue]
+        assert len(held) <= ORPHAN_FRAMES
+        assert client._orphan_bytes == sum(map(len, held))
         assert client.violations == 0  # honest frames, only too many
 
 
@@ -363,3 +370,12 @@ async def test_the_api_answers_clear_errors_and_loses_nothing(
             await asyncio.sleep(0.2)
     assert kept.content == b"precious"
     assert (await api.client.get(f"{files}/large.bin", headers=user.headers)).content == large
+
+
+def test_every_op_the_agent_serves_has_its_answer_checked(tmp_path: Path) -> None:
+    """A new op gets a check in agentlink/schema.py, or this fails."""
+    from cloudcontainer.agent.main import build
+    from cloudcontainer.agentlink.schema import RESULTS
+
+    agent = build("secret", str(tmp_path), {})
+    assert set(agent.registry.handlers) == set(RESULTS)

@@ -158,7 +158,7 @@ class AgentClient:
         self._stream_listeners: dict[tuple[int, int], StreamListener] = {}
         # Held stream bytes: per channel, and all of them in arrival order (for eviction).
         self._orphans: dict[tuple[int, int], deque[bytes]] = {}
-        self._orphan_order: deque[tuple[float, tuple[int, int], int]] = deque()
+        self._orphan_order: deque[tuple[float, tuple[int, int], deque[bytes], bytes]] = deque()
         self._orphan_bytes = 0
         self.violations = 0  # messages from the agent that broke the protocol, dropped
         self._violations_logged = 0
@@ -333,17 +333,19 @@ class AgentClient:
             now - order[0][0] > ORPHAN_SECONDS or self._orphan_bytes + len(payload) > ORPHAN_BYTES
             or len(order) >= ORPHAN_FRAMES
         ):  # fmt: skip
-            _, old_key, size = order.popleft()
-            held = self._orphans.get(old_key)
-            if held:  # else a listener took them meanwhile (the order entry is stale)
+            _, old_key, held, old = order.popleft()
+            # Unless a listener took them meanwhile (then the entry is stale), the oldest
+            # frame of a channel is the front of its queue.
+            if self._orphans.get(old_key) is held and held and held[0] is old:
                 held.popleft()
-                self._orphan_bytes -= size
+                self._orphan_bytes -= len(old)
                 if not held:
                     del self._orphans[old_key]
         if len(payload) > ORPHAN_BYTES:
             return
-        self._orphans.setdefault(key, deque()).append(payload)
-        order.append((now, key, len(payload)))
+        held = self._orphans.setdefault(key, deque())
+        held.append(payload)
+        order.append((now, key, held, payload))
         self._orphan_bytes += len(payload)
 
     def _on_text(self, text: str) -> None:

@@ -221,11 +221,22 @@ _BATCH = either(
     obj({"results": list_of(_STEP, 1000)}),
     obj({"failed": integer(0, 1000), "error": ERROR, "rolled_back": boolean}),
 )
-_MANIFEST_ENTRY = obj(
-    {"path": ABSOLUTE, "type": one_of("file", "directory", "symlink"),
-     "mode": integer(0, 0o7777), "size": SIZE},
-    {"sha256": SHA256, "target": string(MAX_PATH)},
-)  # fmt: skip
+_MANIFEST_FIELDS = {"path": ABSOLUTE, "mode": integer(0, 0o7777), "size": SIZE}
+_MANIFEST_KINDS = {
+    "file": obj({**_MANIFEST_FIELDS, "sha256": SHA256}),
+    "directory": obj(_MANIFEST_FIELDS),
+    "symlink": obj({**_MANIFEST_FIELDS, "target": string(MAX_PATH)}),
+}
+
+
+def _manifest_entry(value: Any, where: str) -> None:
+    """A snapshot's entry: a file has its hash, a symlink its target (the snapshot uses them)."""
+    kind = value.get("type") if type(value) is dict else None
+    check = _MANIFEST_KINDS.get(kind) if type(kind) is str else None
+    if check is None:
+        raise Violation(where, "must be an entry of type file, directory or symlink")
+    check(value, where)
+
 
 RESULTS: dict[str, Check] = {
     "hello": obj({"started_at": number, "workspace": ABSOLUTE}),
@@ -240,7 +251,7 @@ RESULTS: dict[str, Check] = {
     "fs.remove": optional(obj({}, KEPT)),
     "fs.rename": obj(ENTRY_FIELDS, KEPT),
     "fs.batch": _BATCH,
-    "fs.manifest": obj({"entries": list_of(_MANIFEST_ENTRY)}, {"skipped": anything}),
+    "fs.manifest": obj({"entries": list_of(_manifest_entry)}, {"skipped": anything}),
     "fs.prune": COUNT,
     "fs.apply": COUNT,
     "fs.statfs": obj({"total": SIZE, "used": SIZE, "free": SIZE}),
