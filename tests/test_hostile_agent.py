@@ -126,7 +126,7 @@ async def test_garbage_messages_are_dropped_and_the_link_stays_up(tmp_path: Path
 
 
 async def test_malformed_answers_fail_the_call_with_a_protocol_error(tmp_path: Path) -> None:
-    answers = {
+    answers: dict[str, dict[str, Any]] = {
         "fs.stat": {"ok": True, "result": {**ENTRY, "size": "3"}},
         "fs.list": {"ok": True, "result": [ENTRY, {**ENTRY, "path": "relative"}]},
         "fs.mkdir": {"ok": True, "result": {**ENTRY, "size": -1}},
