@@ -379,3 +379,15 @@ def test_every_op_the_agent_serves_has_its_answer_checked(tmp_path: Path) -> Non
 
     agent = build("secret", str(tmp_path), {})
     assert set(agent.registry.handlers) == set(RESULTS)
+
+
+def test_a_flood_of_events_for_a_terminal_is_bounded() -> None:
+    """Each proc.exit an agent sends for a terminal queues a message for its clients: a
+    client that does not keep up falls behind (and resyncs), as with output."""
+    from cloudcontainer.terminals.service import CONTROL_BYTES, TerminalClient
+
+    client = TerminalClient()
+    for _ in range(100_000):
+        client.put({"type": "exit", "code": 0})
+    assert client.lagged
+    assert len(client.queue) <= client.max_pending // CONTROL_BYTES

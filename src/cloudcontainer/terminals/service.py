@@ -39,6 +39,7 @@ __all__ = ["Control", "Hub", "TerminalClient", "TerminalService", "TerminalSpec"
 
 Control = dict[str, Any]  # a JSON control message for the client: exit, lagged, ...
 CLIENT_MAX_PENDING = 1024 * 1024
+CONTROL_BYTES = 64  # what a queued control message counts for, against max_pending
 HISTORY_SEED_LINES = 1000
 # Put the project's lines (stdin) before what jsh's history file (agent/jsh.py) holds, once per
 # sandbox home: a terminal opened at once may have made the file already.
@@ -74,11 +75,13 @@ class TerminalClient:
     def put(self, item: bytes | Control) -> None:
         if self.lagged or self.closed:
             return
-        if isinstance(item, bytes):
-            if self.pending + len(item) > self.max_pending:
-                self.fall_behind()
-                return
-            self.pending += len(item)
+        # A control message counts too: they come from agent events, and an agent (the
+        # tenant's) may send a flood of them (issue 9).
+        size = len(item) if isinstance(item, bytes) else CONTROL_BYTES
+        if self.pending + size > self.max_pending:
+            self.fall_behind()
+            return
+        self.pending += size
         self.queue.append(item)
         self.ready.set()
 
@@ -90,8 +93,7 @@ class TerminalClient:
         if self.lagged:
             return None
         item = self.queue.popleft()
-        if isinstance(item, bytes):
-            self.pending -= len(item)
+        self.pending -= len(item) if isinstance(item, bytes) else CONTROL_BYTES
         return item
 
     def fall_behind(self) -> None:
@@ -108,10 +110,11 @@ class TerminalClient:
         self.lagged = False
         if notice is not None:
             self.queue.append(notice)
+            self.pending = CONTROL_BYTES
         if scrollback:
             # A bolt shell's replay is cut as its live output is: one marker per frame at most.
             self.queue.extend(split_after_markers(scrollback))
-            self.pending = len(scrollback)
+            self.pending += len(scrollback)
         self.ready.set()
 
 
