@@ -14,7 +14,6 @@ counts an agent reports are bounded here, but callers still never allocate by th
 
 from __future__ import annotations
 
-import base64
 import binascii
 import re
 from collections.abc import Callable, Mapping
@@ -94,8 +93,9 @@ def base64_text(value: Any, where: str) -> None:
 def decode(value: str, where: str) -> bytes:
     """Base64 text from the agent, as bytes; AgentProtocolError when it is not base64."""
     try:
-        return base64.b64decode(value, validate=True)
-    except binascii.Error as exc:
+        # In C, strict (no characters outside the alphabet), and faster than b64decode.
+        return binascii.a2b_base64(value, strict_mode=True)
+    except ValueError as exc:  # binascii.Error, or text that is not ASCII
         raise AgentProtocolError(f"the agent sent invalid base64 in {where}") from exc
 
 
