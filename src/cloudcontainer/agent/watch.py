@@ -414,8 +414,8 @@ class Watcher:
                 if data is not None:
                     event["buffer"] = base64.b64encode(data).decode("ascii")
                     cost += len(event["buffer"])
-            # Split before the batch would pass its budget: a message holds at most one
-            # file beyond it, under the link's limit (protocol.MAX_MESSAGE_BYTES).
+            # Split before the batch would pass its budget: a larger event (one file of at
+            # most 8 MiB) travels alone, under the link's limit (protocol.MAX_MESSAGE_BYTES).
             if batch and size + cost > MESSAGE_BYTES:
                 part_cursor = "%s:%d" % (self.epoch, last_seq) if last_seq else None
                 self._message(sub, batch, resync, part_cursor)
