@@ -89,3 +89,27 @@ async def test_an_answer_over_the_limit_is_an_efbig_error(
     assert caught.value.errno == "EFBIG"
     assert "16 MiB" in caught.value.message
     assert (await client.call("fs.stat", path="/"))["type"] == "directory"
+
+
+async def test_watch_batches_with_content_stay_under_the_limit(
+    agent: RunningAgent, client: AgentClient
+) -> None:
+    """Three 7 MiB files written at once: each message under the limit, nothing lost."""
+    from cloudcontainer.agent.protocol import MAX_MESSAGE_BYTES
+    from tests.agent.test_watch import subscribe
+
+    feed, _ = await subscribe(client)
+    blobs = {f"f{n}.bin": os.urandom(7 * 1024 * 1024) for n in range(3)}
+    for name, data in blobs.items():
+        (agent.workspace / name).write_bytes(data)
+    for name, data in blobs.items():
+        path, wanted = str(agent.workspace / name), base64.b64encode(data).decode()
+        await until(  # its last bytes come with an add_file or a later change
+            lambda p=path, w=wanted: any(  # type: ignore[misc]
+                e["path"] == p and e.get("buffer") == w for e in feed.events
+            ),
+            f"all of {name}",
+        )
+    for message in feed.messages:
+        assert sum(len(e.get("buffer", "")) for e in message["events"]) < MAX_MESSAGE_BYTES
+    assert not client.closed.is_set()
