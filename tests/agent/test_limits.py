@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+from functools import partial
 
 import pytest
 
@@ -14,6 +15,7 @@ from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
 from cloudcontainer.agentlink.files import read_file, write_file
 from tests.agent.conftest import RunningAgent, until
+from tests.agent.test_watch import Feed, subscribe
 
 
 def leftovers(agent: RunningAgent) -> list[str]:
@@ -91,12 +93,15 @@ async def test_an_answer_over_the_limit_is_an_efbig_error(
     assert (await client.call("fs.stat", path="/"))["type"] == "directory"
 
 
+def has_bytes(feed: Feed, path: str, buffer: str) -> bool:
+    return any(e["path"] == path and e.get("buffer") == buffer for e in feed.events)
+
+
 async def test_watch_batches_with_content_stay_under_the_limit(
     agent: RunningAgent, client: AgentClient
 ) -> None:
     """Three 7 MiB files written at once: each message under the limit, nothing lost."""
     from cloudcontainer.agent.protocol import MAX_MESSAGE_BYTES
-    from tests.agent.test_watch import subscribe
 
     feed, _ = await subscribe(client)
     blobs = {f"f{n}.bin": os.urandom(7 * 1024 * 1024) for n in range(3)}
@@ -104,12 +109,8 @@ async def test_watch_batches_with_content_stay_under_the_limit(
         (agent.workspace / name).write_bytes(data)
     for name, data in blobs.items():
         path, wanted = str(agent.workspace / name), base64.b64encode(data).decode()
-        await until(  # its last bytes come with an add_file or a later change
-            lambda p=path, w=wanted: any(  # type: ignore[misc]
-                e["path"] == p and e.get("buffer") == w for e in feed.events
-            ),
-            f"all of {name}",
-        )
+        # Its last bytes come with an add_file or a later change.
+        await until(partial(has_bytes, feed, path, wanted), f"all of {name}")
     for message in feed.messages:
         assert sum(len(e.get("buffer", "")) for e in message["events"]) < MAX_MESSAGE_BYTES
     assert not client.closed.is_set()
