@@ -37,6 +37,7 @@ from cloudcontainer.agentlink.client import ORPHAN_FRAMES, AgentAddress, AgentCl
 from cloudcontainer.agentlink.errors import AgentOpError, AgentProtocolError, AgentUnavailable
 from cloudcontainer.agentlink.files import read_file
 from cloudcontainer.errors import PayloadTooLarge
+from cloudcontainer.terminals.service import COMMANDS_BURST, COMMANDS_PER_SECOND
 from tests.conftest import Api
 from tests.sandbox_helpers import new_container
 
@@ -348,6 +349,20 @@ async def test_the_api_answers_clear_errors_and_loses_nothing(
             await flooding
             await still_answers(hostile)
             assert hostile.violations >= 18_000
+
+            # Command lines it claims were typed: kept at a bounded rate, not one row each.
+            flood_started = time.monotonic()
+            for n in range(3000):
+                await ws.send(json.dumps({"event": "proc.command", "data": {
+                    "proc_id": n, "phase": "start", "command": f"cmd-{n}"}}))  # fmt: skip
+            await still_answers(hostile)
+            seconds = time.monotonic() - flood_started
+            project = (await service.get(None, victim)).project_id
+            commands = api.services.terminals.commands
+            async with asyncio.timeout(30):  # the rows kept are written in the background
+                while len(rows := await commands.history(project, "cmd-", 10_000)) < 100:
+                    await asyncio.sleep(0.05)
+            assert len(rows) <= COMMANDS_BURST + COMMANDS_PER_SECOND * (seconds + 1)
 
             # An answer far too large: the link ends; the sandbox is started again.
             async def too_large(ws: ServerConnection, request_id: int, op: str, a: Any) -> None:

@@ -41,6 +41,11 @@ Control = dict[str, Any]  # a JSON control message for the client: exit, lagged,
 CLIENT_MAX_PENDING = 1024 * 1024
 CONTROL_BYTES = 64  # what a queued control message counts for, against max_pending
 HISTORY_SEED_LINES = 1000
+# Shell command lines recorded per container: at most this many a second (after a burst of
+# this many), and this many open (started, not ended) at once.
+COMMANDS_PER_SECOND = 20
+COMMANDS_BURST = 200
+COMMANDS_OPEN = 256
 # Put the project's lines (stdin) before what jsh's history file (agent/jsh.py) holds, once per
 # sandbox home: a terminal opened at once may have made the file already.
 SEED_HISTORY_SCRIPT = (
@@ -265,11 +270,23 @@ class TerminalService:
         """Put the command lines run in the container's jsh terminals on record, as the agent
         reports them (`proc.command`): a row as a line starts, its status as it ends."""
         started: dict[int, asyncio.Task[str]] = {}  # proc id → its running line's record
+        # The events come from the sandbox (issue 9): a flood of them must not become as
+        # many tasks and rows. Past the rate, or with too many lines open, a line is not kept.
+        budget = InputRate(COMMANDS_PER_SECOND, burst=COMMANDS_BURST)
+        dropping = False
 
         def on_event(name: str, data: dict[str, Any]) -> None:
+            nonlocal dropping
             if name != "proc.command" or not isinstance(data.get("proc_id"), int):
                 return
             if data.get("phase") == "start":
+                if len(started) >= COMMANDS_OPEN or not budget.try_take(1):
+                    if not dropping:  # once per run of dropped lines
+                        log.warning("shell commands not recorded: too many",
+                                    container_id=container.id)  # fmt: skip
+                    dropping = True
+                    return
+                dropping = False
                 started[data["proc_id"]] = self._containers.tasks.spawn(
                     self.commands.started(
                         project_id=container.project_id, container_id=container.id,
