@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 
 import pytest
 
@@ -281,3 +282,20 @@ async def test_the_hot_routes_answer_as_the_rest_of_the_api(sandbox_api: Api) ->
     metrics = (await client.get("/metrics")).text
     route = 'route="/api/containers/{container_id}/files/{path:path}"'
     assert f'cloudcontainer_http_requests_total{{method="GET",{route},status="200"}}' in metrics
+
+
+async def test_a_file_larger_than_one_agent_message_round_trips(sandbox_api: Api) -> None:
+    """Past 8 MiB a file travels to and from the agent in chunks (issue 9: the link takes
+    16 MiB a message); past max_file_bytes a read is refused, not buffered."""
+    user, cid, files = await setup(sandbox_api)
+    client = sandbox_api.client
+    data = os.urandom(17 * 1024 * 1024 + 3)
+    written = await client.put(f"{files}/big.bin", content=data, headers=user.headers)
+    assert written.status_code == 200, written.text
+    read = await client.get(f"{files}/big.bin", headers=user.headers)
+    assert read.content == data
+    assert read.headers["etag"] == written.json()["etag"]
+    await sh(sandbox_api, user, cid, "head -c 52428801 /dev/zero > huge.bin")
+    huge = await client.get(f"{files}/huge.bin", headers=user.headers)
+    assert huge.status_code == 413, huge.text
+    assert huge.json()["error"]["code"] == "file_too_large"

@@ -165,7 +165,7 @@ async def open_services(
             events=events,
             runtime=runtime,
             containers=containers,
-            files=FileService(containers, history),
+            files=FileService(containers, history, max_file_bytes=settings.max_file_bytes),
             terminals=TerminalService(
                 containers,
                 CommandLog(database),

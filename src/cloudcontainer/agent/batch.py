@@ -24,6 +24,9 @@ from cloudcontainer.agent.server import Registry, Session, os_error
 
 PREFIX = ".cc-batch-"
 MAX_OPERATIONS = 1000
+# Replaced content one batch answer carries in all (file history): past it, later steps keep
+# nothing, so the answer stays under the link's message limit (protocol.MAX_MESSAGE_BYTES).
+KEPT_BUDGET = 8 * 1024 * 1024
 
 log = logging.getLogger("cloudcontainer.agent")
 
@@ -138,6 +141,18 @@ class Batch:
         self.files = files
         self.journal = journal
         self.keep = keep_previous  # file history: answer the content each step replaces
+        self.budget = KEPT_BUDGET
+
+    def _keep(self) -> int:
+        """The cap for this step's kept content: 0 (keep none) once the budget is spent."""
+        return self.keep if isinstance(self.keep, int) and self.keep <= self.budget else 0
+
+    def _spend(self, result: Any) -> None:
+        if isinstance(result, dict):
+            for name in ("previous", "replaced"):
+                kept = result.get(name)
+                if kept is not None and "data" in kept:
+                    self.budget -= kept["size"]
 
     def apply(self, operation: Any) -> Any:
         if not isinstance(operation, dict):
@@ -148,7 +163,9 @@ class Batch:
         }.get(kind)  # fmt: skip
         if handler is None:
             raise AgentError("EINVAL", "unknown operation: %r" % (kind,))
-        return handler(operation)
+        result = handler(operation)
+        self._spend(result)
+        return result
 
     def write(self, operation: Dict[str, Any]) -> Any:
         files, journal = self.files, self.journal
@@ -156,13 +173,13 @@ class Batch:
         if journal is None:
             return files.write(
                 absolute, operation["data"], bool(operation.get("mkdirs", False)),
-                operation.get("expect_sha256"), keep_previous=self.keep,
+                operation.get("expect_sha256"), keep_previous=self._keep(),
             )  # fmt: skip
         if absolute == files.root or os.path.isdir(absolute):
             raise IsADirectoryError(21, "Is a directory", absolute)
         if operation.get("mkdirs"):
             journal.makedirs(posixpath.dirname(absolute))
-        previous = _previous(absolute, self.keep)
+        previous = _previous(absolute, self._keep())
         if os.path.lexists(absolute):
             journal.keep_copy(absolute)
         else:
@@ -193,10 +210,10 @@ class Batch:
         recursive = bool(operation.get("recursive", False))
         force = bool(operation.get("force", False))
         if journal is None:
-            return files.remove(absolute, recursive, force, self.keep)
+            return files.remove(absolute, recursive, force, self._keep())
         if files.removable(absolute, recursive, force) is None:
             return None
-        previous = _previous(absolute, self.keep)
+        previous = _previous(absolute, self._keep())
         journal.set_aside(absolute)
         return None if previous is None else {"previous": previous}
 
@@ -204,7 +221,7 @@ class Batch:
         files, journal = self.files, self.journal
         old, new = _checked(files, operation["from"]), _checked(files, operation["to"])
         if journal is None:
-            return files.rename(old, new, self.keep)
+            return files.rename(old, new, self._keep())
         if old == files.root or new == files.root:
             raise AgentError("EPERM", "EPERM: operation not permitted, rename '%s'" % old)
         if new.startswith(old + "/"):
@@ -212,7 +229,7 @@ class Batch:
         source = os.lstat(old)
         if old == new:
             return files.entry(new, source)
-        previous, replaced = _previous(old, self.keep), _previous(new, self.keep)
+        previous, replaced = _previous(old, self._keep()), _previous(new, self._keep())
         if os.path.lexists(new):
             _check_replace(source, new)
             journal.set_aside(new)

@@ -16,10 +16,38 @@ import posixpath
 import stat
 from typing import Any, Dict, List, Optional
 
-from cloudcontainer.agent.protocol import AgentError
+from cloudcontainer.agent.protocol import READ_CHUNK_BYTES, AgentError
 from cloudcontainer.agent.server import Registry, Session
 
 MAX_PATH = 4096
+# Replaced content an answer carries at most per file (file history): a rename answers two,
+# and both fit the link's message limit (protocol.MAX_MESSAGE_BYTES) with room to spare.
+MAX_KEEP_PREVIOUS = 4 * 1024 * 1024
+
+
+MAX_UPLOADS = 16  # unfinished multi-part writes per connection
+
+
+class Upload:
+    """The parts of one large fs.write so far, in a private temp file beside its target."""
+
+    def __init__(self, absolute: str, parent: str) -> None:
+        fd, self.tmp = _temp_file(parent)
+        self.handle = os.fdopen(fd, "wb")
+        self.absolute = absolute
+        self.hasher = hashlib.sha256()
+        self.size = 0
+
+    def add(self, content: bytes) -> None:
+        self.handle.write(content)
+        self.hasher.update(content)
+        self.size += len(content)
+
+    def discard(self) -> None:
+        """Close and remove the temp file (gone already once it was renamed into place)."""
+        with contextlib.suppress(OSError):  # a flush failing (disk full) changes nothing
+            self.handle.close()
+        _unlink_quietly(self.tmp)
 
 
 class Files:
@@ -60,37 +88,65 @@ class Files:
         absolute = self.resolve(path)
         return self.entry(absolute, os.lstat(absolute))
 
-    def read(self, path: Any) -> Dict[str, Any]:
+    def read(self, path: Any, offset: Any = 0, length: Any = None) -> Dict[str, Any]:
+        """The file's bytes; with `length`, at most that many (capped at READ_CHUNK_BYTES)
+        from `offset`: larger files travel in chunks, each answer under the message limit.
+        `sha256` comes only with an answer that holds the whole file; `eof` says whether the
+        answer reaches the end."""
         absolute = self.resolve(path)
+        if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+            raise AgentError("EINVAL", "offset must be a non-negative integer")
+        if length is not None and (not isinstance(length, int) or isinstance(length, bool)
+                                   or length < 1):  # fmt: skip
+            raise AgentError("EINVAL", "length must be a positive integer")
         with open(absolute, "rb") as handle:
             st = os.fstat(handle.fileno())
             if stat.S_ISDIR(st.st_mode):
                 raise IsADirectoryError(21, "Is a directory", absolute)
-            data = handle.read()
-        return {
-            "data": base64.b64encode(data).decode("ascii"),
-            "sha256": hashlib.sha256(data).hexdigest(),
-            **self.entry(absolute, st),
-        }
+            if offset:
+                handle.seek(offset)
+            if length is None:
+                data, eof = handle.read(), True
+            else:
+                length = min(length, READ_CHUNK_BYTES)
+                data = handle.read(length)
+                eof = len(data) < length or not handle.read(1)
+        answer = {"data": base64.b64encode(data).decode("ascii"), "eof": eof,
+                  **self.entry(absolute, st)}  # fmt: skip
+        if eof and not offset:
+            answer["sha256"] = hashlib.sha256(data).hexdigest()
+        return answer
 
     def write(self, path: Any, data: Any, mkdirs: bool = False,
-              expect_sha256: Optional[str] = None,
-              keep_previous: int = 0) -> Dict[str, Any]:  # fmt: skip
+              expect_sha256: Optional[str] = None, keep_previous: int = 0,
+              staged: Optional[Upload] = None) -> Dict[str, Any]:  # fmt: skip
         """Replace the file's bytes. With `expect_sha256` ("" for: must not exist), refuse
         with ETAGMISMATCH unless the current content has that hash: a compare-and-swap, atomic
         because the agent runs one file operation at a time. With `keep_previous` (a size
-        cap), the answer carries the replaced content as `previous` (file history)."""
+        cap), the answer carries the replaced content as `previous` (file history). With
+        `staged`, `data` is the last part of an upload (`fs.write.part`): it is consumed."""
+        try:
+            return self._write(path, data, mkdirs, expect_sha256, keep_previous, staged)
+        finally:
+            if staged is not None:
+                staged.discard()  # renamed into place, or dropped on a failure
+
+    def _write(self, path: Any, data: Any, mkdirs: bool, expect_sha256: Optional[str],
+               keep_previous: int, staged: Optional[Upload]) -> Dict[str, Any]:  # fmt: skip
         absolute = self.resolve(path)
         if absolute == self.root:
             raise IsADirectoryError(21, "Is a directory", absolute)
-        try:
-            content = base64.b64decode(data, validate=True)
-        except (ValueError, TypeError) as exc:
-            raise AgentError("EINVAL", "data is not valid base64") from exc
+        content = _decode(data)
+        if staged is not None and staged.absolute != absolute:
+            raise AgentError("EINVAL", "the upload was started for another path")
         if expect_sha256 is not None and _sha256_of(absolute) != expect_sha256:
             raise AgentError("ETAGMISMATCH", "the file changed since it was read: '%s'" % absolute)
         previous = _previous(absolute, keep_previous)
-        if previous is not None and _same_bytes(previous, content):
+        digest = None
+        if staged is not None:
+            staged.add(content)
+            digest = staged.hasher.hexdigest()
+        if previous is not None and _same_bytes(previous, content, staged, digest):
             previous = None  # saved again unchanged (editors autosave): no version to keep
         parent = posixpath.dirname(absolute)
         if mkdirs:
@@ -100,23 +156,57 @@ class Files:
         if not os.path.isdir(parent):
             raise FileNotFoundError(2, "No such file or directory", absolute)
         mode = stat.S_IMODE(os.stat(absolute).st_mode) if os.path.exists(absolute) else 0o644
-        fd, tmp = _temp_file(parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fchmod(handle.fileno(), mode)
-            os.rename(tmp, absolute)
-        except BaseException:
-            _unlink_quietly(tmp)
-            raise
+        if staged is not None:
+            staged.handle.flush()
+            os.fchmod(staged.handle.fileno(), mode)
+            staged.handle.close()
+            os.rename(staged.tmp, absolute)
+        else:
+            fd, tmp = _temp_file(parent)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(content)
+                    handle.flush()
+                    os.fchmod(handle.fileno(), mode)
+                os.rename(tmp, absolute)
+            except BaseException:
+                _unlink_quietly(tmp)
+                raise
         answer = {
-            "sha256": hashlib.sha256(content).hexdigest(),
+            "sha256": digest or hashlib.sha256(content).hexdigest(),
             **self.entry(absolute, os.stat(absolute)),
         }
         if previous is not None:
             answer["previous"] = previous
         return answer
+
+    def write_part(self, uploads: Dict[str, Upload], upload_id: str, path: Any, data: Any,
+                   mkdirs: bool) -> Dict[str, Any]:  # fmt: skip
+        """A part of a file too large for one message: appended to a temp file beside the
+        target, which the upload's last part (`fs.write` with `upload`) renames into place."""
+        absolute = self.resolve(path)
+        content = _decode(data)
+        upload = uploads.get(upload_id)
+        if upload is None:
+            if len(uploads) >= MAX_UPLOADS:
+                raise AgentError("EMFILE", "EMFILE: too many unfinished uploads")
+            if absolute == self.root:
+                raise IsADirectoryError(21, "Is a directory", absolute)
+            parent = posixpath.dirname(absolute)
+            if mkdirs:
+                os.makedirs(parent, exist_ok=True)
+            if not os.path.isdir(parent):
+                raise FileNotFoundError(2, "No such file or directory", absolute)
+            upload = uploads[upload_id] = Upload(absolute, parent)
+        elif upload.absolute != absolute:
+            raise AgentError("EINVAL", "the upload was started for another path")
+        try:
+            upload.add(content)
+        except BaseException:
+            del uploads[upload_id]
+            upload.discard()
+            raise
+        return {"size": upload.size}
 
     def statfs(self) -> Dict[str, int]:
         """The workspace filesystem's size in bytes: with a disk quota, the quota's own
@@ -257,6 +347,7 @@ def _previous(path: str, limit: Any) -> Optional[Dict[str, Any]]:
     `limit` is 0: not asked)."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
         return None
+    limit = min(limit, MAX_KEEP_PREVIOUS)
     try:
         st = os.lstat(path)
     except (FileNotFoundError, NotADirectoryError):
@@ -272,12 +363,27 @@ def _previous(path: str, limit: Any) -> Optional[Dict[str, Any]]:
     return {"path": path, "data": base64.b64encode(data).decode("ascii"), "size": len(data)}
 
 
-def _same_bytes(previous: Dict[str, Any], content: bytes) -> bool:
-    return (
-        previous.get("size") == len(content)
-        and "data" in previous
-        and base64.b64decode(previous["data"]) == content
-    )
+def _same_bytes(previous: Dict[str, Any], content: bytes, staged: Optional[Upload],
+                digest: Optional[str]) -> bool:  # fmt: skip
+    size = len(content) if staged is None else staged.size
+    if previous.get("size") != size or "data" not in previous:
+        return False
+    old = base64.b64decode(previous["data"])
+    return old == content if staged is None else hashlib.sha256(old).hexdigest() == digest
+
+
+def _decode(data: Any) -> bytes:
+    try:
+        return base64.b64decode(data, validate=True)
+    except (ValueError, TypeError) as exc:
+        raise AgentError("EINVAL", "data is not valid base64") from exc
+
+
+def _discard_all(uploads: Dict[str, Upload]) -> None:
+    """A connection that ended mid-upload leaves no temp file behind."""
+    for upload in uploads.values():
+        upload.discard()
+    uploads.clear()
 
 
 def _unlink_quietly(path: str) -> None:
@@ -290,13 +396,35 @@ def register(registry: Registry, files: Files) -> None:
         return files.stat(args["path"])
 
     async def read(session: Session, args: Dict[str, Any]) -> Any:
-        return files.read(args["path"])
+        return files.read(args["path"], args.get("offset", 0), args.get("length"))
+
+    def uploads_of(session: Session) -> Dict[str, Upload]:
+        uploads: Optional[Dict[str, Upload]] = session.state.get("fs.uploads")
+        if uploads is None:
+            uploads = session.state["fs.uploads"] = {}
+            session.on_close.append(lambda: _discard_all(uploads))
+        return uploads
 
     async def write(session: Session, args: Dict[str, Any]) -> Any:
+        staged = None
+        if args.get("upload") is not None:
+            staged = uploads_of(session).pop(str(args["upload"]), None)
+            if staged is None:
+                raise AgentError("EINVAL", "no such upload: %s" % (args["upload"],))
         return files.write(
             args["path"], args["data"], bool(args.get("mkdirs", False)), args.get("expect_sha256"),
-            args.get("keep_previous", 0),
+            args.get("keep_previous", 0), staged,
         )  # fmt: skip
+
+    async def write_part(session: Session, args: Dict[str, Any]) -> Any:
+        return files.write_part(uploads_of(session), str(args["upload"]), args["path"],
+                                args["data"], bool(args.get("mkdirs", False)))  # fmt: skip
+
+    async def write_abort(session: Session, args: Dict[str, Any]) -> Any:
+        upload = uploads_of(session).pop(str(args["upload"]), None)
+        if upload is not None:
+            upload.discard()
+        return None
 
     async def listdir(session: Session, args: Dict[str, Any]) -> Any:
         return files.listdir(args.get("path", "/"), bool(args.get("recursive", False)))
@@ -319,6 +447,6 @@ def register(registry: Registry, files: Files) -> None:
     for name, handler in (
         ("fs.stat", stat_), ("fs.read", read), ("fs.write", write), ("fs.list", listdir),
         ("fs.mkdir", mkdir), ("fs.remove", remove), ("fs.rename", rename),
-        ("fs.statfs", statfs),
+        ("fs.statfs", statfs), ("fs.write.part", write_part), ("fs.write.abort", write_abort),
     ):  # fmt: skip
         registry.add(name, handler)

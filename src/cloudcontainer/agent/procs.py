@@ -25,8 +25,9 @@ from cloudcontainer.agent.server import Registry, Session
 
 DEFAULT_SCROLLBACK = 256 * 1024
 MAX_EXITED_KEPT = 200
-EXEC_OUTPUT_LIMIT = 16 * 1024 * 1024
+EXEC_OUTPUT_LIMIT = 8 * 1024 * 1024  # proc.run's answer stays under the message limit
 READ_CHUNK = 65536
+MAX_REPLAY_BYTES = 8 * 1024 * 1024  # scrollback an attach replays, whatever was kept
 
 
 def _controlling_tty() -> None:
@@ -372,7 +373,9 @@ def register(registry: Registry, table: ProcessTable) -> None:
         proc = table.get(args["proc_id"])
         proc.subscribers.add(session)
         proc.lagging.discard(session)
-        return {**proc.describe(), "scrollback": base64.b64encode(bytes(proc.buffer)).decode()}
+        # At most the last MAX_REPLAY_BYTES: the answer stays under the message limit.
+        replay = proc.buffer[-MAX_REPLAY_BYTES:]
+        return {**proc.describe(), "scrollback": base64.b64encode(replay).decode()}
 
     async def detach(session: Session, args: Dict[str, Any]) -> Any:
         table.get(args["proc_id"]).subscribers.discard(session)

@@ -26,6 +26,19 @@ ARCHIVE_DATA = 6  # both ways: archive bytes of a download (agent ->) or an uplo
 ARCHIVE_END = 7  # agent -> gateway: a download ended; payload {"ok": true|false, "error"?}
 ARCHIVE_ACK = 8  # gateway -> agent: payload 4-byte big-endian count of download bytes consumed
 
+# The largest message an agent may send, and the gateway takes (issue 9: the agent is the
+# tenant's, and the gateway holds one link per sandbox, so this is what one hostile sandbox can
+# make it buffer at once). Every answer of an honest agent fits: fs.read travels in chunks of
+# READ_CHUNK_BYTES (10.7 MiB as base64), watch batches are split at 4 MiB (a file's event over
+# that, at most 8 MiB of content, travels alone), proc.run keeps 8 MiB of output, proc.attach
+# replays 8 MiB of scrollback, kept previous versions are capped at 4 MiB; an answer that
+# would still be larger (a recursive listing of a huge tree) is an EFBIG error instead
+# (agent/server.py).
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+READ_CHUNK_BYTES = 8 * 1024 * 1024
+# What the gateway sends at most in one message: fs.write sends larger files in parts.
+WRITE_CHUNK_BYTES = 8 * 1024 * 1024
+
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size
 

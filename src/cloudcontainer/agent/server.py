@@ -15,13 +15,21 @@ import json
 import logging
 import socket
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Deque, Dict, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
 
 from websockets.asyncio.server import ServerConnection, serve, unix_serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from cloudcontainer.agent.protocol import AUTH_HEADER, AgentError, pack_frame, unpack_frame
+from cloudcontainer.agent.protocol import (
+    AUTH_HEADER,
+    AgentError,
+    pack_frame,
+    unpack_frame,
+)
+from cloudcontainer.agent.protocol import (
+    MAX_MESSAGE_BYTES as MAX_SEND_BYTES,
+)
 
 log = logging.getLogger("cloudcontainer.agent")
 
@@ -31,6 +39,9 @@ BinaryHandler = Callable[["Session", int, bytes], Awaitable[None]]
 # A session whose socket does not drain stops receiving droppable stream bytes past this much
 # queued data; it still gets every response and event, and re-attaching replays scrollback.
 SESSION_QUEUE_BYTES = 4 * 1024 * 1024
+# What this agent takes from the gateway, which is trusted: file writes come in parts of 8 MiB
+# (protocol.WRITE_CHUNK_BYTES), but a snapshot restore sends a file of up to 64 MiB in one
+# fs.apply. What the agent sends is capped at protocol.MAX_MESSAGE_BYTES (send_json).
 MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 
 
@@ -64,6 +75,8 @@ class Session:
         self._sent = asyncio.Event()  # set after each send, so producers can wait for a drain
         self._tasks: Set[asyncio.Task[None]] = set()
         self.closed = False
+        self.state: Dict[str, Any] = {}  # what ops keep per connection (unfinished uploads)
+        self.on_close: List[Callable[[], Any]] = []  # run once the connection ended
 
     # -- sending --------------------------------------------------------------------------
 
@@ -73,8 +86,15 @@ class Session:
         self._wakeup.set()
 
     def send_json(self, message: Dict[str, Any]) -> None:
-        if not self.closed:
-            self._enqueue(json.dumps(message, separators=(",", ":")))
+        if self.closed:
+            return
+        text = json.dumps(message, separators=(",", ":"))  # ASCII: as many bytes as chars
+        if len(text) > MAX_SEND_BYTES:
+            replacement = _too_large(message, len(text))
+            if replacement is None:
+                return
+            text = replacement
+        self._enqueue(text)
 
     def event(self, name: str, data: Dict[str, Any]) -> None:
         self.send_json({"event": name, "data": data})
@@ -125,6 +145,8 @@ class Session:
             sender.cancel()
             for task in list(self._tasks):
                 task.cancel()
+            for callback in self.on_close:
+                callback()
 
     async def _on_binary(self, frame: bytes) -> None:
         try:
@@ -183,6 +205,20 @@ class Session:
 
     def _reply_error(self, request_id: Any, exc: AgentError) -> None:
         self.send_json({"id": request_id, "ok": False, "error": exc.to_dict()})
+
+
+def _too_large(message: Dict[str, Any], size: int) -> Optional[str]:
+    """An answer the gateway would refuse (it takes MAX_SEND_BYTES) becomes an EFBIG error;
+    an event is dropped (those that could grow are split by their senders)."""
+    if "id" not in message:
+        log.warning("event %s dropped: %d bytes", message.get("event"), size)
+        return None
+    text = "EFBIG: the answer would be %.1f MiB, more than the %d MiB a message may carry" % (
+        size / 1048576,
+        MAX_SEND_BYTES // 1048576,
+    )
+    error = {"code": "EFBIG", "message": text}
+    return json.dumps({"id": message["id"], "ok": False, "error": error})
 
 
 def os_error(exc: OSError) -> AgentError:

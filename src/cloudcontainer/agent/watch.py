@@ -40,7 +40,8 @@ MAX_DELAY_SECONDS = 0.04  # but never hold events back longer than this
 JOURNAL_SIZE = 20000
 RETAINED_FILTERS = 8
 MAX_CONTENT_BYTES = 8 * 1024 * 1024  # larger files are reported without their bytes
-MESSAGE_CONTENT_BYTES = 4 * 1024 * 1024  # split event batches carrying more than this
+MESSAGE_BYTES = 4 * 1024 * 1024  # split event batches (base64 buffers and all) past this
+EVENT_BYTES = 100  # an event's JSON beside its path and buffer, about
 # Names the agent itself uses for a moment (atomic writes, batches, archive staging).
 INTERNAL_PREFIXES = (".cc-write-", ".cc-batch-", ".cc-extract-", ".cc-trash-")
 
@@ -403,20 +404,25 @@ class Watcher:
         size = 0
         last_seq = 0
         for seq, kind, path, mtime, ino in records:
-            last_seq = seq
             if not sub.filter.wants(path):
+                last_seq = seq
                 continue
             event: Dict[str, Any] = {"type": kind, "path": path, "mtime": mtime, "ino": ino}
+            cost = EVENT_BYTES + len(path)
             if sub.content and kind in ("add_file", "change"):
                 data = _content(path)
                 if data is not None:
                     event["buffer"] = base64.b64encode(data).decode("ascii")
-                    size += len(data)
-            batch.append(event)
-            if size >= MESSAGE_CONTENT_BYTES:
+                    cost += len(event["buffer"])
+            # Split before the batch would pass its budget: a larger event (one file of at
+            # most 8 MiB) travels alone, under the link's limit (protocol.MAX_MESSAGE_BYTES).
+            if batch and size + cost > MESSAGE_BYTES:
                 part_cursor = "%s:%d" % (self.epoch, last_seq) if last_seq else None
                 self._message(sub, batch, resync, part_cursor)
                 batch, size = [], 0
+            batch.append(event)
+            size += cost
+            last_seq = seq
         if batch or resync:
             self._message(sub, batch, resync, self.cursor)
 

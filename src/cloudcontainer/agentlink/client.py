@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -20,12 +21,27 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Event
 
 from cloudcontainer.agent.protocol import (
+    ARCHIVE_DATA,
+    ARCHIVE_END,
     AUTH_HEADER,
+    HEADER_SIZE,
+    MAX_MESSAGE_BYTES,
     PROC_INPUT,
+    PROC_OUTPUT,
+    PROC_STDERR,
+    TUNNEL_DATA,
+    TUNNEL_EOF,
     pack_frame,
     unpack_frame,
 )
-from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.agentlink.errors import AgentOpError, AgentProtocolError, AgentUnavailable
+from cloudcontainer.agentlink.schema import (
+    MAX_ERROR_MESSAGE,
+    Violation,
+    check_error,
+    check_event,
+    check_result,
+)
 from cloudcontainer.coalesce import CoalescingTransport
 
 __all__ = ["REQUEST_SENT", "AgentAddress", "AgentClient"]
@@ -34,11 +50,18 @@ log = structlog.get_logger(__name__)
 
 EventListener = Callable[[str, dict[str, Any]], None]
 StreamListener = Callable[[int, bytes], None]
-MAX_MESSAGE_BYTES = 128 * 1024 * 1024
 # Stream bytes that arrive before anyone listens on their channel (the answer to a spawn and
-# the process's first output can reach us together) are held this long, up to this much.
+# the process's first output can reach us together) are held this long, up to this much, in
+# at most this many frames.
 ORPHAN_SECONDS = 5.0
 ORPHAN_BYTES = 4 * 1024 * 1024
+ORPHAN_FRAMES = 1024
+# Stream kinds an agent may send; anything else is a protocol violation.
+_AGENT_KINDS = frozenset(
+    (PROC_OUTPUT, PROC_STDERR, TUNNEL_DATA, TUNNEL_EOF, ARCHIVE_DATA, ARCHIVE_END)
+)
+# Violations are counted on the link and logged at most once per this many seconds.
+VIOLATION_LOG_SECONDS = 10.0
 # Called (in the caller's context) once a request is on its way to the agent: the per-client
 # FIFO of the file API lets the client's next request go at that moment.
 REQUEST_SENT: ContextVar[Callable[[], None] | None] = ContextVar("request_sent", default=None)
@@ -81,7 +104,9 @@ class _DispatchingConnection(ClientConnection):
     """Hands each complete data message to `on_message` as soon as its frames are parsed: no
     assembler queue and no reader-task wake-up per message, a tenth of the gateway's CPU on a
     small file call. `recv()` is never used on a link. A message the link cannot take (text
-    that is not UTF-8, a listener failing) ends the link, as a broken one would."""
+    that is not UTF-8, a listener failing) ends the link, as a broken one would; one larger
+    than MAX_MESSAGE_BYTES ends it with 1009 before it is buffered (websockets checks each
+    frame's announced length against what the message may still grow by)."""
 
     on_message: Callable[[str | bytes], None]
     _opcode: Opcode = Opcode.TEXT
@@ -126,12 +151,18 @@ class AgentClient:
         self._secret = secret
         self._ws: ClientConnection | None = None
         self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._last_id = 0
+        self._pending: dict[int, tuple[asyncio.Future[Any], str]] = {}
         self._answer_hooks: dict[int, Callable[[Any], None]] = {}
         self._event_listeners: list[EventListener] = []
         self._stream_listeners: dict[tuple[int, int], StreamListener] = {}
-        self._orphans: dict[tuple[int, int], list[tuple[float, bytes]]] = {}
+        # Held stream bytes: per channel, and all of them in arrival order (for eviction).
+        self._orphans: dict[tuple[int, int], deque[bytes]] = {}
+        self._orphan_order: deque[tuple[float, tuple[int, int], deque[bytes], bytes]] = deque()
         self._orphan_bytes = 0
+        self.violations = 0  # messages from the agent that broke the protocol, dropped
+        self._violations_logged = 0
+        self._violation_logged_at = -VIOLATION_LOG_SECONDS
         self._reader: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
         self.hello: dict[str, Any] = {}
@@ -208,10 +239,10 @@ class AgentClient:
     ) -> Any:  # fmt: skip
         if self._ws is None or self.closed.is_set():
             raise AgentUnavailable("the agent link is closed")
-        request_id = next(self._ids)
+        request_id = self._last_id = next(self._ids)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        self._pending[request_id] = future
+        self._pending[request_id] = (future, op)
         if on_answer is not None:
             self._answer_hooks[request_id] = on_answer
         timer: asyncio.TimerHandle | None = None
@@ -252,7 +283,7 @@ class AgentClient:
     def on_stream(self, kind: int, channel: int, listener: StreamListener) -> Callable[[], None]:
         """Listen to one channel; bytes that arrived just before are delivered first."""
         self._stream_listeners[(kind, channel)] = listener
-        for _, payload in self._orphans.pop((kind, channel), []):
+        for payload in self._orphans.pop((kind, channel), ()):
             self._orphan_bytes -= len(payload)
             listener(kind, payload)
 
@@ -282,6 +313,9 @@ class AgentClient:
                 listener("link.closed", {})
 
     def _on_binary(self, frame: bytes) -> None:
+        if len(frame) < HEADER_SIZE or frame[0] not in _AGENT_KINDS:
+            self._violation("a binary frame of an unknown kind or without its header")
+            return
         kind, channel, payload = unpack_frame(frame)
         listener = self._stream_listeners.get((kind, channel))
         if listener is not None:
@@ -290,36 +324,101 @@ class AgentClient:
             self._hold_orphan((kind, channel), payload)
 
     def _hold_orphan(self, key: tuple[int, int], payload: bytes) -> None:
+        """Keep bytes for a listener that may come; the oldest go first past the limits (in
+        arrival order: each frame is looked at once, however many channels an agent makes
+        up)."""
         now = time.monotonic()
-        for other in list(self._orphans):
-            held = self._orphans[other]
-            while held and (now - held[0][0] > ORPHAN_SECONDS or self._orphan_bytes > ORPHAN_BYTES):
-                self._orphan_bytes -= len(held.pop(0)[1])
-            if not held:
-                del self._orphans[other]
-        self._orphans.setdefault(key, []).append((now, payload))
+        order = self._orphan_order
+        while order and (
+            now - order[0][0] > ORPHAN_SECONDS or self._orphan_bytes + len(payload) > ORPHAN_BYTES
+            or len(order) >= ORPHAN_FRAMES
+        ):  # fmt: skip
+            _, old_key, held, old = order.popleft()
+            # Unless a listener took them meanwhile (then the entry is stale), the oldest
+            # frame of a channel is the front of its queue.
+            if self._orphans.get(old_key) is held and held and held[0] is old:
+                held.popleft()
+                self._orphan_bytes -= len(old)
+                if not held:
+                    del self._orphans[old_key]
+        if len(payload) > ORPHAN_BYTES:
+            return
+        held = self._orphans.setdefault(key, deque())
+        held.append(payload)
+        order.append((now, key, held, payload))
         self._orphan_bytes += len(payload)
 
     def _on_text(self, text: str) -> None:
-        message = json.loads(text)
+        try:
+            message = json.loads(text)
+        except (ValueError, RecursionError):
+            self._violation("a text message that is not JSON")
+            return
+        if type(message) is not dict:
+            self._violation("a message that is not an object")
+            return
         if "event" in message:
-            for listener in list(self._event_listeners):
-                listener(message["event"], message.get("data") or {})
+            self._on_event(message.get("event"), message.get("data"))
             return
-        future = self._pending.get(message.get("id"))
-        if future is None or future.done():
+        request_id = message.get("id")
+        if type(request_id) is not int or not 0 < request_id <= self._last_id:
+            self._violation("an answer to no request")
             return
-        if message.get("ok"):
-            result = message.get("result")
-            if (hook := self._answer_hooks.pop(message["id"], None)) is not None:
-                hook(result)
+        pending = self._pending.get(request_id)
+        if pending is None or pending[0].done():
+            return  # the call timed out or was cancelled meanwhile
+        future, op = pending
+        ok, result = message.get("ok"), message.get("result")
+        error: Any = message.get("error")
+        try:
+            if ok is True:
+                check_result(op, result)
+            elif ok is False:
+                check_error(error)
+            else:
+                raise Violation(op, "an answer without ok: true|false")
+        except Violation as exc:
+            self._violation(f"a malformed answer ({exc})")
+            problem = {"problem": str(exc)[:500]}
+            future.set_exception(AgentProtocolError(
+                f"The sandbox's agent answered {op} with a malformed message.", details=problem
+            ))  # fmt: skip
+            return
+        if ok:
+            if (hook := self._answer_hooks.pop(request_id, None)) is not None:
+                try:
+                    hook(result)
+                except AgentProtocolError as exc:  # it found a value it cannot take
+                    future.set_exception(exc)
+                    return
             future.set_result(result)
         else:
-            error = message.get("error") or {}
-            future.set_exception(AgentOpError(error.get("code", "EIO"), error.get("message", "")))
+            future.set_exception(AgentOpError(error["code"], error["message"][:MAX_ERROR_MESSAGE]))
+
+    def _on_event(self, name: Any, data: Any) -> None:
+        try:
+            check_event(name, data)
+        except Violation as exc:
+            self._violation(f"a malformed event ({exc})")
+            return
+        for listener in list(self._event_listeners):
+            listener(name, data)
+
+    def _violation(self, what: str) -> None:
+        """Drop a message that broke the protocol: counted, logged now and then (an agent
+        sending garbage in a loop must not flood the log). The link stays up."""
+        self.violations += 1
+        now = time.monotonic()
+        if now - self._violation_logged_at >= VIOLATION_LOG_SECONDS:
+            log.warning(
+                "agent broke the protocol; message dropped", agent=self.address.describe(),
+                problem=what[:300], dropped=self.violations - self._violations_logged,
+            )  # fmt: skip
+            self._violation_logged_at = now
+            self._violations_logged = self.violations
 
     def _fail_pending(self) -> None:
-        for future in self._pending.values():
+        for future, _ in self._pending.values():
             if not future.done():
                 future.set_exception(AgentUnavailable("the agent link closed"))
         self._pending.clear()

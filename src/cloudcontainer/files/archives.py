@@ -34,6 +34,11 @@ _ERRORS: ErrorTable = {
 }
 SEND_CHUNK = 1024 * 1024
 FINISH_SECONDS = 600.0
+# Download bytes held here, not yet passed on: the agent keeps its window (1 MiB) of
+# unacknowledged bytes, so an agent past twice that ignores the protocol and the download
+# ends (the agent is the tenant's: it must not fill this process's memory).
+MAX_HELD_BYTES = 2 * 1024 * 1024
+_OVERFLOW = -1
 
 
 class ArchiveStreamError(CloudContainerError):
@@ -50,6 +55,7 @@ class Download:
     stream_id: int
     name: str
     queue: asyncio.Queue[tuple[int, bytes]]
+    held: int = 0
 
     @classmethod
     async def open(
@@ -70,14 +76,17 @@ class Download:
         try:
             while True:
                 kind, payload = await self._get()
+                if kind == _OVERFLOW:
+                    raise ArchiveStreamError(
+                        "The sandbox's agent sent more than the download window allows.",
+                        code="sandbox_protocol_error",
+                    )
                 if kind == ARCHIVE_END:
                     ended = True
-                    end = json.loads(payload)
-                    if not end.get("ok"):
-                        error = end.get("error") or {}
-                        raise ArchiveStreamError(error.get("message", "archive failed"))
+                    _check_end(payload)
                     return
                 yield payload
+                self.held -= len(payload)
                 await self.link.send_stream(ARCHIVE_ACK, self.stream_id,
                                             len(payload).to_bytes(4, "big"))  # fmt: skip
         finally:
@@ -91,6 +100,11 @@ class Download:
             await self.link.call("archive.cancel", stream_id=self.stream_id, timeout=5)
 
     def _on_frame(self, kind: int, payload: bytes) -> None:
+        if self.held > MAX_HELD_BYTES:
+            return  # _OVERFLOW is queued: nothing more is taken
+        self.held += len(payload)
+        if self.held > MAX_HELD_BYTES:
+            payload, kind = b"", _OVERFLOW
         self.queue.put_nowait((kind, payload))
 
     async def _get(self) -> tuple[int, bytes]:
@@ -104,6 +118,23 @@ class Download:
             getter.cancel()
             raise AgentUnavailable("the agent link closed during the download")
         return getter.result()
+
+
+def _check_end(payload: bytes) -> None:
+    """An ARCHIVE_END frame: `{"ok": true}`, or the failure (ArchiveStreamError)."""
+    try:
+        end = json.loads(payload)
+    except (ValueError, RecursionError):
+        end = None
+    if not isinstance(end, dict) or not isinstance(end.get("ok"), bool):
+        raise ArchiveStreamError(
+            "The sandbox's agent ended the download with a malformed frame.",
+            code="sandbox_protocol_error",
+        )
+    if not end["ok"]:
+        error = end.get("error")
+        message = error.get("message") if isinstance(error, dict) else None
+        raise ArchiveStreamError(message[:8192] if isinstance(message, str) else "archive failed")
 
 
 async def upload(

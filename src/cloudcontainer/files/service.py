@@ -3,7 +3,6 @@ itself, so a symlink made inside a sandbox resolves inside that sandbox only."""
 
 from __future__ import annotations
 
-import base64
 import functools
 import mimetypes
 import posixpath
@@ -13,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudcontainer.agentlink.client import AgentClient
-from cloudcontainer.agentlink.errors import AgentOpError
+from cloudcontainer.agentlink.errors import AgentOpError, AgentProtocolError
+from cloudcontainer.agentlink.files import read_file, write_file
 from cloudcontainer.db import FileVersion
 from cloudcontainer.errors import (
     BadRequest,
@@ -22,6 +22,7 @@ from cloudcontainer.errors import (
     Forbidden,
     InsufficientStorage,
     NotFound,
+    PayloadTooLarge,
     PreconditionFailed,
 )
 from cloudcontainer.files.history import FileHistory
@@ -51,6 +52,7 @@ _ERRORS: ErrorTable = {
     "ENOSPC": (InsufficientStorage, "no_space"),
     "EXDEV": (Conflict, "cross_device"),
     "EDQUOT": (InsufficientStorage, "quota_exceeded"),
+    "EFBIG": (PayloadTooLarge, "too_large"),
 }
 
 
@@ -149,9 +151,13 @@ def _entry(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 class FileService:
-    def __init__(self, containers: ContainerService, history: FileHistory | None = None) -> None:
+    def __init__(
+        self, containers: ContainerService, history: FileHistory | None = None, *,
+        max_file_bytes: int = 50 * 1024 * 1024,
+    ) -> None:  # fmt: skip
         self._containers = containers
         self.history = history
+        self.max_file_bytes = max_file_bytes
 
     async def _agent(self, owner_id: str, container_id: str) -> AgentClient:
         return await self._containers.agent(owner_id, container_id)
@@ -165,12 +171,14 @@ class FileService:
         return [_entry(entry) for entry in entries]
 
     async def read(self, owner_id: str, container_id: str, path: str) -> FileContent:
+        """The whole file (read in chunks past the link's message size); 413 past
+        `max_file_bytes`."""
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            raw = await agent.call("fs.read", path=path)
+            read = await read_file(agent, path, max_bytes=self.max_file_bytes)
         return FileContent(
-            path=workdir_path(raw["path"]), data=base64.b64decode(raw["data"]),
-            sha256=raw["sha256"], size=raw["size"], mtime=raw["mtime"],
+            path=workdir_path(read.entry["path"]), data=read.data, sha256=read.sha256,
+            size=len(read.data), mtime=read.entry["mtime"],
         )  # fmt: skip
 
     async def write(
@@ -179,16 +187,11 @@ class FileService:
     ) -> dict[str, Any]:  # fmt: skip
         """Write atomically; with `expect_sha256` only if the file still has that content."""
         agent = await self._agent(owner_id, container_id)
-        args: dict[str, Any] = {
-            "path": path,
-            "data": base64.b64encode(data).decode(),
-            "mkdirs": mkdirs,
-        }
+        args: dict[str, Any] = {"mkdirs": mkdirs, **self._keep_previous()}
         if expect_sha256 is not None:
             args["expect_sha256"] = expect_sha256
-        args.update(self._keep_previous())
         with agent_errors():
-            raw = await agent.call("fs.write", **args)
+            raw = await write_file(agent, path, data, **args)
         self._record(owner_id, container_id, raw.get("previous"), reason, raw["sha256"])
         return {**_entry(raw), "etag": etag_of(raw["sha256"])}
 
@@ -250,6 +253,11 @@ class FileService:
             error = api_error(raw["error"]["code"], raw["error"]["message"])
             return BatchOutcome(
                 results=[], failed=raw["failed"], error=error, rolled_back=raw["rolled_back"]
+            )
+        if len(raw["results"]) != len(operations):
+            raise AgentProtocolError(
+                f"The sandbox's agent answered {len(raw['results'])} results to a batch of "
+                f"{len(operations)} operations."
             )
         for operation, result in zip(operations, raw["results"], strict=True):
             self._record_batch_step(owner_id, container_id, operation["op"], result)

@@ -30,9 +30,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
+from cloudcontainer.agentlink.files import read_file
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Container, Database, Snapshot
-from cloudcontainer.errors import CloudContainerError, Conflict, NotFound
+from cloudcontainer.errors import CloudContainerError, Conflict, NotFound, PayloadTooLarge
 from cloudcontainer.sandbox.service import ContainerService, Status
 from cloudcontainer.storage import ObjectMissing, ObjectStorage, StorageError
 
@@ -43,6 +44,9 @@ log = structlog.get_logger(__name__)
 MANIFEST_VERSION = 1
 AGENT_TIMEOUT = 300.0  # a manifest of a large workspace hashes every changed file
 BATCH_BYTES = 8 * 1024 * 1024  # restore batches stay far below the agent's message limit
+# The largest file a snapshot keeps (read in chunks, held whole in memory; restored in one
+# fs.apply with a batch, which the agent takes up to its 128 MiB message limit).
+FILE_BYTES = 64 * 1024 * 1024
 BATCH_ENTRIES = 500
 ON_STOP_SECONDS = 120.0  # a snapshot never holds a stop longer than this
 
@@ -237,14 +241,19 @@ class SnapshotService:
 
     async def _read(self, link: AgentClient, path: str) -> bytes | None:
         try:
-            raw = await link.call("fs.read", path=path, timeout=AGENT_TIMEOUT)
+            read = await read_file(link, path, max_bytes=FILE_BYTES, timeout=AGENT_TIMEOUT)
         except AgentOpError as exc:
             if exc.errno in ("ENOENT", "EISDIR"):
                 return None
             raise Conflict(
                 f"The snapshot could not read {path}: {exc.message}", code="snapshot_failed"
             ) from exc
-        return base64.b64decode(raw["data"])
+        except PayloadTooLarge as exc:  # skipping it would delete it on restore: fail
+            raise Conflict(
+                f"The snapshot could not keep {path}: it is larger than {FILE_BYTES >> 20} MiB "
+                "(exclude it with snapshot_exclude).", code="snapshot_failed",
+            ) from exc  # fmt: skip
+        return read.data
 
     async def _prune(self, project_id: str) -> None:
         """Keep the newest `snapshot_keep` snapshots; sweep blobs none of them names."""

@@ -48,10 +48,21 @@ class InputRate:
         self._updated: float | None = None
 
     async def take(self, count: int) -> None:
+        self._refill()
+        self._tokens -= count
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self.rate)
+
+    def try_take(self, count: int) -> bool:
+        """Take `count` now if the bucket holds that many, else take nothing: False."""
+        self._refill()
+        if self._tokens < count:
+            return False
+        self._tokens -= count
+        return True
+
+    def _refill(self) -> None:
         now = self._clock()
         if self._updated is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
-        self._tokens -= count
-        if self._tokens < 0:
-            await asyncio.sleep(-self._tokens / self.rate)

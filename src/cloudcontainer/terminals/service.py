@@ -27,6 +27,7 @@ import structlog
 from cloudcontainer.agent.jsh import split_after_markers
 from cloudcontainer.agent.protocol import PROC_OUTPUT
 from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.agentlink.schema import decode
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, NotFound
 from cloudcontainer.files.service import agent_errors
@@ -38,7 +39,13 @@ __all__ = ["Control", "Hub", "TerminalClient", "TerminalService", "TerminalSpec"
 
 Control = dict[str, Any]  # a JSON control message for the client: exit, lagged, ...
 CLIENT_MAX_PENDING = 1024 * 1024
+CONTROL_BYTES = 64  # what a queued control message counts for, against max_pending
 HISTORY_SEED_LINES = 1000
+# Shell command lines recorded per container: at most this many a second (after a burst of
+# this many), and this many open (started, not ended) at once.
+COMMANDS_PER_SECOND = 20
+COMMANDS_BURST = 200
+COMMANDS_OPEN = 256
 # Put the project's lines (stdin) before what jsh's history file (agent/jsh.py) holds, once per
 # sandbox home: a terminal opened at once may have made the file already.
 SEED_HISTORY_SCRIPT = (
@@ -73,11 +80,13 @@ class TerminalClient:
     def put(self, item: bytes | Control) -> None:
         if self.lagged or self.closed:
             return
-        if isinstance(item, bytes):
-            if self.pending + len(item) > self.max_pending:
-                self.fall_behind()
-                return
-            self.pending += len(item)
+        # A control message counts too: they come from agent events, and an agent (the
+        # tenant's) may send a flood of them (issue 9).
+        size = len(item) if isinstance(item, bytes) else CONTROL_BYTES
+        if self.pending + size > self.max_pending:
+            self.fall_behind()
+            return
+        self.pending += size
         self.queue.append(item)
         self.ready.set()
 
@@ -89,8 +98,7 @@ class TerminalClient:
         if self.lagged:
             return None
         item = self.queue.popleft()
-        if isinstance(item, bytes):
-            self.pending -= len(item)
+        self.pending -= len(item) if isinstance(item, bytes) else CONTROL_BYTES
         return item
 
     def fall_behind(self) -> None:
@@ -107,10 +115,11 @@ class TerminalClient:
         self.lagged = False
         if notice is not None:
             self.queue.append(notice)
+            self.pending = CONTROL_BYTES
         if scrollback:
             # A bolt shell's replay is cut as its live output is: one marker per frame at most.
             self.queue.extend(split_after_markers(scrollback))
-            self.pending = len(scrollback)
+            self.pending += len(scrollback)
         self.ready.set()
 
 
@@ -152,7 +161,7 @@ class Hub:
         self, client: TerminalClient, notice: Control | None = None
     ) -> dict[str, Any]:
         def start(answer: dict[str, Any]) -> None:
-            client.restart(base64.b64decode(answer.get("scrollback", "")), notice)
+            client.restart(decode(answer["scrollback"], "proc.attach"), notice)
             self.clients.add(client)
 
         with agent_errors():
@@ -267,11 +276,23 @@ class TerminalService:
         """Put the command lines run in the container's jsh terminals on record, as the agent
         reports them (`proc.command`): a row as a line starts, its status as it ends."""
         started: dict[int, asyncio.Task[str]] = {}  # proc id → its running line's record
+        # The events come from the sandbox (issue 9): a flood of them must not become as
+        # many tasks and rows. Past the rate, or with too many lines open, a line is not kept.
+        budget = InputRate(COMMANDS_PER_SECOND, burst=COMMANDS_BURST)
+        dropping = False
 
         def on_event(name: str, data: dict[str, Any]) -> None:
+            nonlocal dropping
             if name != "proc.command" or not isinstance(data.get("proc_id"), int):
                 return
             if data.get("phase") == "start":
+                if len(started) >= COMMANDS_OPEN or not budget.try_take(1):
+                    if not dropping:  # once per run of dropped lines
+                        log.warning("shell commands not recorded: too many",
+                                    container_id=container.id)  # fmt: skip
+                    dropping = True
+                    return
+                dropping = False
                 started[data["proc_id"]] = self._containers.tasks.spawn(
                     self.commands.started(
                         project_id=container.project_id, container_id=container.id,
