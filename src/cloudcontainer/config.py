@@ -87,6 +87,10 @@ class Settings(BaseSettings):
         30, ge=1, description="Login attempts per client IP in the window before 429."
     )
     login_window_seconds: int = Field(300, ge=1)
+    audit_retention_days: int = Field(
+        365, ge=0,
+        description="Days audit events are kept; older ones are pruned hourly. 0: kept forever.",
+    )  # fmt: skip
 
     # Mail
     smtp_host: str = Field("", description="SMTP server; empty writes mail to DATA_DIR/outbox.")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import structlog
 
 from cloudcontainer.agentlink.bundle import build_agent_zipapp
+from cloudcontainer.audit import AuditLog
 from cloudcontainer.auth.credentials import CredentialService, PrincipalCache
 from cloudcontainer.auth.mail import mailer_from_settings
 from cloudcontainer.auth.passwords import PasswordHasher
@@ -46,6 +47,7 @@ class Services:
     database: Database
     metrics: Metrics
     tasks: TaskSet
+    audit: AuditLog
     accounts: AccountService
     credentials: CredentialService
     projects: ProjectService
@@ -91,8 +93,10 @@ async def open_services(
     supervisor: Supervisor | None = None
     locks: LockService | None = None
     periodic: asyncio.Task[None] | None = None
+    audit = AuditLog(database, retention_days=settings.audit_retention_days)
     try:
         await migrate.upgrade(database)
+        audit.start()
         signer = AccessTokenSigner(settings.signing_key(), settings.access_token_ttl_seconds)
         hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost, memory_cost_kib=settings.argon2_memory_cost_kib
@@ -131,6 +135,7 @@ async def open_services(
             database=database,
             metrics=metrics or Metrics(),
             tasks=tasks,
+            audit=audit,
             accounts=AccountService(
                 settings=settings,
                 database=database,
@@ -173,5 +178,6 @@ async def open_services(
         if supervisor is not None:
             await supervisor.aclose()
         await tasks.aclose()
+        await audit.aclose()  # after the tasks: what they recorded is written too
         await runtime.aclose()
         await database.aclose()

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response, WebSocket, status
+from fastapi import APIRouter, Query, Request, Response, WebSocket, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
@@ -18,8 +18,10 @@ from starlette.websockets import WebSocketDisconnect
 from cloudcontainer.agent.protocol import PROC_OUTPUT, PROC_STDERR
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.api.audit import record
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel, WholeNumber
+from cloudcontainer.audit import actions
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, Forbidden
 from cloudcontainer.files.watch import WatchFeed, WatchRequest
@@ -141,8 +143,9 @@ Wait = Annotated[
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_container(
-    body: ContainerCreate, principal: CurrentPrincipal, services: ServicesDep, wait: Wait = False
-) -> ContainerOut:
+    body: ContainerCreate, request: Request, principal: CurrentPrincipal, services: ServicesDep,
+    wait: Wait = False,
+) -> ContainerOut:  # fmt: skip
     """Create a container for a project; it starts in the background (or `wait=true`)."""
     resources = None
     if body.resources is not None:
@@ -151,6 +154,11 @@ async def create_container(
     container = await services.containers.create(
         principal.user_id, body.project_id, body.template, resources
     )
+    await record(
+        request, actions.CONTAINER_CREATED, principal, target_type="container",
+        target_id=container.id, detail={"project_id": container.project_id,
+                                        "template": container.template},
+    )  # fmt: skip
     if wait:
         container = await services.containers.wait_settled(principal.user_id, container.id)
     return await _describe(services, container)
@@ -180,10 +188,12 @@ async def get_container(
 
 @router.delete("/{container_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_container(
-    container_id: str, principal: CurrentPrincipal, services: ServicesDep
+    container_id: str, request: Request, principal: CurrentPrincipal, services: ServicesDep
 ) -> Response:
     """Destroy the container and its workspace. A second DELETE answers 404."""
     await services.containers.delete(principal.user_id, container_id)
+    await record(request, actions.CONTAINER_DELETED, principal, target_type="container",
+                 target_id=container_id)  # fmt: skip
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
