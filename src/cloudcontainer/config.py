@@ -121,6 +121,15 @@ class Settings(BaseSettings):
         description="Regular expressions; a command line that matches one is refused (403) "
         "by exec and the AI runner.",
     )
+    history_reports_per_minute: int = Field(
+        600, ge=1,
+        description="Command lines a project's sandboxes may report into its history per "
+        "minute (as many at once); more are dropped.",
+    )  # fmt: skip
+    history_max_per_project: int = Field(
+        10_000, ge=100,
+        description="Sandbox-reported command lines kept per project; older ones are pruned.",
+    )  # fmt: skip
     terminal_input_bytes_per_second: int = Field(
         1_048_576, ge=1024, description="Typing (and pasting) into one terminal, at most."
     )

@@ -162,6 +162,8 @@ async def open_services(
                 scrollback_bytes=settings.terminal_scrollback_bytes,
                 input_bytes_per_second=settings.terminal_input_bytes_per_second,
                 deny_patterns=settings.command_deny_patterns,
+                history_reports_per_minute=settings.history_reports_per_minute,
+                history_max_per_project=settings.history_max_per_project,
             ),
             locks=locks,
             order=Sequencer(settings.fifo_wait_seconds),
