@@ -106,6 +106,7 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
     from cloudcontainer.app import create_app
     from cloudcontainer.coalesce import CoalescingHttpProtocol
+    from cloudcontainer.wsdrop import DroppingWebSocketProtocol
 
     console.print(
         f"[bold]cloudcontainer {__version__}[/bold] on http://{settings.host}:{settings.port}"
@@ -122,6 +123,7 @@ def serve(
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=settings.trusted_proxies or None,
             http=CoalescingHttpProtocol,  # a response's head and body in one send
+            ws=DroppingWebSocketProtocol,  # a client that never reads is let go (issue 9)
         )
     )  # fmt: skip
     server.run()

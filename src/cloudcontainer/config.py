@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         description="Regular expressions; a command line that matches one is refused (403) "
         "by exec and the AI runner.",
     )
+    client_send_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600,
+        description="How long one message may wait for a WebSocket client to take it; a client "
+        "that reads nothing for this long is dropped.",
+    )  # fmt: skip
     history_reports_per_minute: int = Field(
         600, ge=1,
         description="Command lines a project's sandboxes may report into its history per "
