@@ -189,3 +189,29 @@ async def test_an_exec_client_that_never_reads_has_its_command_stopped(
                     assert chunk
                     tail = (tail + chunk)[-4096:]
             assert b'"code": "client_too_slow"' in tail
+
+
+async def test_a_file_watch_client_that_never_reads_is_dropped(sandbox_api_factory: Any) -> None:
+    """It watches the workspace with contents while 256 MB of files are written."""
+    api: Api = await sandbox_api_factory(**SETTINGS)
+    user = await api.user()
+    cid = (await new_container(api, user))["id"]
+    loop = asyncio.get_running_loop()
+    watch = json.dumps(
+        {"type": "watch", "id": "w", "include": ["/home/project/**"], "content": True},
+        separators=(",", ":"),
+    ).encode()
+    async with live_server(api) as base:
+        url = await events_socket_url(api, user, base, cid)
+        async with stalled(url, upgrade(url)) as idle:
+            assert b" 101 " in await read_head(idle)
+            before = rss()
+            await loop.sock_sendall(idle, text_frame(watch))
+            script = (
+                "mkdir -p /home/project/flood && i=0; while [ $i -lt 256 ]; do "
+                "head -c 1000000 /dev/urandom > /home/project/flood/f$i; i=$((i+1)); done"
+            )
+            assert (await sh(api, user, cid, script)).code == 0
+            await answers(base, user, cid)
+            assert rss() - before < 64 * MB
+            await wait_dropped(idle)
