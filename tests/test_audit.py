@@ -9,13 +9,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
 from cloudcontainer.audit import AuditLog, AuditQuery, actions
 from cloudcontainer.db import AuditEvent, Database, migrate
 from tests.conftest import PASSWORD, Api, TestUser
-from tests.support.server import CLI, cli_env
+from tests.support.server import CLI, cli_env, serve
 from tests.test_cli import create_user, run_cli
 
 RESET = "Reset your cloudcontainer password"
@@ -216,3 +217,25 @@ def test_cli_lists_the_audit_log(tmp_path: Path) -> None:
 def test_action_names_fit_their_column(name: str) -> None:
     assert name.isidentifier()
     assert len(name) <= 64
+
+
+def test_a_served_gateway_records_and_a_graceful_stop_keeps_every_event(tmp_path: Path) -> None:
+    """The real `cloudcontainer serve`: failed logins from the network, SIGTERM straight after
+    the last one, and every event is in the database for `cloudcontainer audit list`."""
+    data_dir = tmp_path / "state"
+    assert create_user(data_dir, "root@example.com", "--admin").returncode == 0
+    with serve(data_dir) as server:
+        for n in range(20):
+            response = httpx.post(
+                f"{server.url}/api/auth/login",
+                json={"email": f"guess{n}@example.com", "password": WRONG},
+            )
+            assert response.status_code == 401
+        assert server.stop()
+    listed = subprocess.run(
+        [*CLI, "audit", "list", "--data-dir", str(data_dir), "--action", "login_failed"],
+        capture_output=True, text=True, timeout=60, env={**cli_env(), "COLUMNS": "250"},
+    )  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    assert all(f"guess{n}@example.com" in listed.stdout for n in range(20))
+    assert listed.stdout.count("127.0.0.1") == 20
