@@ -10,14 +10,19 @@ from __future__ import annotations
 import errno
 import os
 import pwd
+import sqlite3
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import asyncpg
 import pytest
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from cloudcontainer.audit import actions
+from cloudcontainer.db.errors import database_error
 from tests.conftest import Api, make_settings, running_api
 from tests.support.pgcluster import Cluster
 from tests.support.smtp import Mailbox
@@ -183,3 +188,42 @@ async def test_postgresql_gone_answers_503_then_works_when_back(
         names = {p["name"] for p in (await api.client.get("/api/projects", headers=ada.headers))
                  .json()["items"]}  # fmt: skip
         assert names == {"after"}
+
+
+def _wrapped(orig: Exception) -> BaseException:
+    """`orig` as SQLAlchemy raises it from a driver."""
+    return DBAPIError.instance("INSERT ...", None, orig, Exception)
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (_wrapped(sqlite3.OperationalError("database or disk is full")), "database_full"),
+        (_wrapped(sqlite3.OperationalError("disk I/O error")), "database_unavailable"),
+        (_wrapped(sqlite3.OperationalError("database is locked")), "database_unavailable"),
+        (
+            _wrapped(sqlite3.OperationalError("unable to open database file")),
+            "database_unavailable",
+        ),
+        (_wrapped(asyncpg.exceptions.DiskFullError("no space")), "database_full"),
+        (
+            _wrapped(asyncpg.exceptions.ConnectionDoesNotExistError("closed")),
+            "database_unavailable",
+        ),
+        (_wrapped(asyncpg.exceptions.CannotConnectNowError("starting")), "database_unavailable"),
+        (_wrapped(asyncpg.exceptions.AdminShutdownError("bye")), "database_unavailable"),
+        (_wrapped(asyncpg.exceptions.TooManyConnectionsError("busy")), "database_unavailable"),
+        (ConnectionRefusedError(111, "refused"), "database_unavailable"),
+        (PoolTimeout("pool"), "database_unavailable"),
+        (_wrapped(sqlite3.IntegrityError("UNIQUE constraint failed")), None),
+        (_wrapped(asyncpg.exceptions.UniqueViolationError("dup")), None),
+        (_wrapped(sqlite3.OperationalError("no such table: x")), None),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_every_database_failure_maps_to_its_answer(error: BaseException, code: str | None) -> None:
+    """The table in db/errors.py, one driver exception each (the mapping test httpx keeps)."""
+    mapped = database_error(error)
+    assert (mapped.code if mapped else None) == code
+    if mapped is not None:
+        assert mapped.status_code == 503
