@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from cloudcontainer.audit import AuditLog, AuditQuery, actions
 from cloudcontainer.db import AuditEvent, Database, migrate
 from tests.conftest import PASSWORD, Api, TestUser
+from tests.sandbox_helpers import new_container
 from tests.support.server import CLI, cli_env, serve
 from tests.test_cli import create_user, run_cli
 
@@ -239,3 +240,20 @@ def test_a_served_gateway_records_and_a_graceful_stop_keeps_every_event(tmp_path
     assert listed.returncode == 0, listed.stderr
     assert all(f"guess{n}@example.com" in listed.stdout for n in range(20))
     assert listed.stdout.count("127.0.0.1") == 20
+
+
+@pytest.mark.parametrize("runtime_name", ["local"])  # the audit is the gateway's, not a runtime's
+async def test_containers_created_and_deleted_are_recorded(sandbox_api_factory: Any) -> None:
+    api: Api = await sandbox_api_factory()
+    admin = await api.user("root@example.com", admin=True)
+    ada = await api.user("ada@example.com")
+    container = await new_container(api, ada)
+    deleted = await api.client.delete(f"/api/containers/{container['id']}", headers=ada.headers)
+    assert deleted.status_code == 204
+    events = (await audit(api, admin, actor=ada.id))["items"]
+    assert [(e["action"], e["target_id"]) for e in events[:2]] == [
+        (actions.CONTAINER_DELETED, container["id"]),
+        (actions.CONTAINER_CREATED, container["id"]),
+    ]
+    assert events[1]["detail"] == {"project_id": container["project_id"], "template": "node"}
+    assert all(e["actor_email"] == ada.email and e["source_ip"] == "127.0.0.1" for e in events)
