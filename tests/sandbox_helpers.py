@@ -15,6 +15,7 @@ import uvicorn
 from cloudcontainer.coalesce import CoalescingHttpProtocol
 from cloudcontainer.db import Container
 from cloudcontainer.db.types import new_id
+from cloudcontainer.wsdrop import DroppingWebSocketProtocol
 from tests.conftest import Api, TestUser
 from tests.support.net import free_port
 
@@ -86,7 +87,7 @@ async def live_server(api: Api) -> AsyncIterator[str]:
     transport does not carry); yields its ws:// base URL. The app's lifespan already runs."""
     port = free_port()
     config = uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="off",
-                            log_level="warning", ws="websockets-sansio",
+                            log_level="warning", ws=DroppingWebSocketProtocol,
                             http=CoalescingHttpProtocol)  # as `cloudcontainer serve`  # fmt: skip
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -13,6 +13,7 @@ import jwt
 import pytest
 from sqlalchemy import func, select, update
 
+from cloudcontainer.audit import AuditQuery, actions
 from cloudcontainer.db import ApiKey, AuthSession, EmailToken, Project, RefreshToken, User, WsTicket
 from cloudcontainer.errors import Unauthorized
 from tests.conftest import PASSWORD, Api, ApiFactory
@@ -866,6 +867,13 @@ async def test_deleting_the_account_needs_its_password_and_removes_everything(ap
     assert (await refresh(api, user.tokens["refresh_token"])).status_code == 401
     theirs = await api.client.get("/api/projects", headers=other.headers)
     assert theirs.json()["total"] == 1
+    # The audit log keeps who went, by whose hand, from where.
+    await api.services.audit.flush()
+    gone = await api.services.audit.query(AuditQuery(action=actions.ACCOUNT_DELETED))
+    assert [(e.actor_id, e.actor_email, e.target_id, e.detail) for e in gone.items] == [
+        (user.id, user.email, user.id, {"by": "self"})
+    ]
+    assert gone.items[0].source_ip is not None
     # The address is free again.
     assert (await register(api, user.email)).status_code == 202
 

@@ -18,6 +18,9 @@ async def test_readyz_checks_the_database(api: Api) -> None:
 
 
 async def test_readyz_answers_503_when_the_database_is_gone(api: Api) -> None:
+    # The audit log's writer and pruner stop first: none of their sessions may be left on the
+    # engine swapped out below.
+    await api.services.audit.aclose()
     await api.services.database.engine.dispose()
     database = api.services.database
     original = database.url

@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from cloudcontainer import __version__
 from cloudcontainer.api import (
     archives,
+    audit,
     auth,
     containers,
     files,
@@ -73,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     hot_routes = [route for route in files.hot_router.routes if isinstance(route, HandParsedRoute)]
     app.router.routes[0:0] = hot_routes
     for module in (ops, auth, projects, containers, files, locks, search, archives, history,
-                   snapshots, terminals):  # fmt: skip
+                   snapshots, terminals, audit):  # fmt: skip
         app.include_router(module.router)
     app.add_middleware(HotRoutesMiddleware, routes=hot_routes)  # added first: innermost
     app.add_middleware(

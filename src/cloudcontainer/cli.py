@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import sys
 import time
 from collections.abc import Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -48,9 +50,11 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 user_app = typer.Typer(help="User accounts.", no_args_is_help=True)
 image_app = typer.Typer(help="The sandbox base image.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(user_app, name="user")
 app.add_typer(image_app, name="image")
+app.add_typer(audit_app, name="audit")
 
 console = Console(stderr=True)
 T = TypeVar("T")
@@ -102,6 +106,7 @@ def serve(
     configure_logging(settings.log_level, settings.log_format)
     from cloudcontainer.app import create_app
     from cloudcontainer.coalesce import CoalescingHttpProtocol
+    from cloudcontainer.wsdrop import DroppingWebSocketProtocol
 
     console.print(
         f"[bold]cloudcontainer {__version__}[/bold] on http://{settings.host}:{settings.port}"
@@ -118,6 +123,7 @@ def serve(
             proxy_headers=bool(settings.trusted_proxies),
             forwarded_allow_ips=settings.trusted_proxies or None,
             http=CoalescingHttpProtocol,  # a response's head and body in one send
+            ws=DroppingWebSocketProtocol,  # a client that never reads is let go (issue 9)
         )
     )  # fmt: skip
     server.run()
@@ -249,6 +255,56 @@ def user_delete(
         console.print(f"[red]No account {escape(email)}.[/red]")
         raise typer.Exit(1)
     console.print(f"[green]Deleted {escape(email)}[/green] ({user_id})")
+
+
+@audit_app.command("list")
+def audit_list(
+    actor: Annotated[str | None, typer.Option(help="Only this user id's events.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this action.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this ISO time (UTC).")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this ISO time.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="At most this many.")] = 100,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    database_url: DatabaseOption = None,
+) -> None:
+    """Show audit events, newest first."""
+    from cloudcontainer.audit import AuditQuery
+    from cloudcontainer.state import open_services
+
+    query = AuditQuery(
+        actor_id=actor, action=action, since=_when(since), until=_when(until), limit=limit
+    )
+    settings = _settings(config, data_dir=data_dir, database_url=database_url)
+    configure_logging("warning", "console")
+
+    async def run() -> list[list[str]]:
+        async with open_services(settings, supervise=False) as services:
+            page = await services.audit.query(query)
+        return [
+            [e.at.isoformat(timespec="seconds"), e.action, e.actor_email or e.actor_id or "-",
+             e.source_ip or "-", f"{e.target_type}:{e.target_id}" if e.target_id else "-",
+             json.dumps(e.detail, separators=(",", ":")) if e.detail else ""]
+            for e in page.items
+        ]  # fmt: skip
+
+    table = Table()
+    for name in ("time (UTC)", "action", "actor", "source", "target", "detail"):
+        table.add_column(name, overflow="fold")  # an address or id cut short misleads
+    for row in asyncio.run(run()):
+        table.add_row(*(escape(cell) for cell in row))  # values are data, not markup
+    Console().print(table)
+
+
+def _when(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        console.print(f"[red]Not an ISO time: {escape(value)}[/red]")
+        raise typer.Exit(2) from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @image_app.command("build")

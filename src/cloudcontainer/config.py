@@ -135,6 +135,10 @@ class Settings(BaseSettings):
         30, ge=1, description="Login attempts per client IP in the window before 429."
     )
     login_window_seconds: int = Field(300, ge=1)
+    audit_retention_days: int = Field(
+        365, ge=0,
+        description="Days audit events are kept; older ones are pruned hourly. 0: kept forever.",
+    )  # fmt: skip
 
     # Mail
     smtp_host: str = Field("", description="SMTP server; empty writes mail to DATA_DIR/outbox.")
@@ -165,6 +169,20 @@ class Settings(BaseSettings):
         description="Regular expressions; a command line that matches one is refused (403) "
         "by exec and the AI runner.",
     )
+    client_send_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600,
+        description="How long one message may wait for a WebSocket client to take it; a client "
+        "that reads nothing for this long is dropped.",
+    )  # fmt: skip
+    history_reports_per_minute: int = Field(
+        600, ge=1,
+        description="Command lines a project's sandboxes may report into its history per "
+        "minute (as many at once); more are dropped.",
+    )  # fmt: skip
+    history_max_per_project: int = Field(
+        10_000, ge=100,
+        description="Sandbox-reported command lines kept per project; older ones are pruned.",
+    )  # fmt: skip
     terminal_input_bytes_per_second: int = Field(
         1_048_576, ge=1024, description="Typing (and pasting) into one terminal, at most."
     )

@@ -12,6 +12,7 @@ import structlog
 
 from cloudcontainer.accounts import Removal
 from cloudcontainer.agentlink.bundle import build_agent_zipapp
+from cloudcontainer.audit import AuditLog
 from cloudcontainer.auth.credentials import CredentialService, PrincipalCache
 from cloudcontainer.auth.mail import mailer_from_settings
 from cloudcontainer.auth.passwords import PasswordHasher
@@ -49,6 +50,7 @@ class Services:
     database: Database
     metrics: Metrics
     tasks: TaskSet
+    audit: AuditLog
     accounts: AccountService
     credentials: CredentialService
     sockets: SocketRegistry
@@ -99,8 +101,10 @@ async def open_services(
     locks: LockService | None = None
     periodic: asyncio.Task[None] | None = None
     revalidating: asyncio.Task[None] | None = None
+    audit = AuditLog(database, retention_days=settings.audit_retention_days)
     try:
         await migrate.upgrade(database)
+        audit.start()
         signer = AccessTokenSigner(settings.signing_key(), settings.access_token_ttl_seconds)
         hasher = PasswordHasher(
             time_cost=settings.argon2_time_cost, memory_cost_kib=settings.argon2_memory_cost_kib
@@ -143,6 +147,7 @@ async def open_services(
             database=database,
             metrics=metrics or Metrics(),
             tasks=tasks,
+            audit=audit,
             accounts=AccountService(
                 settings=settings,
                 database=database,
@@ -172,6 +177,8 @@ async def open_services(
                 scrollback_bytes=settings.terminal_scrollback_bytes,
                 input_bytes_per_second=settings.terminal_input_bytes_per_second,
                 deny_patterns=settings.command_deny_patterns,
+                history_reports_per_minute=settings.history_reports_per_minute,
+                history_max_per_project=settings.history_max_per_project,
             ),
             locks=locks,
             order=Sequencer(settings.fifo_wait_seconds),
@@ -179,7 +186,7 @@ async def open_services(
             snapshots=snapshots,
             removal=Removal(
                 database=database, containers=containers, projects=projects,
-                snapshots=snapshots, principals=principals, sockets=sockets,
+                snapshots=snapshots, principals=principals, sockets=sockets, audit=audit,
             ),
         )  # fmt: skip
     finally:
@@ -193,5 +200,6 @@ async def open_services(
         if supervisor is not None:
             await supervisor.aclose()
         await tasks.aclose()
+        await audit.aclose()  # after the tasks: what they recorded is written too
         await runtime.aclose()
         await database.aclose()

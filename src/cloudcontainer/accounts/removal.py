@@ -14,6 +14,7 @@ import contextlib
 import structlog
 from sqlalchemy import delete, select, update
 
+from cloudcontainer.audit import AuditLog, actions
 from cloudcontainer.auth.credentials import PrincipalCache
 from cloudcontainer.auth.sockets import SocketRegistry
 from cloudcontainer.db import ApiKey, AuthSession, Container, Database, Project, User, WsTicket
@@ -36,8 +37,10 @@ class Removal:
     def __init__(
         self, *, database: Database, containers: ContainerService, projects: ProjectService,
         snapshots: SnapshotService, principals: PrincipalCache, sockets: SocketRegistry,
+        audit: AuditLog,
     ) -> None:  # fmt: skip
         self._db = database
+        self._audit = audit
         self._containers = containers
         self._projects = projects
         self._snapshots = snapshots
@@ -70,11 +73,12 @@ class Removal:
             await session.execute(delete(User).where(User.id == user.id))
         self._principals.forget(user_id=user.id)
         self._sockets.end(user_id=user.id, reason="account deleted")
-        await self.on_account_deleted(user, actor=actor, source_ip=source_ip)
-
-    async def on_account_deleted(self, user: User, *, actor: str, source_ip: str | None) -> None:
-        """Called once an account is gone: the place for its audit record."""
         log.info("account deleted", user_id=user.id, actor=actor, source_ip=source_ip)
+        await self._audit.record(
+            actions.ACCOUNT_DELETED, actor_id=user.id if actor == "self" else None,
+            actor_email=user.email, source_ip=source_ip, target_type="user", target_id=user.id,
+            detail={"by": actor},
+        )  # fmt: skip
 
     async def _end_credentials(self, user_id: str) -> None:
         now = utcnow()

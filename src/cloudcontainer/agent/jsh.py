@@ -7,7 +7,8 @@ markers in the output (PARITY.md, "The bolt shell", R1-R9). Three parts make tha
   found: NAME`, and one history file for every terminal of the sandbox (`~/.jsh_history`: in
   its home, kept with it but outside the workspace). It also reports each command line and its
   exit status with a private OSC 6973 sequence, which never leaves the agent: `OutputFramer`
-  takes it out and the process table turns it into a `proc.command` event (the audit log).
+  takes it out and the process table turns it into a `proc.command` event (the
+  project's shell history: the tenant's word, never an audit log).
 - `OutputFramer`: with `--osc`, output is flushed after a short quiet period (so output that
   arrives together leaves together) and cut right after every 654 marker, so that each marker
   is the only one in its frame (bolt reads only the first marker of a chunk).

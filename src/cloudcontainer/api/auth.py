@@ -9,11 +9,13 @@ from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from cloudcontainer.api.audit import record
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep, client_ip
 from cloudcontainer.api.schemas import Email, Name, Password, RequestModel, Token, WholeNumber
+from cloudcontainer.audit import actions
 from cloudcontainer.auth.service import TokenPair
 from cloudcontainer.db import ApiKey, User
-from cloudcontainer.errors import Unauthorized
+from cloudcontainer.errors import Forbidden, Unauthorized
 
 router = APIRouter(prefix="/api/auth", tags=["auth"])
 
@@ -167,9 +169,19 @@ async def resend_verification(body: EmailRequest, services: ServicesDep) -> Acce
 
 @router.post("/login")
 async def login(body: LoginRequest, request: Request, services: ServicesDep) -> TokenResponse:
-    pair = await services.accounts.login(
-        body.email, body.password, ip=client_ip(request),
-        user_agent=request.headers.get("user-agent", ""),
+    try:
+        pair = await services.accounts.login(
+            body.email, body.password, ip=client_ip(request),
+            user_agent=request.headers.get("user-agent", ""),
+        )  # fmt: skip
+    except (Unauthorized, Forbidden) as exc:  # not a throttled one: those cost nothing to send
+        # The address tried, never the password.
+        await record(request, actions.LOGIN_FAILED, actor_email=body.email,
+                     detail={"reason": exc.code})  # fmt: skip
+        raise
+    await record(
+        request, actions.LOGIN, actor_id=pair.user_id, actor_email=body.email,
+        target_type="session", target_id=pair.session_id,
     )  # fmt: skip
     return TokenResponse.of(pair)
 
@@ -182,6 +194,7 @@ async def refresh(body: RefreshRequest, services: ServicesDep) -> TokenResponse:
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
 async def logout(
+    request: Request,
     services: ServicesDep,
     credentials: Annotated[
         HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))
@@ -190,6 +203,7 @@ async def logout(
 ) -> Response:
     """End the session named by the access token, the refresh token, or both."""
     sessions: set[str] = set()
+    principal = None
     if body is not None and body.refresh_token:
         session_id = await services.accounts.session_of_refresh_token(body.refresh_token)
         if session_id:
@@ -205,6 +219,8 @@ async def logout(
         raise Unauthorized("Nothing to log out: no valid token given.", code="not_authenticated")
     for session_id in sessions:
         await services.accounts.revoke_session(session_id, reason="logout")
+        await record(request, actions.LOGOUT, principal, target_type="session",
+                     target_id=session_id)  # fmt: skip
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -215,9 +231,13 @@ async def request_password_reset(body: EmailRequest, services: ServicesDep) -> A
 
 
 @router.post("/password-reset/confirm", status_code=status.HTTP_204_NO_CONTENT)
-async def confirm_password_reset(body: ResetConfirmRequest, services: ServicesDep) -> Response:
+async def confirm_password_reset(
+    body: ResetConfirmRequest, request: Request, services: ServicesDep
+) -> Response:
     """Set a new password and end every session of the account."""
-    await services.accounts.confirm_password_reset(body.token, body.password)
+    user_id = await services.accounts.confirm_password_reset(body.token, body.password)
+    await record(request, actions.PASSWORD_RESET, actor_id=user_id, target_type="user",
+                 target_id=user_id)  # fmt: skip
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -244,11 +264,13 @@ async def delete_account(
 
 @router.post("/keys", status_code=status.HTTP_201_CREATED)
 async def create_api_key(
-    body: ApiKeyRequest, principal: CurrentPrincipal, services: ServicesDep
+    body: ApiKeyRequest, request: Request, principal: CurrentPrincipal, services: ServicesDep
 ) -> ApiKeyCreated:
     key, secret = await services.credentials.create_api_key(
         principal.user_id, body.name, body.expires_in_days
     )
+    await record(request, actions.API_KEY_CREATED, principal, target_type="api_key",
+                 target_id=key.id, detail={"name": key.name, "prefix": key.prefix})  # fmt: skip
     return ApiKeyCreated(**ApiKeyOut.of(key).model_dump(), key=secret)
 
 
@@ -261,10 +283,12 @@ async def list_api_keys(principal: CurrentPrincipal, services: ServicesDep) -> l
 
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_api_key(
-    key_id: str, principal: CurrentPrincipal, services: ServicesDep
+    key_id: str, request: Request, principal: CurrentPrincipal, services: ServicesDep
 ) -> Response:
     """Revoke a key. Revoking a revoked key is a no-op; another user's key is 404."""
     await services.credentials.revoke_api_key(principal.user_id, key_id)
+    await record(request, actions.API_KEY_REVOKED, principal, target_type="api_key",
+                 target_id=key_id)  # fmt: skip
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

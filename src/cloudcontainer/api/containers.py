@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Response, WebSocket, status
+from fastapi import APIRouter, Query, Request, Response, WebSocket, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
@@ -18,8 +18,11 @@ from starlette.websockets import WebSocketDisconnect
 from cloudcontainer.agent.protocol import PROC_OUTPUT, PROC_STDERR
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.api import wsio
+from cloudcontainer.api.audit import record
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel, WholeNumber
+from cloudcontainer.audit import actions
 from cloudcontainer.auth.sockets import OpenSocket
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, Forbidden
@@ -33,6 +36,14 @@ from cloudcontainer.terminals.commands import command_line
 router = APIRouter(prefix="/api/containers", tags=["containers"])
 
 WS_POLICY_VIOLATION = 1008
+# Messages waiting for one event-socket client. File contents are bounded by bytes on their own
+# (watch_max_pending_bytes); this bounds the rest (answers, container events): a client that
+# sends commands and reads no answer is dropped past it.
+OUTBOX_MAX_MESSAGES = 4096
+# Output of one `exec` waiting for its client: the agent does not pause a command for a slow
+# reader, so a client that reads less than this behind the command has it killed.
+EXEC_MAX_PENDING_BYTES = 8 * 1024 * 1024
+Outbox = wsio.Outbox[tuple[dict[str, Any], int]]
 Glob = Annotated[str, Field(min_length=1, max_length=1024)]
 
 
@@ -142,8 +153,9 @@ Wait = Annotated[
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_container(
-    body: ContainerCreate, principal: CurrentPrincipal, services: ServicesDep, wait: Wait = False
-) -> ContainerOut:
+    body: ContainerCreate, request: Request, principal: CurrentPrincipal, services: ServicesDep,
+    wait: Wait = False,
+) -> ContainerOut:  # fmt: skip
     """Create a container for a project; it starts in the background (or `wait=true`)."""
     resources = None
     if body.resources is not None:
@@ -152,6 +164,11 @@ async def create_container(
     container = await services.containers.create(
         principal.user_id, body.project_id, body.template, resources
     )
+    await record(
+        request, actions.CONTAINER_CREATED, principal, target_type="container",
+        target_id=container.id, detail={"project_id": container.project_id,
+                                        "template": container.template},
+    )  # fmt: skip
     if wait:
         container = await services.containers.wait_settled(principal.user_id, container.id)
     return await _describe(services, container)
@@ -181,10 +198,12 @@ async def get_container(
 
 @router.delete("/{container_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_container(
-    container_id: str, principal: CurrentPrincipal, services: ServicesDep
+    container_id: str, request: Request, principal: CurrentPrincipal, services: ServicesDep
 ) -> Response:
     """Destroy the container and its workspace. A second DELETE answers 404."""
     await services.containers.delete(principal.user_id, container_id)
+    await record(request, actions.CONTAINER_DELETED, principal, target_type="container",
+                 target_id=container_id)  # fmt: skip
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -257,9 +276,26 @@ async def _exec_lines(
         name: codecs.getincrementaldecoder("utf-8")(errors="replace")
         for name in ("stdout", "stderr")
     }
+    pending = 0  # bytes queued for the client; past EXEC_MAX_PENDING_BYTES it is too slow
+    too_slow = False
+
+    def output(stream: str, data: bytes) -> None:
+        nonlocal pending, too_slow
+        if too_slow:
+            return
+        if pending + len(data) > EXEC_MAX_PENDING_BYTES:
+            # The client does not read as fast as the command writes, and nothing slows the
+            # command down: kill it rather than buffer without bound (issue 9).
+            too_slow = True
+            kill = asyncio.ensure_future(link.call("proc.kill", proc_id=proc_id, signal=9))
+            kill.add_done_callback(_retrieve)
+            return
+        pending += len(data)
+        queue.put_nowait((stream, data))
+
     unsubscribe = [
-        link.on_stream(PROC_OUTPUT, proc_id, lambda _, data: queue.put_nowait(("stdout", data))),
-        link.on_stream(PROC_STDERR, proc_id, lambda _, data: queue.put_nowait(("stderr", data))),
+        link.on_stream(PROC_OUTPUT, proc_id, lambda _, data: output("stdout", data)),
+        link.on_stream(PROC_STDERR, proc_id, lambda _, data: output("stderr", data)),
     ]
     waiter = asyncio.ensure_future(link.call("proc.wait", proc_id=proc_id, timeout=None))
     timed_out = False
@@ -277,6 +313,7 @@ async def _exec_lines(
             )
             if getter in done:
                 stream, data = getter.result()
+                pending -= len(data)
                 text = decoders[stream].decode(data)
                 if text:
                     yield _line({"type": stream, "data": text})
@@ -288,6 +325,10 @@ async def _exec_lines(
             services.containers.touch(container_id)
         result = waiter.result()
         exit_code = result["code"]
+        if too_slow:
+            yield _line({"type": "error", "code": "client_too_slow", "message":
+                         f"More than {EXEC_MAX_PENDING_BYTES} bytes of output waited for this "
+                         "client; the command was killed."})  # fmt: skip
         exit_line: dict[str, Any] = {"type": "exit", "code": result["code"]}
         if timed_out:
             exit_line["timed_out"] = True
@@ -302,6 +343,11 @@ async def _exec_lines(
             waiter.cancel()
             with contextlib.suppress(AgentUnavailable, AgentOpError):
                 await link.call("proc.kill", proc_id=proc_id, signal=9)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a kill racing the process's own end does not matter
 
 
 def _line(payload: dict[str, Any]) -> bytes:
@@ -350,23 +396,27 @@ async def _serve_events(
     websocket: WebSocket, services: Services, user_id: str, container: Container,
     tracked: OpenSocket,
 ) -> None:  # fmt: skip
-    outbox: asyncio.Queue[tuple[dict[str, Any], int]] = asyncio.Queue()
+    outbox: Outbox = wsio.Outbox(OUTBOX_MAX_MESSAGES)
     feed = WatchFeed(
         services.containers, user_id, container.id,
-        lambda message, size: outbox.put_nowait((message, size)), services.metrics,
+        lambda message, size: outbox.put((message, size)), services.metrics,
         max_pending_bytes=services.settings.watch_max_pending_bytes,
     )  # fmt: skip
+    timeout = services.settings.client_send_timeout_seconds
     async with services.events.subscribe(container.id) as queue:
         await websocket.accept()
-        outbox.put_nowait(({"type": "status", "status": container.status,
-                            "reason": container.status_reason}, 0))  # fmt: skip
+        outbox.put(({"type": "status", "status": container.status,
+                     "reason": container.status_reason}, 0))  # fmt: skip
         try:
             with services.containers.hold(container.id):
                 await until_first_ends(
-                    _send_events(websocket, outbox, feed), _read_commands(websocket, feed, outbox),
-                    _pump_bus(queue, feed, outbox), tracked.wait(),
+                    _send_events(websocket, outbox, feed, timeout),
+                    _read_commands(websocket, feed, outbox), _pump_bus(queue, feed, outbox),
+                    outbox.overflowed.wait(), tracked.wait(),
                 )  # fmt: skip
-            if tracked.ended.is_set():
+            if outbox.overflowed.is_set():
+                await wsio.drop(websocket)
+            elif tracked.ended.is_set():
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                     await websocket.close(code=WS_POLICY_VIOLATION, reason=tracked.reason)
         finally:
@@ -374,13 +424,18 @@ async def _serve_events(
 
 
 async def _send_events(
-    websocket: WebSocket, outbox: asyncio.Queue[tuple[dict[str, Any], int]], feed: WatchFeed
+    websocket: WebSocket, outbox: Outbox, feed: WatchFeed, timeout: float
 ) -> None:
-    """The only writer of the socket: messages in the order they were queued."""
+    """The only writer of the socket: messages in the order they were queued. A client that
+    takes nothing for `timeout` seconds is dropped (api/wsio.py)."""
     with contextlib.suppress(WebSocketDisconnect, RuntimeError):
         while True:
             message, size = await outbox.get()
-            await websocket.send_text(json.dumps(message, separators=(",", ":")))
+            try:
+                await wsio.send(websocket, json.dumps(message, separators=(",", ":")), timeout)
+            except wsio.ClientNotReading:
+                await wsio.drop(websocket)
+                return
             if size:
                 feed.sent(size)
             if message.get("type") == "status" and message.get("status") == Status.DELETED:
@@ -391,28 +446,23 @@ async def _send_events(
                     await feed.caught_up()
 
 
-async def _pump_bus(
-    queue: asyncio.Queue[dict[str, Any]], feed: WatchFeed,
-    outbox: asyncio.Queue[tuple[dict[str, Any], int]],
-) -> None:  # fmt: skip
+async def _pump_bus(queue: asyncio.Queue[dict[str, Any]], feed: WatchFeed, outbox: Outbox) -> None:
     """Container events to the client; a container running again gets the watches back."""
     while True:
         event = await queue.get()
-        outbox.put_nowait((event, 0))
+        outbox.put((event, 0))
         if event.get("type") == "status" and event.get("status") == Status.RUNNING:
             with contextlib.suppress(CloudContainerError, AgentUnavailable, AgentOpError):
                 await feed.relink()
 
 
-async def _read_commands(
-    websocket: WebSocket, feed: WatchFeed, outbox: asyncio.Queue[tuple[dict[str, Any], int]]
-) -> None:
+async def _read_commands(websocket: WebSocket, feed: WatchFeed, outbox: Outbox) -> None:
     """Client commands, answered in order; returns when the client goes away."""
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        outbox.put_nowait((await _command(feed, message.get("text")), 0))
+        outbox.put((await _command(feed, message.get("text")), 0))
 
 
 async def _command(feed: WatchFeed, text: str | None) -> dict[str, Any]:

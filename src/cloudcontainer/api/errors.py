@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
+from cloudcontainer.db.errors import DATABASE_ERRORS, database_error
 from cloudcontainer.errors import CloudContainerError, TooManyRequests
 
 __all__ = ["ERROR_RESPONSES", "ErrorBody", "error_response", "install_error_handlers"]
@@ -121,6 +122,16 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(status, code, message, headers=headers)
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """A database error that escaped `Database.session()` (a query made another way)."""
+    mapped = database_error(exc)
+    if mapped is None:
+        return await _unexpected_error(request, exc)
+    log.warning("database error answered 503", path=request.url.path, code=mapped.code,
+                error=str(exc)[:500])  # fmt: skip
+    return await _service_error(request, mapped)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     log.error("unhandled error", path=request.url.path, exc_info=exc)
     request_id = getattr(request.state, "request_id", "")
@@ -131,6 +142,8 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CloudContainerError, _service_error)
+    for database_exception in DATABASE_ERRORS:
+        app.add_exception_handler(database_exception, _database_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import Description, Name, RequestModel
-from cloudcontainer.db import Project
+from cloudcontainer.db import CommandRecord, Project
 from cloudcontainer.errors import Forbidden, ValidationFailed
+from cloudcontainer.terminals.commands import REPORTED_BY
 
 router = APIRouter(prefix="/api/projects", tags=["projects"])
 
@@ -120,11 +121,27 @@ class CommandOut(BaseModel):
     id: str
     container_id: str
     user_id: str | None
-    source: str
+    source: str = Field(
+        description="`exec` (run through the API) or `shell` (typed in a jsh terminal)."
+    )
+    reported_by: Literal["gateway", "sandbox"] = Field(
+        description="Who says this command ran: `gateway` wrote `exec` rows from the request it "
+        "served; `sandbox` rows were reported from inside the container, which its code can "
+        "forge (control characters are shown escaped, lines cut at 4,096 characters)."
+    )
     command: str
     exit_code: int | None
     started_at: datetime
     finished_at: datetime | None
+
+    @classmethod
+    def of(cls, record: CommandRecord) -> CommandOut:
+        return cls(
+            id=record.id, container_id=record.container_id, user_id=record.user_id,
+            source=record.source, reported_by=REPORTED_BY.get(record.source, "sandbox"),
+            command=record.command, exit_code=record.exit_code, started_at=record.started_at,
+            finished_at=record.finished_at,
+        )  # fmt: skip
 
 
 @router.get("/{project_id}/history")
@@ -134,9 +151,10 @@ async def command_history(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[CommandOut]:  # fmt: skip
     """Commands run in the project's containers, newest first: through the API (`source`
-    `exec`) and typed into their `jsh` terminals (`shell`). Who, where, the command line, its
-    exit code (null while running, or when it was cut short) and when. `q` keeps the command
-    lines containing it."""
+    `exec`, `reported_by` `gateway`) and typed into their `jsh` terminals (`shell`, reported by
+    the `sandbox`: the tenant's own history, not an audit log). Who, where, the command line,
+    its exit code (null while running, or when it was cut short) and when. `q` keeps the
+    command lines containing it."""
     await services.projects.get(principal.user_id, project_id)
     records = await services.terminals.commands.history(project_id, q, limit)
-    return [CommandOut.model_validate(record) for record in records]
+    return [CommandOut.of(record) for record in records]

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Response, WebSocket, status
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
+from cloudcontainer.api import wsio
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel, WholeNumber
 from cloudcontainer.errors import CloudContainerError
@@ -129,8 +130,9 @@ async def attach_terminal(
                     await websocket.send_text(_json({"type": "attached", "terminal": terminal}))
                     if terminal["state"] == "exited":  # its exit event went by before this client
                         client.put({"type": "exit", "code": terminal["exit_code"]})
+                    timeout = services.settings.client_send_timeout_seconds
                     await until_first_ends(
-                        _send_output(websocket, hub, client), _read_input(websocket, hub),
+                        _send_output(websocket, hub, client, timeout), _read_input(websocket, hub),
                         tracked.wait(),
                     )  # fmt: skip
                 if tracked.ended.is_set():
@@ -142,18 +144,26 @@ async def attach_terminal(
         await _close(websocket, WS_INTERNAL_ERROR)
 
 
-async def _send_output(websocket: WebSocket, hub: Hub, client: TerminalClient) -> None:
-    while True:
-        item = await client.next()
-        if item is None:
-            await hub.resync(client)
-        elif isinstance(item, bytes):
-            await websocket.send_bytes(item)
-        else:
-            await websocket.send_text(_json(item))
-            if item["type"] in ("exit", "error"):
-                await _close(websocket, 1000 if item["type"] == "exit" else WS_INTERNAL_ERROR)
-                return
+async def _send_output(
+    websocket: WebSocket, hub: Hub, client: TerminalClient, timeout: float
+) -> None:
+    """The only writer of output. A client too slow for the output is resynchronised (its
+    queue is bounded, see terminals/service.py); one that takes nothing for `timeout` seconds
+    is dropped (api/wsio.py)."""
+    try:
+        while True:
+            item = await client.next()
+            if item is None:
+                await hub.resync(client)
+            elif isinstance(item, bytes):
+                await wsio.send(websocket, item, timeout)
+            else:
+                await wsio.send(websocket, _json(item), timeout)
+                if item["type"] in ("exit", "error"):
+                    await _close(websocket, 1000 if item["type"] == "exit" else WS_INTERNAL_ERROR)
+                    return
+    except wsio.ClientNotReading:
+        await wsio.drop(websocket)
 
 
 async def _read_input(websocket: WebSocket, hub: Hub) -> None:

@@ -41,6 +41,8 @@ class TokenPair:
     access_token: str
     refresh_token: str
     expires_in: int
+    user_id: str = ""  # whose session it is (for the audit log), not sent to the client
+    session_id: str = ""
 
 
 class AccountService:
@@ -133,9 +135,9 @@ class AccountService:
             token = await self._new_email_token(session, user.id, RESET, ttl=RESET_TTL)
         self._mail(email, emails.PASSWORD_RESET, token=token, ttl=RESET_TTL)
 
-    async def confirm_password_reset(self, token: str, new_password: str) -> None:
+    async def confirm_password_reset(self, token: str, new_password: str) -> str:
         """Set the password; end every session, API key and other reset link of the account
-        (a reset may follow a compromise)."""
+        (a reset may follow a compromise). Answers the account's id."""
         password_hash = await self._hasher.hash(new_password)
         async with self._db.session() as session:
             row = await self._use_email_token(session, token, RESET)
@@ -167,6 +169,7 @@ class AccountService:
         self._principals.forget(user_id=row.user_id)
         self._sockets.end(user_id=row.user_id, reason="password reset")
         log.info("password reset", user_id=row.user_id)
+        return row.user_id
 
     @property
     def _verify_ttl(self) -> timedelta:
@@ -277,6 +280,8 @@ class AccountService:
             access_token=self._signer.issue(user_id, session_id),
             refresh_token=refresh,
             expires_in=self._signer.ttl_seconds,
+            user_id=user_id,
+            session_id=session_id,
         )
 
     async def refresh(self, token: str) -> TokenPair:

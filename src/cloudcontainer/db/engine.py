@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,6 +16,8 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+
+from cloudcontainer.db.errors import DATABASE_ERRORS, database_error
 
 __all__ = ["Database"]
 
@@ -31,7 +34,9 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Database:
-    """Owns the engine; `session()` commits on success and rolls back on error."""
+    """Owns the engine; `session()` commits on success and rolls back on error. A database
+    that is full or gone away raises `Unavailable` (`database_full`, `database_unavailable`):
+    see db/errors.py."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         parsed = make_url(url)
@@ -54,8 +59,13 @@ class Database:
             try:
                 yield session
                 await session.commit()
-            except BaseException:
-                await session.rollback()
+            except BaseException as exc:
+                # A connection that is gone cannot roll back; its transaction is gone with it.
+                with contextlib.suppress(*DATABASE_ERRORS):
+                    await session.rollback()
+                mapped = database_error(exc) if isinstance(exc, DATABASE_ERRORS) else None
+                if mapped is not None:
+                    raise mapped from exc
                 raise
 
     async def ping(self) -> None:

@@ -250,9 +250,10 @@ class Snapshot(Base):
 
 
 class CommandRecord(Base):
-    """A command the server ran for someone (exec now; the bolt shell and the AI runner next):
-    the project's command history and the audit log in one. It outlives its container, and goes
-    with its project."""
+    """A command run in one of the project's containers: one the gateway ran for someone
+    (`exec`), or a line a jsh terminal ran as the sandbox reports it (`shell`: the tenant's
+    word, not an audit record). The project's command history; it outlives its container, and
+    goes with its project."""
 
     __tablename__ = "commands"
     __table_args__ = (Index("ix_commands_project_id_started_at", "project_id", "started_at"),)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from cloudcontainer.errors import Forbidden
 from cloudcontainer.terminals.commands import command_line
 
-__all__ = ["CommandPolicy", "InputRate"]
+__all__ = ["CommandPolicy", "InputRate", "ReportBudget"]
 
 
 class CommandPolicy:
@@ -53,16 +53,40 @@ class InputRate:
         if self._tokens < 0:
             await asyncio.sleep(-self._tokens / self.rate)
 
-    def try_take(self, count: int) -> bool:
-        """Take `count` now if the bucket holds that many, else take nothing: False."""
-        self._refill()
-        if self._tokens < count:
-            return False
-        self._tokens -= count
-        return True
-
     def _refill(self) -> None:
         now = self._clock()
         if self._updated is not None:
             self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
         self._updated = now
+
+
+class ReportBudget:
+    """How many records a sandbox may report: `per_minute` on average, as many at once, per
+    key (a project). Past it a report is dropped, not queued: a process in the sandbox that
+    forges records as fast as it can costs the gateway a counter, not a database row each."""
+
+    def __init__(
+        self,
+        per_minute: int,
+        *,
+        max_keys: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(per_minute)
+        self._clock = clock
+        self._max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}  # key → (tokens, updated)
+        self.dropped = 0
+
+    def allow(self, key: str) -> bool:
+        now = self._clock()
+        tokens, updated = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - updated) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[key] = (tokens - 1 if allowed else tokens, now)  # newest last
+        if len(self._buckets) > self._max_keys:
+            del self._buckets[next(iter(self._buckets))]
+        if not allowed:
+            self.dropped += 1
+        return allowed

@@ -32,8 +32,12 @@ from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, NotFound
 from cloudcontainer.files.service import agent_errors
 from cloudcontainer.sandbox.service import ContainerService
-from cloudcontainer.terminals.commands import CommandLog
-from cloudcontainer.terminals.limits import CommandPolicy, InputRate
+from cloudcontainer.terminals.commands import (
+    CommandLog,
+    clean_exit_code,
+    clean_reported_line,
+)
+from cloudcontainer.terminals.limits import CommandPolicy, InputRate, ReportBudget
 
 __all__ = ["Control", "Hub", "TerminalClient", "TerminalService", "TerminalSpec"]
 
@@ -41,11 +45,8 @@ Control = dict[str, Any]  # a JSON control message for the client: exit, lagged,
 CLIENT_MAX_PENDING = 1024 * 1024
 CONTROL_BYTES = 64  # what a queued control message counts for, against max_pending
 HISTORY_SEED_LINES = 1000
-# Shell command lines recorded per container: at most this many a second (after a burst of
-# this many), and this many open (started, not ended) at once.
-COMMANDS_PER_SECOND = 20
-COMMANDS_BURST = 200
-COMMANDS_OPEN = 256
+MAX_OPEN_REPORTS = 256  # command lines reported started and not yet ended, per container
+PRUNE_EVERY = 100  # reported rows written per project between two prunings
 # Put the project's lines (stdin) before what jsh's history file (agent/jsh.py) holds, once per
 # sandbox home: a terminal opened at once may have made the file already.
 SEED_HISTORY_SCRIPT = (
@@ -243,9 +244,13 @@ class TerminalService:
     def __init__(
         self, containers: ContainerService, commands: CommandLog, *, scrollback_bytes: int,
         input_bytes_per_second: int, deny_patterns: Sequence[str] = (),
+        history_reports_per_minute: int = 600, history_max_per_project: int = 10_000,
     ) -> None:  # fmt: skip
         self._containers = containers
         self.commands = commands
+        self.report_budget = ReportBudget(history_reports_per_minute)
+        self._history_max = history_max_per_project
+        self._reported_since_prune: dict[str, int] = {}
         self._scrollback_bytes = scrollback_bytes
         self._input_rate = input_bytes_per_second
         self.policy = CommandPolicy(deny_patterns)
@@ -274,42 +279,52 @@ class TerminalService:
 
     def _record_shell_commands(self, container: Container, link: AgentClient) -> None:
         """Put the command lines run in the container's jsh terminals on record, as the agent
-        reports them (`proc.command`): a row as a line starts, its status as it ends."""
+        reports them (`proc.command`): a row as a line starts, its status as it ends.
+
+        The reports come from inside the sandbox, so they are the tenant's word (issue 9):
+        cleaned (terminals/commands.py), at most `history_reports_per_minute` per project
+        (more are dropped), at most `history_max_per_project` rows kept, and at most
+        `MAX_OPEN_REPORTS` lines open at once."""
         started: dict[int, asyncio.Task[str]] = {}  # proc id → its running line's record
-        # The events come from the sandbox (issue 9): a flood of them must not become as
-        # many tasks and rows. Past the rate, or with too many lines open, a line is not kept.
-        budget = InputRate(COMMANDS_PER_SECOND, burst=COMMANDS_BURST)
-        dropping = False
 
         def on_event(name: str, data: dict[str, Any]) -> None:
-            nonlocal dropping
             if name != "proc.command" or not isinstance(data.get("proc_id"), int):
                 return
+            proc_id: int = data["proc_id"]
             if data.get("phase") == "start":
-                if len(started) >= COMMANDS_OPEN or not budget.try_take(1):
-                    if not dropping:  # once per run of dropped lines
-                        log.warning("shell commands not recorded: too many",
-                                    container_id=container.id)  # fmt: skip
-                    dropping = True
+                if proc_id not in started and len(started) >= MAX_OPEN_REPORTS:
                     return
-                dropping = False
-                started[data["proc_id"]] = self._containers.tasks.spawn(
-                    self.commands.started(
-                        project_id=container.project_id, container_id=container.id,
-                        user_id=container.owner_id, source="shell", command=str(data["command"]),
-                    ),
+                if not self.report_budget.allow(container.project_id):
+                    if self.report_budget.dropped % 1000 == 1:
+                        log.warning("shell history reports dropped: over the rate",
+                                    project_id=container.project_id)  # fmt: skip
+                    return
+                started[proc_id] = self._containers.tasks.spawn(
+                    self._report(container, str(data.get("command", ""))),
                     name="command started",
                 )  # fmt: skip
-            elif data.get("phase") == "end" and data["proc_id"] in started:
-                record = started.pop(data["proc_id"])
+            elif data.get("phase") == "end" and proc_id in started:
+                record = started.pop(proc_id)
                 self._containers.tasks.spawn(
-                    self._finish(record, data.get("code")), name="command finished"
+                    self._finish(record, clean_exit_code(data.get("code"))),
+                    name="command finished",
                 )
 
         link.on_event(on_event)
 
-    async def _finish(self, record: asyncio.Task[str], code: Any) -> None:
-        await self.commands.finished(await record, code if isinstance(code, int) else None)
+    async def _report(self, container: Container, line: str) -> str:
+        record = await self.commands.started(
+            project_id=container.project_id, container_id=container.id,
+            user_id=container.owner_id, source="shell", command=clean_reported_line(line),
+        )  # fmt: skip
+        count = self._reported_since_prune.get(container.project_id, 0) + 1
+        self._reported_since_prune[container.project_id] = count % PRUNE_EVERY
+        if count >= PRUNE_EVERY:
+            await self.commands.prune_reported(container.project_id, "shell", self._history_max)
+        return record
+
+    async def _finish(self, record: asyncio.Task[str], code: int | None) -> None:
+        await self.commands.finished(await record, code)
 
     async def create(self, owner_id: str, container_id: str, spec: TerminalSpec) -> dict[str, Any]:
         link = await self._containers.agent(owner_id, container_id)
