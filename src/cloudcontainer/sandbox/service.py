@@ -347,8 +347,12 @@ class ContainerService:
             memory_mb=container.memory_mb, pids=container.pids_limit, disk_mb=container.disk_mb,
         )  # fmt: skip
 
-    async def bring_up(self, container_id: str, *, reason: str = "") -> None:
-        """Start the sandbox, connect its agent, lay down the template on first start."""
+    async def bring_up(
+        self, container_id: str, *, reason: str = "", retrying: bool = False
+    ) -> None:
+        """Start the sandbox, connect its agent, lay down the template on first start. A start
+        that fails marks the container failed, unless the supervisor is `retrying` it: then it
+        stays starting, with the reason, for the next attempt."""
         async with self._start_slots, self._locks[container_id]:
             try:
                 container = await self.get(None, container_id)
@@ -359,11 +363,16 @@ class ContainerService:
             await self._set_status(container_id, Status.STARTING, reason)
             try:
                 link = await self._start_sandbox(container)
-            except CloudContainerError as exc:
-                await self.fail(container_id, exc.message)
-                return
-            except OSError as exc:
-                await self.fail(container_id, f"the sandbox could not start: {exc}")
+            except (CloudContainerError, OSError) as exc:
+                message = (
+                    exc.message
+                    if isinstance(exc, CloudContainerError)
+                    else f"the sandbox could not start: {exc}"
+                )
+                if retrying:
+                    await self._set_status(container_id, Status.STARTING, f"{message}; retrying")
+                else:
+                    await self.fail(container_id, message)
                 return
             self._adopt(container, link)
             await self._update(container_id, started_at=utcnow(), dev_servers=[])

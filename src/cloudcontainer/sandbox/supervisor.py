@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.errors import NotFound
 from cloudcontainer.runtimes.base import RuntimeUnavailable, SandboxState
 from cloudcontainer.sandbox.service import ContainerService, Status
 
@@ -19,6 +20,7 @@ log = structlog.get_logger(__name__)
 
 BACKOFF_SECONDS = (1, 2, 4, 8, 16, 30, 60)
 GIVE_UP_AFTER = 10  # consecutive failed restarts
+GAVE_UP = "the sandbox kept crashing; start it again"
 RUNTIME_RETRY_SECONDS = 2  # between checks while the runtime itself does not answer
 STABLE_SECONDS = 60.0  # running this long resets the failure count
 BUSY_CPU_FRACTION = 0.02  # sandbox processes using more than this of a core count as activity
@@ -108,43 +110,58 @@ class Supervisor:
                 self.service.tasks.spawn(self.recover(container.id), name=f"recover:{container.id}")
 
     async def recover(self, container_id: str) -> None:
-        """Restart a crashed sandbox with backoff; the workspace is kept."""
+        """Restart a crashed sandbox with backoff until it runs; the workspace is kept.
+
+        A start that fails is tried again after the next backoff (the runtime may have been
+        restarting: dockerd answers errors while it shuts down) until GIVE_UP_AFTER attempts.
+        While the runtime does not answer at all, nothing is counted and nothing is taken
+        down: the supervisor waits for it."""
         try:
-            failures = self._failures.get(container_id, 0)
-            if failures >= GIVE_UP_AFTER:
-                await self.service.fail(container_id, "the sandbox kept crashing; start it again")
-                return
-            try:
-                info = await self.service.runtime.inspect(container_id)
-            except RuntimeUnavailable as exc:
-                # The runtime itself is down (dockerd restarting): not the sandbox's failure.
-                # Nothing is taken down; a later health pass tries again once it answers.
-                log.warning("the runtime is unavailable; waiting for it", container_id=container_id,
-                            error=exc.message)  # fmt: skip
-                await asyncio.sleep(RUNTIME_RETRY_SECONDS)
-                return
-            reason = (
-                "the agent stopped answering"
-                if info.state is SandboxState.RUNNING
-                else "the sandbox exited"
-            )
-            log.warning("restarting crashed container", container_id=container_id, reason=reason)
-            self.service.events.publish(container_id, {"type": "crashed", "reason": reason})
-            await self.service.take_down(
-                container_id, reason=f"{reason}; restarting", keep_dev_servers=True,
-                next_status=Status.STARTING,
-            )  # fmt: skip
-            await asyncio.sleep(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)])
-            self._failures[container_id] = failures + 1
-            await self.service.bump_restarts(container_id)
-            await self.service.bring_up(container_id, reason=f"restarting: {reason}")
-            container = await self.service.get(None, container_id)
-            if container.status == Status.RUNNING:
-                asyncio.get_running_loop().call_later(
-                    STABLE_SECONDS, self._failures.pop, container_id, None
-                )
+            while True:
+                failures = self._failures.get(container_id, 0)
+                if failures >= GIVE_UP_AFTER:
+                    await self.service.fail(
+                        container_id, "the sandbox kept crashing; start it again"
+                    )
+                    return
+                try:
+                    if await self._restart_once(container_id, failures):
+                        return
+                except RuntimeUnavailable as exc:
+                    log.warning("the runtime is unavailable; waiting for it",
+                                container_id=container_id, error=exc.message)  # fmt: skip
+                    await asyncio.sleep(RUNTIME_RETRY_SECONDS)
+        except NotFound:
+            return  # deleted meanwhile
         finally:
             self._recovering.discard(container_id)
+
+    async def _restart_once(self, container_id: str, failures: int) -> bool:
+        """One attempt: take the sandbox down, wait out the backoff, start it. True when it
+        runs, or is no longer wanted running."""
+        info = await self.service.runtime.inspect(container_id)
+        reason = (
+            "the agent stopped answering"
+            if info.state is SandboxState.RUNNING
+            else "the sandbox exited"
+        )
+        log.warning("restarting crashed container", container_id=container_id, reason=reason)
+        self.service.events.publish(container_id, {"type": "crashed", "reason": reason})
+        await self.service.take_down(
+            container_id, reason=f"{reason}; restarting", keep_dev_servers=True,
+            next_status=Status.STARTING,
+        )  # fmt: skip
+        await asyncio.sleep(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)])
+        self._failures[container_id] = failures + 1
+        await self.service.bump_restarts(container_id)
+        await self.service.bring_up(container_id, reason=f"restarting: {reason}", retrying=True)
+        container = await self.service.get(None, container_id)
+        if container.status == Status.RUNNING:
+            asyncio.get_running_loop().call_later(
+                STABLE_SECONDS, self._failures.pop, container_id, None
+            )
+            return True
+        return container.desired != Status.RUNNING
 
     # -- idle -----------------------------------------------------------------------------
 
