@@ -16,7 +16,12 @@ from tests.conftest import Api
 from tests.sandbox_helpers import new_container, sh
 from tests.support.docker import restart_engine
 
-pytestmark = pytest.mark.parametrize("runtime_name", ["docker"], indirect=True)
+pytestmark = [
+    pytest.mark.parametrize("runtime_name", ["docker"], indirect=True),
+    # dockerd stops its containers (up to 10 s each) and starts again; the first docker test
+    # of a session also builds the sandbox image in its setup.
+    pytest.mark.timeout(360),
+]
 
 
 async def test_dockerd_restarted_under_running_sandboxes(sandbox_api: Api) -> None:

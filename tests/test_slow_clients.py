@@ -108,8 +108,11 @@ async def test_a_terminal_client_that_never_reads_is_dropped_and_stalls_no_one(
     cid = (await new_container(api, user))["id"]
     tid = (await create(api, user, cid))["id"]
     async with live_server(api) as base:
-        ticket = (await api.client.post("/api/auth/ws-ticket", headers=user.headers)).json()
-        url = f"{base}/api/containers/{cid}/terminals/{tid}?ticket={ticket['ticket']}"
+        path = f"/api/containers/{cid}/terminals/{tid}"
+        ticket = (
+            await api.client.post("/api/auth/ws-ticket", json={"path": path}, headers=user.headers)
+        ).json()
+        url = f"{base}{path}?ticket={ticket['ticket']}"
         async with stalled(url, upgrade(url)) as idle:
             assert b" 101 " in await read_head(idle)
             before = rss()

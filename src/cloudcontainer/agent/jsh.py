@@ -38,6 +38,9 @@ NAMES = ("/bin/jsh", "jsh")
 QUIET_SECONDS = 0.008  # R6: a frame leaves once the output has paused this long...
 MAX_HOLD_SECONDS = 1.0  # ...or has been held this long (a server that logs without pause)
 MAX_FRAME_BYTES = 65536  # ...or is this big
+# A reported command line is cut here (the gateway keeps 4096 characters of it, and refuses
+# an event string over 64 KiB outright).
+REPORT_MAX_CHARS = 8192
 GATE_SECONDS = 1.0  # R9: how long input (and output) after Ctrl-C waits for a marker at most
 MAX_PARTIAL_BYTES = 256 * 1024  # an unterminated OSC longer than this is passed on as it is...
 PARTIAL_SECONDS = 0.1  # ...and so is one whose end has not come this long after its start
@@ -145,7 +148,7 @@ def decode_report(kind: bytes, value: bytes) -> Dict[str, Any]:
         return {"phase": "end", "code": int(text) if text.strip().isdigit() else None}
     match = HISTORY_LINE.match(text)
     line = (match.group(1) if match else text).rstrip("\n")
-    return {"phase": "start", "command": line}
+    return {"phase": "start", "command": line[:REPORT_MAX_CHARS]}
 
 
 class OutputFramer:

@@ -40,7 +40,7 @@ import functools
 import hashlib
 import re
 import shutil
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -88,6 +88,10 @@ LOG_CONFIG = {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "1"}
 _REMAPPED_ROOT = re.compile(r"/(\d+)\.(\d+)$")
 
 
+# aiodocker's status for "cannot connect to the engine" (no HTTP answer at all).
+UNREACHABLE = 900
+NOT_FOUND, CONFLICT = 404, 409
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -95,19 +99,35 @@ R = TypeVar("R")
 def _engine_call(
     method: Callable[Concatenate[DockerRuntime, P], Coroutine[Any, Any, R]],
 ) -> Callable[Concatenate[DockerRuntime, P], Coroutine[Any, Any, R]]:
-    """A Docker Engine that does not answer (stopped, restarting) is RuntimeUnavailable — a
-    clear 503 and, for the supervisor, a reason to wait rather than a crashed sandbox."""
+    """A Docker Engine that does not answer, or answers with its own failure (a 5xx, as while
+    it shuts down), is RuntimeUnavailable — a clear 503 and, for the supervisor, a reason to
+    wait rather than a crashed sandbox."""
 
     @functools.wraps(method)
     async def call(runtime: DockerRuntime, /, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return await method(runtime, *args, **kwargs)
+        except DockerError as exc:
+            if exc.status == UNREACHABLE or exc.status >= 500:  # e.g. "database not open"
+                raise RuntimeUnavailable(f"the Docker Engine failed: {exc.message}") from exc
+            raise
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise RuntimeUnavailable(
                 f"the Docker Engine is not answering ({type(exc).__name__}: {exc})"
             ) from exc
 
     return call
+
+
+@contextlib.contextmanager
+def _unless(*statuses: int) -> Iterator[None]:
+    """Swallow the engine's answers with these statuses (404: no such thing; 409: in the
+    way): never "cannot connect", which must not pass for "no such container"."""
+    try:
+        yield
+    except DockerError as exc:
+        if exc.status not in statuses:
+            raise
 
 
 def _name(sandbox_id: str) -> str:
@@ -188,8 +208,10 @@ class DockerRuntime:
         """Make the sandboxes' network if missing; return its bridge's interface name."""
         try:
             network = await self.docker.networks.get(self.options.network)
-        except DockerError:
-            with contextlib.suppress(DockerError):  # a concurrent gateway made it first
+        except DockerError as exc:
+            if exc.status != NOT_FOUND:
+                raise
+            with _unless(CONFLICT):  # a concurrent gateway made it first
                 await self.docker.networks.create(
                     {
                         "Name": self.options.network,
@@ -226,7 +248,9 @@ class DockerRuntime:
         for volume, target in _volumes(spec.sandbox_id).items():
             try:
                 await self.docker.volumes.get(volume)
-            except DockerError:
+            except DockerError as exc:
+                if exc.status != NOT_FOUND:
+                    raise
                 config: dict[str, Any] = {"Name": volume, "Labels": self._labels(spec.sandbox_id)}
                 if image.exists():
                     source = base / "disk" / ("home" if target == HOME else "workspace")
@@ -292,6 +316,8 @@ class DockerRuntime:
             )
             await self._start_with_secret(container, spec.agent_secret)
         except DockerError as exc:
+            if exc.status == UNREACHABLE:
+                raise
             raise SandboxStartFailed(f"docker could not start the sandbox: {exc.message}") from exc
         info = await self.inspect(spec.sandbox_id)
         if info.state is not SandboxState.RUNNING or info.address is None:
@@ -308,7 +334,7 @@ class DockerRuntime:
             await stream.write_in(secret.encode() + b"\n")
 
     async def _remove_container(self, sandbox_id: str) -> None:
-        with contextlib.suppress(DockerError):
+        with _unless(NOT_FOUND, CONFLICT):  # gone, or its removal already under way
             container = await self.docker.containers.get(_name(sandbox_id))
             await container.delete(force=True)
 
@@ -323,7 +349,7 @@ class DockerRuntime:
     async def destroy(self, sandbox_id: str) -> None:
         await self.stop(sandbox_id)
         for volume in _volumes(sandbox_id):
-            with contextlib.suppress(DockerError):
+            with _unless(NOT_FOUND):
                 await (await self.docker.volumes.get(volume)).delete()
         base = self._dir(sandbox_id)
         image = base / "disk.img"
@@ -336,10 +362,9 @@ class DockerRuntime:
 
     @_engine_call
     async def inspect(self, sandbox_id: str) -> SandboxInfo:
-        try:
+        details = None
+        with _unless(NOT_FOUND):
             details = await (await self.docker.containers.get(_name(sandbox_id))).show()
-        except DockerError:
-            details = None
         if details is not None and details["State"]["Running"]:
             networks = details["NetworkSettings"]["Networks"]
             ip = (networks.get(self.options.network) or {}).get("IPAddress") or None
@@ -356,11 +381,9 @@ class DockerRuntime:
 
     async def _has_volumes(self, sandbox_id: str) -> bool:
         for volume in _volumes(sandbox_id):
-            try:
+            with _unless(NOT_FOUND):
                 await self.docker.volumes.get(volume)
                 return True
-            except DockerError:
-                continue
         return False
 
     @_engine_call
@@ -388,7 +411,9 @@ class DockerRuntime:
             container = await self.docker.containers.get(_name(sandbox_id))
             lines = await container.log(stdout=True, stderr=True, tail=50)
             state = (await container.show())["State"]
-        except DockerError:
+        except DockerError as exc:
+            if exc.status != NOT_FOUND:
+                raise
             return ""
         text = "".join(lines)[-limit:]
         if not state["Running"] and state.get("ExitCode") == 127:

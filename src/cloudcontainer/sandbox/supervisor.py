@@ -131,6 +131,12 @@ class Supervisor:
                     log.warning("the runtime is unavailable; waiting for it",
                                 container_id=container_id, error=exc.message)  # fmt: skip
                     await asyncio.sleep(RUNTIME_RETRY_SECONDS)
+                except NotFound:
+                    raise
+                except Exception:  # an attempt that broke unexpectedly counts as a failed one
+                    log.exception("restart attempt failed", container_id=container_id)
+                    self._failures[container_id] = failures + 1
+                    await asyncio.sleep(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)])
         except NotFound:
             return  # deleted meanwhile
         finally:
