@@ -70,6 +70,9 @@ BLOCKED_V6 = (
 )
 REJECT_CHAIN_SUFFIX = "-NO"
 RESOLV_CONF = Path("/etc/resolv.conf")
+# Where forwarded traffic is caught: DOCKER-USER where dockerd made it (per iptables family),
+# else FORWARD.
+FORWARDED = "forwarded"
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -172,10 +175,9 @@ class Firewall:
         """For `docker` sandboxes on `bridge`: forwarded traffic, and traffic to the host."""
         chain = chain_name("D", bridge)
         input_chain = chain_name("I", bridge)
-        forward = "DOCKER-USER" if await self._has_chain("DOCKER-USER") else "FORWARD"
         await self._install(
             chain, input_chain=input_chain,
-            jumps=[(forward, f"-i {bridge}"), ("INPUT", f"-i {bridge}")],
+            jumps=[(FORWARDED, f"-i {bridge}"), ("INPUT", f"-i {bridge}")],
         )  # fmt: skip
         return chain
 
@@ -202,6 +204,9 @@ class Firewall:
                 await _run(f"{tool}-restore", "-w", "--noflush", stdin=script.encode())
                 for parent, match in jumps:
                     target = input_chain if parent == "INPUT" and input_chain else chain
+                    if parent == FORWARDED:  # Docker's chain for user rules, where it has one
+                        has_docker_user = await self._has_chain(tool, "DOCKER-USER")
+                        parent = "DOCKER-USER" if has_docker_user else "FORWARD"
                     await self._ensure_jump(tool, parent, match, target)
             except RuntimeUnavailable:
                 if version == 4:
@@ -216,9 +221,9 @@ class Firewall:
         except RuntimeUnavailable:
             await _run(tool, "-w", "-I", parent, "1", *rule)
 
-    async def _has_chain(self, name: str) -> bool:
+    async def _has_chain(self, tool: str, name: str) -> bool:
         try:
-            await _run("iptables", "-w", "-S", name)
+            await _run(tool, "-w", "-S", name)
         except RuntimeUnavailable:
             return False
         return True
