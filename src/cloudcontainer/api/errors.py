@@ -36,7 +36,7 @@ class ErrorBody(BaseModel):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": HTTPStatus(status).phrase}
-    for status in (400, 401, 403, 404, 409, 413, 422, 429, 500, 503)
+    for status in (400, 401, 403, 404, 409, 413, 422, 429, 500, 502, 503)
 }
 
 _CODES = {
