@@ -120,9 +120,7 @@ class Supervisor:
             while True:
                 failures = self._failures.get(container_id, 0)
                 if failures >= GIVE_UP_AFTER:
-                    await self.service.fail(
-                        container_id, "the sandbox kept crashing; start it again"
-                    )
+                    await self.service.fail(container_id, GAVE_UP)
                     return
                 try:
                     if await self._restart_once(container_id, failures):
@@ -136,7 +134,7 @@ class Supervisor:
                 except Exception:  # an attempt that broke unexpectedly counts as a failed one
                     log.exception("restart attempt failed", container_id=container_id)
                     self._failures[container_id] = failures + 1
-                    await asyncio.sleep(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)])
+                    await asyncio.sleep(_backoff(failures))
         except NotFound:
             return  # deleted meanwhile
         finally:
@@ -157,7 +155,7 @@ class Supervisor:
             container_id, reason=f"{reason}; restarting", keep_dev_servers=True,
             next_status=Status.STARTING,
         )  # fmt: skip
-        await asyncio.sleep(BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)])
+        await asyncio.sleep(_backoff(failures))
         self._failures[container_id] = failures + 1
         await self.service.bump_restarts(container_id)
         await self.service.bring_up(container_id, reason=f"restarting: {reason}", retrying=True)
@@ -194,3 +192,8 @@ class Supervisor:
                     "stopping idle container", container_id=container.id, idle_seconds=idle_for
                 )
                 await self.service.idle_stop(container.id, f"idle for {int(idle_for)}s")
+
+
+def _backoff(failures: int) -> float:
+    """Seconds to wait before the attempt after `failures` failed ones."""
+    return BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
