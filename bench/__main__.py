@@ -7,9 +7,11 @@ every sample to bench/results/<time>.json, with the commit, the machine and the 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -41,6 +43,7 @@ def main() -> None:
     wanted = {name.strip().upper() for name in args.only.split(",") if name.strip()}
     samples = 10 if args.quick else 30
     console = Console()
+    _warn_if_busy(console)
     table = Table("id", "what", "result", "floor (same run)", "goal", title="cloudcontainer bench")
     report: dict[str, Any] = {
         "started": time.time(), "environment": _environment(args), "results": {},
@@ -76,6 +79,12 @@ def main() -> None:
         )  # fmt: skip
     if want("P4"):
         console.print("P4: mixed file operations …")
+        if not shutil.which("wrk"):
+            console.print(
+                "[bold yellow]wrk is not installed[/]: P4 runs with the httpx client only, which "
+                "takes the gateway's CPU on a small machine, so its figure is not comparable with "
+                "the README's (wrk). `make bench` installs wrk."
+            )
         mixed = files.mixed_throughput()
         report["results"]["P4"] = mixed
         drivers = [("httpx", mixed)] + ([("wrk", mixed["wrk"])] if "wrk" in mixed else [])
@@ -204,7 +213,9 @@ def main() -> None:
 
 
 def _environment(args: argparse.Namespace) -> dict[str, Any]:
-    """What a figure was measured on: the commit, the machine and the bench's settings."""
+    """What a figure was measured on: the commit, the machine, the software and the bench's
+    settings — enough to tell why a figure does not reproduce (another CPU, a busy machine,
+    another library version, no wrk)."""
 
     def git(*argv: str) -> str:
         done = subprocess.run(["git", *argv], capture_output=True, text=True, cwd=ROOT)
@@ -214,12 +225,61 @@ def _environment(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain")),
         "machine": {
-            "cpus": os.cpu_count(), "memory_kib": int(memory), "kernel": platform.release(),
-            "arch": platform.machine(), "python": platform.python_version(),
-            "docker": sandboxes.docker_available(),
+            "cpus": os.cpu_count(), "cpu_model": _cpu_model(), "memory_kib": int(memory),
+            "kernel": platform.release(), "arch": platform.machine(),
+            "load_average_at_start": os.getloadavg(), "docker": sandboxes.docker_available(),
+        },
+        "software": {
+            "python": platform.python_version(),
+            "packages": {name: _version(name) for name in PACKAGES},
+            "tools": {name: _tool_version(*argv) for name, argv in TOOLS.items()},
         },
         "settings": {"only": args.only, "quick": args.quick},
     }  # fmt: skip
+
+
+# What the gateway's speed depends on: its web stack (uvicorn takes uvloop and httptools only
+# when they are installed, and falls back to slower ones silently), its database drivers, and
+# the programs a benchmark drives or measures against.
+PACKAGES = ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "websockets", "pydantic",
+            "sqlalchemy", "aiosqlite", "asyncpg")  # fmt: skip
+TOOLS = {
+    "wrk": ["wrk", "-v"], "bwrap": ["bwrap", "--version"], "docker": ["docker", "--version"],
+    "agent_python": ["/usr/bin/python3", "-V"], "node": ["node", "-v"],
+}  # fmt: skip
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _tool_version(*argv: str) -> str | None:
+    if not shutil.which(argv[0]):
+        return None
+    done = subprocess.run(argv, capture_output=True, text=True)
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def _warn_if_busy(console: Console) -> None:
+    """Figures measured beside a busy process are not comparable: say so before they are."""
+    load = os.getloadavg()[0]
+    cpus = os.cpu_count() or 1
+    if load > 0.5 * cpus:
+        console.print(
+            f"[bold yellow]The machine is busy (load average {load:.1f} on {cpus} CPUs):[/] "
+            "figures will be lower than on a quiet machine; the load is recorded with them."
+        )
 
 
 def _ms(result: dict[str, Any], p99: bool = False) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from bench.server import cpu_seconds, running_server
+from bench.server import cpu_seconds, machine_cpu_seconds, running_server
 from bench.stats import Summary
 
 LUA = Path(__file__).with_name("mixed.lua")
@@ -83,6 +83,7 @@ def _mixed_wrk(server: Any, files: str, seconds: float, clients: int) -> dict[st
         server.client.put(f"{files}/mixed-0-{n}.txt", content=b"x" * 1024)
     env = dict(os.environ, CC_TOKEN=server.client.headers["Authorization"], CC_FILES=files)
     cpu = cpu_seconds(server.pid)
+    machine_before = machine_cpu_seconds()
     out = subprocess.run(
         ["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", "-s", str(LUA), "--latency",
          str(server.client.base_url)],
@@ -90,8 +91,15 @@ def _mixed_wrk(server: Any, files: str, seconds: float, clients: int) -> dict[st
     ).stdout  # fmt: skip
     requests, micros, errors, p99 = (int(v) for v in out.split("RESULT ")[1].split())
     result = {"ops_per_s": requests / (micros / 1e6), "errors": errors, "clients": clients,
-              "p99_ms": p99 / 1000}  # fmt: skip
+              "p99_ms": p99 / 1000, "driver": "wrk -t1", "seconds": seconds}  # fmt: skip
+    gateway = cpu_seconds(server.pid) - cpu
     result["server_cpu_ms_per_op"] = _per_op(server.pid, cpu, result, micros / 1e6)
+    busy_after, total_after = machine_cpu_seconds()
+    busy, total = busy_after - machine_before[0], total_after - machine_before[1]
+    # Everything else the machine did meanwhile: the agent, wrk, the kernel — and any process
+    # that is not part of the benchmark, which is what makes a figure not reproduce.
+    result["machine_cpu_busy"] = busy / total
+    result["gateway_share_of_busy_cpu"] = gateway / busy if busy else float("nan")
     return result
 
 
@@ -121,4 +129,5 @@ async def _mixed(base: str, token: str, files: str, seconds: float, clients: int
     started = time.perf_counter()
     await asyncio.gather(*(worker(n) for n in range(clients)))
     elapsed = time.perf_counter() - started
-    return {"ops_per_s": counts["ops"] / elapsed, "errors": counts["errors"], "clients": clients}
+    return {"ops_per_s": counts["ops"] / elapsed, "errors": counts["errors"], "clients": clients,
+            "driver": "httpx", "seconds": seconds}  # fmt: skip
