@@ -29,3 +29,26 @@ def test_importing_the_app_module_does_no_work() -> None:
         [sys.executable, "-c", code], cwd=ROOT / "tests", capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_settings_are_read_from_the_environment_in_config_alone() -> None:
+    """docs/architecture.md: config.py reads the gateway's settings; other modules only pass
+    the environment on to a program they run. A new reader is a setting that no flag, TOML
+    file or `docs/configuration.md` knows of."""
+    passing_on = {
+        "images/rootfs.py",  # the caller's proxies and apt settings, to debootstrap and apt
+        "runtimes/local.py",  # PATH, for the helpers it starts
+    }
+    src = ROOT / "src" / "cloudcontainer"
+    readers = {
+        str(path.relative_to(src))
+        for path in src.rglob("*.py")
+        if "agent" not in path.relative_to(src).parts[:1]
+        and any(
+            needle in line
+            for line in path.read_text().splitlines()
+            if not line.lstrip().startswith("#")
+            for needle in ("os.environ", "os.getenv", "getenv(")
+        )
+    }
+    assert readers <= {"config.py", *passing_on}, readers - {"config.py", *passing_on}

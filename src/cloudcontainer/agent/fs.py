@@ -3,7 +3,8 @@
 Paths resolve as WORKSPACE + posixpath.normalize('/' + p): `..` is clamped at the root and
 `x` means `/x` (bolt.diy writes `../../src/App.tsx` and relies on this). Absolute paths that
 already start with the workspace are taken as they are. Writes are atomic: a temp file in the
-same directory, fsync'd contents, then rename — a reader never sees half a file.
+same directory, then rename — a reader never sees half a file. They are not fsync'd (a save
+would cost several times more): docs/api.md says what a save promises after a host crash.
 """
 
 from __future__ import annotations
