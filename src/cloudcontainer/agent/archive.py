@@ -24,6 +24,7 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from cloudcontainer.agent.fs import Files, _remove_tree
+from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import ARCHIVE_ACK, ARCHIVE_DATA, ARCHIVE_END, AgentError
 from cloudcontainer.agent.server import Registry, Session
 
@@ -71,8 +72,8 @@ class Archives:
 
     def _inside(self, absolute: str) -> str:
         """`absolute` with symlinks resolved, refused unless it stays in the workspace."""
-        real, root = os.path.realpath(absolute), os.path.realpath(self.files.root)
-        if real != root and not real.startswith(root + "/"):
+        real = os.path.realpath(absolute)
+        if not covers(os.path.realpath(self.files.root), real):
             raise AgentError("EACCES", "EACCES: '%s' leads outside the workspace" % absolute)
         return real
 
@@ -115,8 +116,11 @@ class Archives:
             if os.path.exists(folder):
                 raise NotADirectoryError(20, "Not a directory", absolute)
             raise FileNotFoundError(2, "No such file or directory", absolute)
-        worker_args = {"folder": folder, "format": fmt, "exclude": exclude,
-                       "skip_prefix": STAGING_PREFIX}  # fmt: skip
+        base = posixpath.relpath(folder, os.path.realpath(self.files.root))
+        worker_args = {
+            "folder": folder, "base": "" if base == "." else base, "workspace": self.files.root,
+            "format": fmt, "exclude": exclude, "skip_prefix": STAGING_PREFIX,
+        }  # fmt: skip
         proc = await self._spawn("create", worker_args, stdin=False)
         stream = self._add(session, proc)
         # Runs after the answer is queued, so the gateway knows the id before any data.

@@ -30,6 +30,7 @@ from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 from cloudcontainer.agent.fs import _type
 from cloudcontainer.agent.globs import PathFilter
+from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
 
@@ -308,7 +309,7 @@ class Watcher:
         records: List[Record] = []
         present: List[Tuple[str, os.stat_result]] = []
         for path in dirty:  # removals first: a rename's old name goes before its new one
-            if _internal(path) or not (path == self.root or path.startswith(self.root + "/")):
+            if _internal(path) or not covers(self.root, path):
                 continue
             try:
                 present.append((path, os.lstat(path)))
