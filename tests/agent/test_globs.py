@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from cloudcontainer.agent.globs import GlobSet, PathFilter, ripgrep_globs
+from cloudcontainer.agent.globs import MAX_GLOBS, GlobSet, PathFilter, glob_list, ripgrep_globs
+from cloudcontainer.agent.protocol import AgentError
 
 ROOT = "/home/project"
 
@@ -106,10 +107,18 @@ def test_bolt_filter() -> None:
     assert not bolt.prunes("/home/project/src")
 
 
-def test_no_include_means_everything_and_garbage_patterns_are_ignored() -> None:
-    anything = PathFilter([], ["", 5], ROOT)
+def test_no_include_means_everything_and_empty_patterns_are_dropped() -> None:
+    anything = PathFilter([], glob_list(["", ""], "exclude"), ROOT)
     assert anything.wants("/home/project/x")
     assert not GlobSet([], ROOT).matches("x")
+    assert glob_list(None, "include") == []
+
+
+@pytest.mark.parametrize("value", ["**", [5], ["a\x00b"], ["x"] * (MAX_GLOBS + 1)])
+def test_anything_but_a_list_of_globs_is_refused(value: object) -> None:
+    with pytest.raises(AgentError) as caught:
+        glob_list(value, "exclude")
+    assert caught.value.code == "EINVAL"
 
 
 def test_paths_outside_the_workspace_are_never_wanted() -> None:

@@ -57,7 +57,7 @@ class Source:
         self.folder = str(args["folder"])
         base = str(args["base"])
         self.base = base + "/" if base else ""
-        self.exclude = GlobSet(args.get("exclude") or [], str(args["workspace"]))
+        self.exclude = GlobSet(args["exclude"], str(args["workspace"]))
         self.skip_prefix = str(args.get("skip_prefix") or "\x00")
 
     def skips(self, relative: str, name: str) -> bool:

@@ -34,21 +34,34 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-from typing import Iterable, List, Optional, Pattern, Sequence, Tuple
+from typing import Any, List, Optional, Pattern, Sequence, Tuple
 
 from cloudcontainer.agent.paths import unrooted
+from cloudcontainer.agent.protocol import AgentError
 
+MAX_GLOBS = 256  # in one list of an op's arguments
 # One parsed piece of a pattern, rendered twice: (Python regex, ripgrep glob).
 Piece = Tuple[str, str]
 RG_SPECIAL = "\\*?[]{},"
 
 
-class GlobSet:
-    """Several patterns as one compiled expression; empty means "matches nothing". Entries
-    that are not non-empty strings are ignored."""
+def glob_list(value: Any, name: str) -> List[str]:
+    """The op argument `name` as patterns: absent is none, empty strings are dropped, and
+    anything but a list of at most MAX_GLOBS strings without NUL is EINVAL."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_GLOBS:
+        raise AgentError("EINVAL", "%s must be a list of at most %d globs" % (name, MAX_GLOBS))
+    if not all(isinstance(glob, str) and "\x00" not in glob for glob in value):
+        raise AgentError("EINVAL", "%s: a glob must be a string without NUL" % name)
+    return [glob for glob in value if glob]
 
-    def __init__(self, patterns: Iterable[object], root: str) -> None:
-        self.patterns = tuple(p for p in patterns if isinstance(p, str) and p)
+
+class GlobSet:
+    """Several patterns (from `glob_list`) as one compiled expression; none matches nothing."""
+
+    def __init__(self, patterns: Sequence[str], root: str) -> None:
+        self.patterns = tuple(patterns)
         self._regex = _compiled(self.patterns, root)
 
     def __bool__(self) -> bool:
@@ -63,7 +76,7 @@ class GlobSet:
 class PathFilter:
     """A watcher's view: wanted when included (everything, if no include) and not excluded."""
 
-    def __init__(self, include: Iterable[object], exclude: Iterable[object], root: str) -> None:
+    def __init__(self, include: Sequence[str], exclude: Sequence[str], root: str) -> None:
         self.root = root
         self.include = GlobSet(include, root)
         self.exclude = GlobSet(exclude, root)

@@ -21,7 +21,7 @@ import posixpath
 from typing import Any, Dict, List, Optional, Tuple
 
 from cloudcontainer.agent.fs import Files
-from cloudcontainer.agent.globs import ripgrep_globs
+from cloudcontainer.agent.globs import glob_list, ripgrep_globs
 from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
@@ -29,7 +29,6 @@ from cloudcontainer.agent.server import Registry, Session
 PREVIEW_CHARS = 250  # a preview longer than this is cut around its first match
 PREVIEW_BEFORE = 40  # characters kept before the first match in a cut preview
 QUEUE_PAUSE_BYTES = 1024 * 1024  # stop reading rg while the session has this much queued
-MAX_GLOBS = 256
 
 
 def rg_command(query: str, args: Dict[str, Any], target: str, root: str) -> List[str]:
@@ -46,21 +45,10 @@ def rg_command(query: str, args: Dict[str, Any], target: str, root: str) -> List
     else:
         command.append("--no-ignore")
     # rg lets the last matching glob decide: excludes win over includes.
-    command += ripgrep_globs(_globs(args.get("include")), root, exclude=False)
-    command += ripgrep_globs(_globs(args.get("exclude")), root, exclude=True)
+    command += ripgrep_globs(glob_list(args.get("include"), "include"), root, exclude=False)
+    command += ripgrep_globs(glob_list(args.get("exclude"), "exclude"), root, exclude=True)
     command += ["-e", query, "--", target]
     return command
-
-
-def _globs(value: Any) -> List[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or len(value) > MAX_GLOBS:
-        raise AgentError("EINVAL", "globs must be a list of at most %d strings" % MAX_GLOBS)
-    for glob in value:
-        if not isinstance(glob, str) or not glob or "\x00" in glob:
-            raise AgentError("EINVAL", "a glob must be a non-empty string without NUL")
-    return value
 
 
 def utf16_len(text: str) -> int:

@@ -17,7 +17,7 @@ import stat
 from typing import Any, Dict, List, Optional, Tuple
 
 from cloudcontainer.agent.fs import Files, _remove_tree, _temp_file, _unlink_quietly
-from cloudcontainer.agent.globs import GlobSet
+from cloudcontainer.agent.globs import GlobSet, glob_list
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
 
@@ -29,9 +29,7 @@ class Excluder:
     """The snapshot's excludes, and the agent's own temporary files (never content)."""
 
     def __init__(self, patterns: Any, root: str) -> None:
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise AgentError("EINVAL", "exclude must be a list of globs")
-        self.globs = GlobSet(patterns, root)
+        self.globs = GlobSet(glob_list(patterns, "exclude"), root)
 
     def excluded(self, relative: str, name: str) -> bool:
         """`relative` is from the workspace root, without a leading slash."""
@@ -215,10 +213,10 @@ def _kind(mode: int) -> str:
 
 def register(registry: Registry, snapshots: Snapshots) -> None:
     async def manifest(session: Session, args: Dict[str, Any]) -> Any:
-        return snapshots.manifest(args.get("exclude", []))
+        return snapshots.manifest(args.get("exclude"))
 
     async def prune(session: Session, args: Dict[str, Any]) -> Any:
-        return snapshots.prune(args.get("keep"), args.get("exclude", []))
+        return snapshots.prune(args.get("keep"), args.get("exclude"))
 
     async def apply(session: Session, args: Dict[str, Any]) -> Any:
         return snapshots.apply(args.get("entries"))

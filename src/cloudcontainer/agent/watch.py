@@ -29,7 +29,7 @@ import stat
 from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 from cloudcontainer.agent.fs import _type
-from cloudcontainer.agent.globs import PathFilter
+from cloudcontainer.agent.globs import PathFilter, glob_list
 from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
@@ -486,9 +486,8 @@ def _coalesce(records: List[Record]) -> List[Record]:
 
 def register(registry: Registry, watcher: Watcher) -> None:
     async def subscribe(session: Session, args: Dict[str, Any]) -> Any:
-        include, exclude = args.get("include") or [], args.get("exclude") or []
-        if not isinstance(include, list) or not isinstance(exclude, list):
-            raise AgentError("EINVAL", "include and exclude must be lists of globs")
+        include = glob_list(args.get("include"), "include")
+        exclude = glob_list(args.get("exclude"), "exclude")
         path_filter = PathFilter(include, exclude, watcher.root)
         since = args.get("since")
         return watcher.subscribe(
