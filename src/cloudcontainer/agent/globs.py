@@ -105,7 +105,7 @@ def ripgrep_globs(patterns: Sequence[str], root: str, exclude: bool) -> List[str
     alone, so each pattern is also given as `pattern/**` for what is inside its folders."""
     options: List[str] = []
     for pattern in patterns:
-        glob = _anchored_rg(pattern, root)
+        glob = _rendered(pattern, root)[1]
         inside = glob == "**" or glob.endswith("/**")  # already everything below
         for form in [glob] if inside else [glob, glob + "/**"]:
             options.append("--glob=" + ("!" if exclude else "") + form)
@@ -116,7 +116,7 @@ def ripgrep_globs(patterns: Sequence[str], root: str, exclude: bool) -> List[str
 def _compiled(patterns: Tuple[str, ...], root: str) -> Optional[Pattern[str]]:
     if not patterns:
         return None
-    alternatives = "|".join(_regex(pattern, root) for pattern in patterns)
+    alternatives = "|".join(_rendered(pattern, root)[0] for pattern in patterns)
     # `(/.*)?`: a path also matches through one of its folders.
     return re.compile("(?:%s)(?:/.*)?\\Z" % alternatives, re.DOTALL)
 
@@ -130,20 +130,14 @@ def _split(pattern: str, root: str) -> Tuple[bool, str]:
     return anchored, text
 
 
-def _regex(pattern: str, root: str) -> str:
+def _rendered(pattern: str, root: str) -> Piece:
+    """One pattern as a regex over workspace-relative paths and as an rg glob run in root."""
     anchored, text = _split(pattern, root)
     if not text:
-        return ".*"  # the root, and so everything
-    body = "".join(regex for regex, _ in _pieces(text))
-    return body if anchored else "(?:.*/)?" + body
-
-
-def _anchored_rg(pattern: str, root: str) -> str:
-    anchored, text = _split(pattern, root)
-    if not text:
-        return "**"  # the root, and so everything
-    glob = "".join(rg for _, rg in _pieces(text))
-    return "/" + glob if anchored else "**/" + glob
+        return ".*", "**"  # the root, and so everything
+    pieces = _pieces(text)
+    regex, glob = "".join(r for r, _ in pieces), "".join(g for _, g in pieces)
+    return (regex, "/" + glob) if anchored else ("(?:.*/)?" + regex, "**/" + glob)
 
 
 def _pieces(text: str, in_braces: bool = False) -> List[Piece]:
