@@ -63,6 +63,8 @@ CASES = [
         ("*.md", "/home/project/line\nbreak.md", True),
         ("*{,b}.txt", "/home/project/c.txt", False),  # empty alternatives are ignored
         ("a,b.txt", "/home/project/a,b.txt", True),
+        ("log ", "/home/project/log", False),  # spaces are kept, trailing ones too
+        ("log ", "/home/project/log ", True),
         ("**/**/**/b", "/home/project/b", True),
 ]  # fmt: skip
 

@@ -42,7 +42,7 @@ from cloudcontainer.agent.protocol import AgentError
 MAX_GLOBS = 256  # in one list of an op's arguments
 # One parsed piece of a pattern, rendered twice: (Python regex, ripgrep glob).
 Piece = Tuple[str, str]
-RG_SPECIAL = "\\*?[]{},"
+RG_SPECIAL = "\\*?[]{}, "  # a space too: rg drops trailing ones, as .gitignore does
 
 
 def glob_list(value: Any, name: str) -> List[str]:
