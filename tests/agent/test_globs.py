@@ -7,6 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cloudcontainer.agent.globs import MAX_GLOBS, GlobSet, PathFilter, glob_list, ripgrep_globs
 from cloudcontainer.agent.protocol import AgentError
@@ -94,6 +96,39 @@ def test_ripgrep_is_handed_the_same_meaning(
             cwd=workspace, capture_output=True, text=True, check=False,
         ).stdout.splitlines()  # fmt: skip
         assert (listed == [str(file.relative_to(workspace))]) is (expected != exclude), globs
+
+
+TREE = [
+    "src/a.ts", "src/lib/b.ts", "src/App.tsx", "node_modules/pkg/index.js", "lib/src/b.ts",
+    "app/[slug]/page.tsx", "a/x/y/b/f", "a/b", "logs/npm.log", "top.log", "a,b.txt", "we!rd",
+    "x{a,b", "[x", "sp ace.md", "#hash", "q?.txt", "b.txt", "-x", ".env", "log ",
+]  # fmt: skip
+PIECES = ["a", "b", "s", "src", "x", ".", "*", "**", "?", "/", "[", "]", "!", "^", "-", "{", "}",
+          ",", "\\", "log", "+", " ", "#", "lib", "node_modules"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workspace = tmp_path_factory.mktemp("tree")
+    for name in TREE:
+        (workspace / name).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / name).write_text("x")
+    return workspace
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=7).map("".join), st.booleans())
+def test_ripgrep_and_the_matcher_agree_on_any_pattern(
+    tree: Path, pattern: str, exclude: bool
+) -> None:
+    globs = ripgrep_globs([pattern], str(tree), exclude=exclude)
+    run = subprocess.run(
+        ["rg", "--files", "--no-config", "--no-ignore", "--hidden", *globs],
+        cwd=tree, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert run.returncode in (0, 1), run.stderr  # 1: nothing listed
+    matcher = GlobSet([pattern], str(tree))
+    assert set(run.stdout.splitlines()) == {f for f in TREE if matcher.matches(f) != exclude}
 
 
 def test_bolt_filter() -> None:
