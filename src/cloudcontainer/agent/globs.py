@@ -24,7 +24,9 @@ write them, and are resolved against the workspace as paths are (agent/paths.py)
 - **Folders**: a path matches when it or a folder above it matches. Excluding `node_modules`
   excludes everything inside it; including `src` includes its files (as VS Code's search
   includes do).
-- Case-sensitive; names starting with `.` are not special (`*` matches `.env`).
+- `/` alone (or the root spelt out) is the root, so everything.
+- Case-sensitive; names starting with `.` are not special (`*` matches `.env`); spaces are
+  kept, trailing ones too (unlike .gitignore).
 
 Each list of patterns is compiled once to one regular expression over workspace-relative
 paths (`src/a.ts`; the root is ``) and cached.
