@@ -24,6 +24,8 @@ import sys
 from typing import Any, Dict, List, Optional
 
 from cloudcontainer.agent.fs import Files, _remove_tree
+from cloudcontainer.agent.globs import glob_list
+from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import ARCHIVE_ACK, ARCHIVE_DATA, ARCHIVE_END, AgentError
 from cloudcontainer.agent.server import Registry, Session
 
@@ -35,7 +37,6 @@ STALL_SECONDS = 10.0
 # aborted, so its worker does not wait on a pipe for the life of the sandbox.
 IDLE_SECONDS = 120.0
 FORMATS = ("zip", "tar.gz")
-MAX_GLOBS = 256
 # The worker's interpreter finds the agent package where this one did (agent.pyz, or src/).
 BOOTSTRAP = "import sys; sys.path.insert(0, sys.argv.pop(1)); " \
     "from cloudcontainer.agent.archiver import main; main()"  # fmt: skip
@@ -71,8 +72,8 @@ class Archives:
 
     def _inside(self, absolute: str) -> str:
         """`absolute` with symlinks resolved, refused unless it stays in the workspace."""
-        real, root = os.path.realpath(absolute), os.path.realpath(self.files.root)
-        if real != root and not real.startswith(root + "/"):
+        real = os.path.realpath(absolute)
+        if not covers(os.path.realpath(self.files.root), real):
             raise AgentError("EACCES", "EACCES: '%s' leads outside the workspace" % absolute)
         return real
 
@@ -109,14 +110,17 @@ class Archives:
 
     async def create(self, session: Session, args: Dict[str, Any]) -> Dict[str, Any]:
         absolute = self.files.resolve(args.get("path", "/"))
-        fmt, exclude = _format(args.get("format")), _globs(args.get("exclude"))
+        fmt, exclude = _format(args.get("format")), glob_list(args.get("exclude"), "exclude")
         folder = self._inside(absolute)
         if not os.path.isdir(folder):
             if os.path.exists(folder):
                 raise NotADirectoryError(20, "Not a directory", absolute)
             raise FileNotFoundError(2, "No such file or directory", absolute)
-        worker_args = {"folder": folder, "format": fmt, "exclude": exclude,
-                       "skip_prefix": STAGING_PREFIX}  # fmt: skip
+        base = posixpath.relpath(folder, os.path.realpath(self.files.root))
+        worker_args = {
+            "folder": folder, "base": "" if base == "." else base, "workspace": self.files.root,
+            "format": fmt, "exclude": exclude, "skip_prefix": STAGING_PREFIX,
+        }  # fmt: skip
         proc = await self._spawn("create", worker_args, stdin=False)
         stream = self._add(session, proc)
         # Runs after the answer is queued, so the gateway knows the id before any data.
@@ -290,16 +294,6 @@ def _format(value: Any) -> str:
     if value not in FORMATS:
         raise AgentError("EINVAL", "format must be zip or tar.gz")
     return str(value)
-
-
-def _globs(value: Any) -> List[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or len(value) > MAX_GLOBS:
-        raise AgentError("EINVAL", "exclude must be a list of at most %d globs" % MAX_GLOBS)
-    if not all(isinstance(glob, str) and "\x00" not in glob for glob in value):
-        raise AgentError("EINVAL", "a glob must be a string without NUL")
-    return value
 
 
 def register(registry: Registry, archives: Archives) -> None:

@@ -4,9 +4,11 @@ It runs apart from the agent so that zipfile, tarfile and zlib never load into t
 whose memory is paid once per sandbox (docs/agent-protocol.md, Memory). Stdlib only,
 python >= 3.9. Invoked as `python3 -I -X utf8 -c <bootstrap> create|extract '<json args>'`:
 
-- `create {folder, format, exclude}` writes a zip or tar.gz of `folder` to stdout, as it
-  walks (never the whole archive in memory). Symlinks are stored as symlinks, never followed;
-  sockets, fifos and devices are left out; excluded globs prune whole folders.
+- `create {folder, base, workspace, format, exclude, skip_prefix}` writes a zip or tar.gz of
+  `folder` (`base` in the workspace `workspace`) to stdout, as it walks (never the whole
+  archive in memory). Symlinks are stored as symlinks, never followed; sockets, fifos and
+  devices are left out; `exclude` globs (agent/globs.py, from the workspace root) prune whole
+  folders.
 - `extract {format, dest, staging, root, max_bytes, max_entries}` reads an archive on stdin
   into the private folder `staging/tree` (a zip is spooled to `staging/upload.zip` first: its
   index is at the end), then, only once stdin reached EOF and every entry was safe, moves the
@@ -29,6 +31,9 @@ import stat
 import sys
 from typing import IO, Any, Dict, Iterator, List, Optional, Tuple, Type
 
+from cloudcontainer.agent.globs import GlobSet
+from cloudcontainer.agent.paths import covers
+
 CHUNK = 256 * 1024
 MAX_LINK_TARGET = 4096
 MAX_LISTED = 1000  # file names returned in the answer; `count` has them all
@@ -44,35 +49,27 @@ class Failure(Exception):
 # -- create ---------------------------------------------------------------------------------
 
 
-def _excluded(relative: str, globs: List[str]) -> bool:
-    """A glob without `/` matches a name at any depth (`node_modules`, `*.log`); one with `/`
-    matches the path from the archived folder (`dist/assets`). `**/` before and `/**` after
-    are implied."""
-    import fnmatch
+class Source:
+    """What a download archives: `folder` (symlinks resolved), which is `base` in the workspace
+    (`src/lib`; `` for the root), less what `exclude` (agent/globs.py) matches there."""
 
-    name = posixpath.basename(relative)
-    for glob in globs:
-        pattern = glob.strip("/")
-        while pattern.startswith("**/"):
-            pattern = pattern[3:]
-        while pattern.endswith("/**"):
-            pattern = pattern[:-3]
-        if not pattern:
-            continue
-        if "/" in pattern:
-            if fnmatch.fnmatchcase(relative, pattern):
-                return True
-        elif fnmatch.fnmatchcase(name, pattern):
-            return True
-    return False
+    def __init__(self, args: Dict[str, Any]) -> None:
+        self.folder = str(args["folder"])
+        base = str(args["base"])
+        self.base = base + "/" if base else ""
+        self.exclude = GlobSet(args["exclude"], str(args["workspace"]))
+        self.skip_prefix = str(args.get("skip_prefix") or "\x00")
+
+    def skips(self, relative: str, name: str) -> bool:
+        """Whether the entry at `relative` (from `folder`) is left out."""
+        return name.startswith(self.skip_prefix) or self.exclude.matches(self.base + relative)
 
 
-def walk(
-    folder: str, exclude: List[str], skip_prefix: str
-) -> Iterator[Tuple[str, str, os.stat_result]]:
-    """(absolute, relative, lstat) of everything below `folder`, parents first, by name;
-    names starting with `skip_prefix` (uploads being extracted) are not content."""
-    stack = [("", folder)]
+def walk(source: Source) -> Iterator[Tuple[str, str, os.stat_result]]:
+    """(absolute, relative to the folder, lstat) of everything the source archives, parents
+    first, by name; names starting with `skip_prefix` (uploads being extracted) are not
+    content."""
+    stack = [("", source.folder)]
     while stack:
         prefix, current = stack.pop()
         with os.scandir(current) as listing:
@@ -80,7 +77,7 @@ def walk(
         children = []
         for entry in entries:
             relative = prefix + entry.name
-            if entry.name.startswith(skip_prefix) or _excluded(relative, exclude):
+            if source.skips(relative, entry.name):
                 continue
             st = entry.stat(follow_symlinks=False)
             kind = stat.S_IFMT(st.st_mode)
@@ -92,11 +89,11 @@ def walk(
         stack.extend(reversed(children))
 
 
-def create_tar(out: IO[bytes], folder: str, exclude: List[str], skip_prefix: str) -> None:
+def create_tar(out: IO[bytes], source: Source) -> None:
     import tarfile
 
     with tarfile.open(fileobj=out, mode="w|gz", format=tarfile.PAX_FORMAT) as tar:
-        for absolute, relative, st in walk(folder, exclude, skip_prefix):
+        for absolute, relative, st in walk(source):
             info = tarfile.TarInfo(relative)
             info.mode = stat.S_IMODE(st.st_mode)
             info.mtime = int(st.st_mtime)
@@ -112,12 +109,12 @@ def create_tar(out: IO[bytes], folder: str, exclude: List[str], skip_prefix: str
                     tar.addfile(info, handle)
 
 
-def create_zip(out: IO[bytes], folder: str, exclude: List[str], skip_prefix: str) -> None:
+def create_zip(out: IO[bytes], source: Source) -> None:
     import time
     import zipfile
 
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for absolute, relative, st in walk(folder, exclude, skip_prefix):
+        for absolute, relative, st in walk(source):
             when = time.localtime(max(st.st_mtime, 315532800 + 86400))[:6]  # zip starts in 1980
             if stat.S_ISDIR(st.st_mode):
                 info = zipfile.ZipInfo(relative + "/", when)
@@ -226,7 +223,7 @@ class Extraction:
             seen = posixpath.normpath(posixpath.join(posixpath.dirname(final), target))
             if not target or "\x00" in target or len(target) > MAX_LINK_TARGET:
                 self.skip(relative, "invalid link target")
-            elif seen != self.root and not seen.startswith(self.root + "/"):
+            elif not covers(self.root, seen):
                 self.skip(relative, "link points outside the workspace")
             else:
                 path = posixpath.join(self.tree, relative)
@@ -370,9 +367,8 @@ def main() -> None:
     try:
         if command == "create":
             out = sys.stdout.buffer
-            folder, exclude = args["folder"], list(args.get("exclude") or [])
             create = create_zip if args["format"] == "zip" else create_tar
-            create(out, folder, exclude, str(args.get("skip_prefix") or "\x00"))
+            create(out, Source(args))
             out.flush()
         else:
             sys.stdout.write(json.dumps(extract(args)))

@@ -17,6 +17,7 @@ import posixpath
 import stat
 from typing import Any, Dict, List, Optional
 
+from cloudcontainer.agent.paths import workdir_rooted
 from cloudcontainer.agent.protocol import READ_CHUNK_BYTES, AgentError
 from cloudcontainer.agent.server import Registry, Session
 
@@ -56,21 +57,15 @@ class Files:
         self.root = posixpath.normpath(workspace)
 
     def resolve(self, path: Any) -> str:
+        """The absolute path a client's `path` names, in the workspace (agent/paths.py)."""
         if not isinstance(path, str):
             raise AgentError("EINVAL", "path must be a string")
         if "\x00" in path:
             raise AgentError("EINVAL", "path contains a NUL byte")
         if len(path) > MAX_PATH:
             raise AgentError("ENAMETOOLONG", "ENAMETOOLONG: name too long")
-        if path == self.root or path.startswith(self.root + "/"):
-            path = path[len(self.root) :]
-        normal = posixpath.normpath("/" + path)
-        if normal.startswith("//"):
-            normal = "/" + normal.lstrip("/")
-        return self.root if normal == "/" else self.root + normal
-
-    def relative(self, absolute: str) -> str:
-        return "/" + posixpath.relpath(absolute, self.root) if absolute != self.root else "/"
+        rooted = workdir_rooted(path, self.root)
+        return self.root if rooted == "/" else self.root + rooted
 
     def entry(self, absolute: str, st: os.stat_result) -> Dict[str, Any]:
         return {

@@ -21,17 +21,19 @@ import posixpath
 from typing import Any, Dict, List, Optional, Tuple
 
 from cloudcontainer.agent.fs import Files
+from cloudcontainer.agent.globs import glob_list, ripgrep_globs
+from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
 
 PREVIEW_CHARS = 250  # a preview longer than this is cut around its first match
 PREVIEW_BEFORE = 40  # characters kept before the first match in a cut preview
 QUEUE_PAUSE_BYTES = 1024 * 1024  # stop reading rg while the session has this much queued
-MAX_GLOBS = 256
 
 
-def rg_command(query: str, args: Dict[str, Any], target: str) -> List[str]:
-    """The rg argv for one search; every user string is an option's value, never a flag."""
+def rg_command(query: str, args: Dict[str, Any], target: str, root: str) -> List[str]:
+    """The rg argv for one search, run in `root`; every user string is an option's value,
+    never a flag. Globs keep the agent's one meaning (agent/globs.py)."""
     command = ["rg", "--json", "--no-config", "--no-messages"]
     command.append("--case-sensitive" if args.get("case_sensitive") else "--ignore-case")
     if not args.get("regex"):
@@ -42,23 +44,11 @@ def rg_command(query: str, args: Dict[str, Any], target: str) -> List[str]:
         command.append("--no-require-git")  # .gitignore applies without a .git folder (bolt)
     else:
         command.append("--no-ignore")
-    for glob in _globs(args.get("include")):
-        command.append("--glob=" + glob)
-    for glob in _globs(args.get("exclude")):
-        command.append("--glob=!" + glob)
+    # rg lets the last matching glob decide: excludes win over includes.
+    command += ripgrep_globs(glob_list(args.get("include"), "include"), root, exclude=False)
+    command += ripgrep_globs(glob_list(args.get("exclude"), "exclude"), root, exclude=True)
     command += ["-e", query, "--", target]
     return command
-
-
-def _globs(value: Any) -> List[str]:
-    if value is None:
-        return []
-    if not isinstance(value, list) or len(value) > MAX_GLOBS:
-        raise AgentError("EINVAL", "globs must be a list of at most %d strings" % MAX_GLOBS)
-    for glob in value:
-        if not isinstance(glob, str) or not glob or "\x00" in glob:
-            raise AgentError("EINVAL", "a glob must be a non-empty string without NUL")
-    return value
 
 
 def utf16_len(text: str) -> int:
@@ -221,7 +211,7 @@ class Searches:
         workspace once symlinks are resolved (rg follows a symlink given as its argument)."""
         absolute = self.files.resolve(path)
         real, root = os.path.realpath(absolute), os.path.realpath(self.files.root)
-        if real != root and not real.startswith(root + "/"):
+        if not covers(root, real):
             raise AgentError("EACCES", "EACCES: '%s' leads outside the workspace" % absolute)
         if not os.path.exists(real):
             raise FileNotFoundError(2, "No such file or directory", absolute)
@@ -234,7 +224,7 @@ class Searches:
         max_results = int(args.get("max_results", 500))
         if not 1 <= max_results <= 10000:
             raise AgentError("EINVAL", "max_results must be between 1 and 10000")
-        command = rg_command(query, args, self.target(args.get("path", "/")))
+        command = rg_command(query, args, self.target(args.get("path", "/")), self.files.root)
         search = Search(self.files, session, search_id, max_results)
         key = (id(session), search_id)
         self.running[key] = search

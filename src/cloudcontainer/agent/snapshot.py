@@ -3,9 +3,8 @@ two steps of a restore (prune what the snapshot lacks, lay down batches of entri
 
 The gateway stores blobs and manifests; the agent only walks, hashes and writes. Hashes are
 cached by (path, inode, size, mtime_ns), so a second manifest of an unchanged workspace reads
-no file contents. Excludes: a glob without "/" matches a name at any depth (`node_modules`), one
-with "/" matches a path from the workspace root (`.next/cache`); a matching folder is skipped
-whole.
+no file contents. Excludes are globs in the agent's one dialect (agent/globs.py): `node_modules`
+at any depth, `.next/cache` from the workspace root; a matching folder is skipped whole.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import stat
 from typing import Any, Dict, List, Optional, Tuple
 
 from cloudcontainer.agent.fs import Files, _remove_tree, _temp_file, _unlink_quietly
+from cloudcontainer.agent.globs import GlobSet, glob_list
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
 
@@ -26,21 +26,14 @@ TEMP_PREFIX = ".cc-write-"
 
 
 class Excluder:
-    def __init__(self, patterns: Any) -> None:
-        if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-            raise AgentError("EINVAL", "exclude must be a list of globs")
-        self.names = [p for p in patterns if "/" not in p.strip("/")]
-        self.paths = [p.strip("/") for p in patterns if "/" in p.strip("/")]
+    """The snapshot's excludes, and the agent's own temporary files (never content)."""
+
+    def __init__(self, patterns: Any, root: str) -> None:
+        self.globs = GlobSet(glob_list(patterns, "exclude"), root)
 
     def excluded(self, relative: str, name: str) -> bool:
-        """`relative` has no leading slash."""
-        import fnmatch  # lazily: it pulls in re
-
-        if name.startswith(TEMP_PREFIX):
-            return True
-        if any(fnmatch.fnmatchcase(name, pattern) for pattern in self.names):
-            return True
-        return any(fnmatch.fnmatchcase(relative, pattern) for pattern in self.paths)
+        """`relative` is from the workspace root, without a leading slash."""
+        return name.startswith(TEMP_PREFIX) or self.globs.matches(relative)
 
 
 class Snapshots:
@@ -95,7 +88,7 @@ class Snapshots:
         entries: List[Dict[str, Any]] = []
         skipped: List[str] = []
         seen = set()
-        for absolute, relative, st in self._walk(Excluder(exclude)):
+        for absolute, relative, st in self._walk(Excluder(exclude, self.files.root)):
             entry: Dict[str, Any] = {
                 "path": "/" + relative, "mode": stat.S_IMODE(st.st_mode), "size": 0,
             }  # fmt: skip
@@ -127,7 +120,7 @@ class Snapshots:
         if not isinstance(keep, dict):
             raise AgentError("EINVAL", "keep must map paths to types")
         removed = 0
-        excluder = Excluder(exclude)
+        excluder = Excluder(exclude, self.files.root)
         root = self.files.root
         stack = [root]
         while stack:
@@ -220,10 +213,10 @@ def _kind(mode: int) -> str:
 
 def register(registry: Registry, snapshots: Snapshots) -> None:
     async def manifest(session: Session, args: Dict[str, Any]) -> Any:
-        return snapshots.manifest(args.get("exclude", []))
+        return snapshots.manifest(args.get("exclude"))
 
     async def prune(session: Session, args: Dict[str, Any]) -> Any:
-        return snapshots.prune(args.get("keep"), args.get("exclude", []))
+        return snapshots.prune(args.get("keep"), args.get("exclude"))
 
     async def apply(session: Session, args: Dict[str, Any]) -> Any:
         return snapshots.apply(args.get("entries"))

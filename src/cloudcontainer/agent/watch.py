@@ -29,7 +29,8 @@ import stat
 from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 from cloudcontainer.agent.fs import _type
-from cloudcontainer.agent.globs import PathFilter
+from cloudcontainer.agent.globs import PathFilter, glob_list
+from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
 
@@ -308,7 +309,7 @@ class Watcher:
         records: List[Record] = []
         present: List[Tuple[str, os.stat_result]] = []
         for path in dirty:  # removals first: a rename's old name goes before its new one
-            if _internal(path) or not (path == self.root or path.startswith(self.root + "/")):
+            if _internal(path) or not covers(self.root, path):
                 continue
             try:
                 present.append((path, os.lstat(path)))
@@ -485,9 +486,8 @@ def _coalesce(records: List[Record]) -> List[Record]:
 
 def register(registry: Registry, watcher: Watcher) -> None:
     async def subscribe(session: Session, args: Dict[str, Any]) -> Any:
-        include, exclude = args.get("include") or [], args.get("exclude") or []
-        if not isinstance(include, list) or not isinstance(exclude, list):
-            raise AgentError("EINVAL", "include and exclude must be lists of globs")
+        include = glob_list(args.get("include"), "include")
+        exclude = glob_list(args.get("exclude"), "exclude")
         path_filter = PathFilter(include, exclude, watcher.root)
         since = args.get("since")
         return watcher.subscribe(

@@ -56,9 +56,9 @@ async def download_archive(
     exclude: Annotated[list[Glob], Query(max_length=MAX_EXCLUDES)] = [],  # noqa: B006 (FastAPI copies it)
 ) -> StreamingResponse:  # fmt: skip
     """The folder as an archive of its contents (names relative to it), streamed as it is
-    made. Symlinks are stored as symlinks, never followed. `exclude` globs (repeatable):
-    without `/` they match a name at any depth (`node_modules`), with `/` a path from the
-    folder (`dist/assets`)."""
+    made. Symlinks are stored as symlinks, never followed. `exclude` globs (repeatable, the
+    dialect of docs/api.md, Globs): `node_modules` at any depth, `dist/assets` from the
+    workspace root."""
     link = await services.containers.agent(principal.user_id, container_id)
     download = await Download.open(link, services.tasks, path, format, exclude)
     headers = {"Content-Disposition": _disposition(download.name, format)}

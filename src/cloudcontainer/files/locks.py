@@ -12,7 +12,6 @@ published on the container's event stream as `{"type": "lock", "action", "lock"}
 from __future__ import annotations
 
 import asyncio
-import posixpath
 from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -20,28 +19,16 @@ from typing import Any
 
 from sqlalchemy import delete, select
 
+from cloudcontainer.agent.paths import covers
 from cloudcontainer.db import Database, FileLock
 from cloudcontainer.db.types import new_id, utcnow
 from cloudcontainer.errors import Conflict, NotFound
 from cloudcontainer.events import EventBus
-from cloudcontainer.runtimes.base import WORKSPACE
+from cloudcontainer.files.service import workdir_path
 from cloudcontainer.sandbox.service import ContainerService
 from cloudcontainer.tasks import TaskSet
 
-__all__ = ["LockService", "covers", "workdir"]
-
-
-def workdir(path: str) -> str:
-    """The workdir-rooted form of a request path, as the agent resolves it (`..` clamped at
-    the root, `x` is `/x`); only text is handled here, nothing is opened."""
-    if path == WORKSPACE or path.startswith(WORKSPACE + "/"):
-        path = path[len(WORKSPACE) :]
-    normal = posixpath.normpath("/" + path)
-    return "/" + normal.lstrip("/") if normal.startswith("//") else normal
-
-
-def covers(lock_path: str, path: str) -> bool:
-    return lock_path == "/" or path == lock_path or path.startswith(lock_path + "/")
+__all__ = ["LockService"]
 
 
 def _as_dict(lock: FileLock) -> dict[str, Any]:
@@ -82,7 +69,7 @@ class LockService:
     ) -> dict[str, Any]:  # fmt: skip
         """Lock `path` for `owner`; 409 when another owner holds an overlapping lock."""
         await self._containers.get(user_id, container_id)
-        path = workdir(path)
+        path = workdir_path(path)
         now = utcnow()
         ttl = ttl_seconds if ttl_seconds is not None else self.default_ttl_seconds
         async with self._mutex[container_id], self._db.session() as session:
@@ -128,7 +115,7 @@ class LockService:
         if container_id in self._free:
             return []
         generation = self._generation[container_id]
-        wanted = {workdir(path) for path in paths}
+        wanted = {workdir_path(path) for path in paths}
         async with self._db.session() as session:
             locks = list(
                 await session.scalars(

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from cloudcontainer.agent.paths import workdir_rooted
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentProtocolError
 from cloudcontainer.agentlink.files import read_file, write_file
@@ -75,11 +76,10 @@ def agent_errors(own: ErrorTable | None = None) -> Iterator[None]:
         raise api_error(exc.errno, exc.message) from exc
 
 
-def workdir_path(absolute: str) -> str:
-    """`/home/project/src/a.ts` → `/src/a.ts` (paths in answers are workdir-rooted)."""
-    if absolute == WORKSPACE:
-        return "/"
-    return absolute[len(WORKSPACE) :] if absolute.startswith(WORKSPACE + "/") else absolute
+def workdir_path(path: str) -> str:
+    """A path as answers and history name it: `/home/project/src/a.ts`, `src/a.ts` and
+    `../src/a.ts` are all `/src/a.ts` (agent/paths.py)."""
+    return workdir_rooted(path, WORKSPACE)
 
 
 def etag_of(sha256: str) -> str:
@@ -289,7 +289,7 @@ class FileService:
     async def versions(self, owner_id: str, container_id: str, path: str) -> Sequence[FileVersion]:
         """The kept versions of a file, newest first (the path is workdir-rooted)."""
         await self._containers.get(owner_id, container_id)
-        return await self._history().versions(container_id, _workdir_rooted(path))
+        return await self._history().versions(container_id, workdir_path(path))
 
     async def version(
         self, owner_id: str, container_id: str, version_id: str
@@ -306,11 +306,3 @@ class FileService:
         return await self.write(
             owner_id, container_id, version.path, data, mkdirs=True, reason="restore"
         )
-
-
-def _workdir_rooted(path: str) -> str:
-    """The path as history stores it, resolved as the agent's `Files.resolve` does:
-    `src/a.ts`, `/src/a.ts`, `../src/a.ts` and `/home/project/src/a.ts` are one."""
-    if path == WORKSPACE or path.startswith(WORKSPACE + "/"):
-        path = path[len(WORKSPACE) :]
-    return "/" + posixpath.normpath("/" + path).lstrip("/")
