@@ -85,6 +85,10 @@ def make_settings(tmp_path: Path, database_url: str, smtp_port: int, **overrides
         "argon2_time_cost": 1,
         "argon2_memory_cost_kib": 1024,
         "log_level": "warning",
+        # No sandboxes started ahead of demand: most apps under test never create a container,
+        # and a warm pool is two sandboxes started (and destroyed) per test. The sandbox apps
+        # below keep the server's default; a test of the pool itself asks for one.
+        "warm_pool_size": 0,
     }
     values.update(overrides)
     return Settings(**values)
@@ -229,6 +233,7 @@ async def sandbox_api_factory(
                 **image,
                 "runtime": runtime_name,
                 "health_interval_seconds": 0.2,
+                "warm_pool_size": Settings.model_fields["warm_pool_size"].default,
                 **overrides,
             }
             settings = make_settings(
