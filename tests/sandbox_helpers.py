@@ -12,10 +12,9 @@ from typing import Any
 
 import uvicorn
 
-from cloudcontainer.coalesce import CoalescingHttpProtocol
 from cloudcontainer.db import Container
 from cloudcontainer.db.types import new_id
-from cloudcontainer.wsdrop import DroppingWebSocketProtocol
+from cloudcontainer.internals.uvicorn import CoalescingHttpProtocol, DroppingWebSocketProtocol
 from tests.conftest import Api, TestUser
 from tests.support.net import free_port
 
