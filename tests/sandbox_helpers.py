@@ -68,6 +68,16 @@ async def sh(api: Api, user: TestUser, container_id: str, script: str) -> ExecRe
     return await run(api, user, container_id, "sh", "-c", script)
 
 
+async def until_listening(api: Api, user: TestUser, container_id: str, port: int) -> None:
+    """Until a TCP socket in the sandbox listens on `port` on all IPv4 addresses."""
+    listening = f"00000000:{port:04X} 00000000:0000 0A"  # /proc/net/tcp: local, remote, LISTEN
+    waited = await sh(
+        api, user, container_id,
+        f"timeout 20 sh -c 'until grep -q \"{listening}\" /proc/net/tcp; do sleep 0.02; done'",
+    )  # fmt: skip
+    assert waited.code == 0, f"nothing came to listen on {port}: {waited}"
+
+
 async def wait_for_status(
     api: Api, user: TestUser, container_id: str, wanted: str, timeout: float = 30
 ) -> dict[str, Any]:
