@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from cloudcontainer.app import create_app
 from cloudcontainer.auth.tokens import bearer_token
+from cloudcontainer.config import Settings
 
 
 @pytest.mark.parametrize(
@@ -40,3 +44,16 @@ def test_a_bearer_header_yields_its_token(header: str, token: str) -> None:
 )
 def test_a_header_without_a_bearer_token_yields_none(header: str | None) -> None:
     assert bearer_token(header) is None
+
+
+def test_openapi_documents_the_bearer_scheme_on_protected_routes(tmp_path: Path) -> None:
+    schema = create_app(Settings(data_dir=tmp_path)).openapi()
+    assert schema["components"]["securitySchemes"] == {
+        "HTTPBearer": {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An access token from /api/auth/login, or an API key (`cc_...`).",
+        }
+    }
+    for path, method in (("/api/projects", "get"), ("/api/auth/logout", "post")):
+        assert schema["paths"][path][method]["security"] == [{"HTTPBearer": []}], path
