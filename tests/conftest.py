@@ -86,8 +86,9 @@ def make_settings(tmp_path: Path, database_url: str, smtp_port: int, **overrides
         "argon2_memory_cost_kib": 1024,
         "log_level": "warning",
         # No sandboxes started ahead of demand: most apps under test never create a container,
-        # and a warm pool is two sandboxes started (and destroyed) per test. The sandbox apps
-        # below keep the server's default; a test of the pool itself asks for one.
+        # and most that do create one or two, while a warm pool (the server's default: two)
+        # starts and destroys two or three more per test. A test of the pool asks for one
+        # (test_containers); `cloudcontainer serve` in test_gateway_restart runs the default.
         "warm_pool_size": 0,
     }
     values.update(overrides)
@@ -233,7 +234,6 @@ async def sandbox_api_factory(
                 **image,
                 "runtime": runtime_name,
                 "health_interval_seconds": 0.2,
-                "warm_pool_size": Settings.model_fields["warm_pool_size"].default,
                 **overrides,
             }
             settings = make_settings(
