@@ -10,28 +10,15 @@ import json
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from cloudcontainer.sandbox.supervisor import Supervisor
 from tests.conftest import Api, ApiFactory, TestUser
-from tests.sandbox_helpers import live_server, new_container, wait_for_status
-from tests.support.clock import FakeClock
-
-# Seconds of the fake clock. The app's own idle pass comes every IDLE / 4 of real time (60 s at
-# most), after the test is over: the passes that count are the test's.
-IDLE = 600.0
-
-
-async def idle_app(factory: ApiFactory) -> tuple[Api, FakeClock, Supervisor]:
-    """An app whose containers' idle time is read from a fake clock, and a supervisor whose
-    idle pass the test runs when it has moved the clock."""
-    api = await factory(idle_timeout_seconds=IDLE)
-    clock = FakeClock()
-    api.services.containers.clock = clock
-    return api, clock, Supervisor(api.services.containers)
-
-
-async def idle_pass_after(clock: FakeClock, supervisor: Supervisor, seconds: float) -> None:
-    clock.advance(seconds)
-    await supervisor.stop_idle()
+from tests.sandbox_helpers import (
+    IDLE,
+    idle_app,
+    idle_pass_after,
+    live_server,
+    new_container,
+    wait_for_status,
+)
 
 
 async def released(api: Api, cid: str) -> None:
