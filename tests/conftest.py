@@ -85,6 +85,11 @@ def make_settings(tmp_path: Path, database_url: str, smtp_port: int, **overrides
         "argon2_time_cost": 1,
         "argon2_memory_cost_kib": 1024,
         "log_level": "warning",
+        # No sandboxes started ahead of demand: most apps under test never create a container,
+        # and most that do create one or two, while a warm pool (the server's default: two)
+        # starts and destroys two or three more per test. A test of the pool asks for one
+        # (test_containers); `cloudcontainer serve` in test_gateway_restart runs the default.
+        "warm_pool_size": 0,
     }
     values.update(overrides)
     return Settings(**values)

@@ -12,11 +12,12 @@ from typing import Any
 
 import uvicorn
 
-from cloudcontainer.coalesce import CoalescingHttpProtocol
 from cloudcontainer.db import Container
 from cloudcontainer.db.types import new_id
-from cloudcontainer.wsdrop import DroppingWebSocketProtocol
-from tests.conftest import Api, TestUser
+from cloudcontainer.internals.uvicorn import CoalescingHttpProtocol, DroppingWebSocketProtocol
+from cloudcontainer.sandbox.supervisor import Supervisor
+from tests.conftest import Api, ApiFactory, TestUser
+from tests.support.clock import FakeClock
 from tests.support.net import free_port
 
 
@@ -67,6 +68,35 @@ async def run(api: Api, user: TestUser, container_id: str, *argv: str, **body: A
 
 async def sh(api: Api, user: TestUser, container_id: str, script: str) -> ExecResult:
     return await run(api, user, container_id, "sh", "-c", script)
+
+
+async def until_listening(api: Api, user: TestUser, container_id: str, port: int) -> None:
+    """Until a TCP socket in the sandbox listens on `port` on all IPv4 addresses."""
+    listening = f"00000000:{port:04X} 00000000:0000 0A"  # /proc/net/tcp: local, remote, LISTEN
+    waited = await sh(
+        api, user, container_id,
+        f"timeout 20 sh -c 'until grep -q \"{listening}\" /proc/net/tcp; do sleep 0.02; done'",
+    )  # fmt: skip
+    assert waited.code == 0, f"nothing came to listen on {port}: {waited}"
+
+
+# Seconds of the fake clock. The app's own idle pass comes every IDLE / 4 of real time (60 s at
+# most), after the test is over: the passes that count are the test's.
+IDLE = 600.0
+
+
+async def idle_app(factory: ApiFactory) -> tuple[Api, FakeClock, Supervisor]:
+    """An app whose containers' idle time is read from a fake clock, and a supervisor whose
+    idle pass the test runs when it has moved the clock."""
+    api = await factory(idle_timeout_seconds=IDLE)
+    clock = FakeClock()
+    api.services.containers.clock = clock
+    return api, clock, Supervisor(api.services.containers)
+
+
+async def idle_pass_after(clock: FakeClock, supervisor: Supervisor, seconds: float) -> None:
+    clock.advance(seconds)
+    await supervisor.stop_idle()
 
 
 async def wait_for_status(

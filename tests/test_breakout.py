@@ -19,7 +19,7 @@ import pytest
 from cloudcontainer.runtimes.base import SANDBOX_UID, open_files_limit
 from cloudcontainer.runtimes.egress import METADATA_ADDRESS
 from tests.conftest import Api, TestUser, make_settings, running_api
-from tests.sandbox_helpers import new_container, run, sh
+from tests.sandbox_helpers import new_container, run, sh, until_listening
 from tests.support.net import free_port
 from tests.support.netns import private_host
 from tests.support.smtp import Mailbox
@@ -220,7 +220,7 @@ async def test_another_sandbox_is_out_of_reach(sandbox_api: Api) -> None:
     targets = [(address, 5173) for address in _host_addresses()]
     if info.ip:
         targets.append((info.ip, 5173))
-    await asyncio.sleep(0.5)
+    await until_listening(sandbox_api, alice, victim, 5173)  # or "not connected" proves nothing
     found = await _connect_from(sandbox_api, mallory, attacker, targets)
     assert "connected" not in found.values(), found
 

@@ -16,7 +16,16 @@ import pytest
 from cloudcontainer.agentlink.errors import AgentUnavailable
 from cloudcontainer.state import build_runtime
 from tests.conftest import Api
-from tests.sandbox_helpers import new_container, new_project, run, sh, wait_for_status
+from tests.sandbox_helpers import (
+    IDLE,
+    idle_app,
+    idle_pass_after,
+    new_container,
+    new_project,
+    run,
+    sh,
+    wait_for_status,
+)
 
 
 async def test_create_runs_commands_in_the_template_workspace(sandbox_api: Api) -> None:
@@ -186,11 +195,12 @@ async def test_a_killed_agent_is_restarted_with_the_workspace_intact(sandbox_api
 
 
 async def test_idle_container_stops_and_resumes_with_its_dev_server(sandbox_api_factory) -> None:  # type: ignore[no-untyped-def]
-    api = await sandbox_api_factory(idle_timeout_seconds=1)
+    api, clock, supervisor = await idle_app(sandbox_api_factory)
     user = await api.user()
     cid = (await new_container(api, user))["id"]
     link = await api.services.containers.agent(user.id, cid)
     await link.call("proc.spawn", command="sleep", args=["2000"], pty=True)
+    await idle_pass_after(clock, supervisor, IDLE)
     stopped = await wait_for_status(api, user, cid, "stopped")
     assert stopped["status_reason"].startswith("idle for")
     resumed = await sh(api, user, cid, "ps -eo args")

@@ -11,6 +11,8 @@ import pytest
 from tests.conftest import Api, TestUser
 from tests.sandbox_helpers import new_container, sh
 
+LATE = 5  # the calls that arrive after all the others
+
 
 async def setup(api: Api) -> tuple[TestUser, str, str]:
     user = await api.user()
@@ -36,11 +38,19 @@ def bolt_like_calls() -> list[tuple[str, str, dict[str, Any]]]:
 async def test_calls_issued_shuffled_apply_in_seq_order(sandbox_api: Api) -> None:
     user, cid, files = await setup(sandbox_api)
     calls = bolt_like_calls()
+    early = len(calls) - LATE
+    others_waiting = asyncio.Event()
+
+    async def release_the_first_calls() -> None:
+        """Once every later call is waiting for its predecessors, the first ones go."""
+        while sandbox_api.services.order.waiting(cid, "tab-1") < early:
+            await asyncio.sleep(0.005)
+        others_waiting.set()
 
     async def send(seq: int) -> int:
         method, path, kwargs = calls[seq - 1]
-        if seq <= 5:
-            await asyncio.sleep(0.3)  # the first calls are the last to arrive
+        if seq <= LATE:
+            await others_waiting.wait()  # the first calls are the last to arrive
         headers = {**user.headers, "X-Client-Id": "tab-1", "X-Client-Seq": str(seq)}
         response = await sandbox_api.client.request(method, files + path, headers=headers, **kwargs)
         assert response.status_code == 200, (seq, calls[seq - 1], response.text)
@@ -48,7 +58,7 @@ async def test_calls_issued_shuffled_apply_in_seq_order(sandbox_api: Api) -> Non
 
     seqs = list(range(1, len(calls) + 1))
     random.Random(4).shuffle(seqs)
-    await asyncio.gather(*(send(seq) for seq in seqs))
+    await asyncio.gather(release_the_first_calls(), *(send(seq) for seq in seqs))
     state = await sh(
         sandbox_api, user, cid,
         "cat same.txt; echo; for f in dir*/f.txt; do cat $f; echo; done | sort | tr '\\n' ,; "

@@ -26,8 +26,8 @@ import schemathesis
 import uvicorn
 
 from cloudcontainer.app import create_app
-from cloudcontainer.coalesce import CoalescingHttpProtocol
 from cloudcontainer.config import Settings
+from cloudcontainer.internals.uvicorn import CoalescingHttpProtocol
 from cloudcontainer.state import open_services
 from tests.conftest import PASSWORD, _truncate_all, make_settings
 from tests.support.net import free_port

@@ -11,8 +11,11 @@ from cloudcontainer.files.ordering import ClientOrder, Sequencer
 WAIT = 0.05  # the sequencer's patience in these tests; no timing is asserted
 
 
-async def enter(sequencer: Sequencer, seq: int, log: list[int], delay: float = 0.0) -> None:
-    await asyncio.sleep(delay)
+async def enter(
+    sequencer: Sequencer, seq: int, log: list[int], after: asyncio.Event | None = None
+) -> None:
+    if after is not None:
+        await after.wait()
     async with sequencer.turn("ctr", ClientOrder("client", seq)):
         log.append(seq)
         await asyncio.sleep(0)  # let others try to overtake
@@ -23,8 +26,18 @@ async def test_requests_arriving_shuffled_run_in_seq_order() -> None:
     log: list[int] = []
     seqs = list(range(1, 31))
     random.Random(7).shuffle(seqs)
-    # The first five arrive last of all.
-    await asyncio.gather(*(enter(sequencer, s, log, 0.05 if s <= 5 else 0) for s in seqs))
+    others_waiting = asyncio.Event()
+
+    async def release_the_first_five() -> None:
+        while sequencer.waiting("ctr", "client") < 25:
+            await asyncio.sleep(0)
+        others_waiting.set()
+
+    # The first five arrive last of all: once the 25 others wait for them.
+    await asyncio.gather(
+        release_the_first_five(),
+        *(enter(sequencer, s, log, others_waiting if s <= 5 else None) for s in seqs),
+    )
     assert log == list(range(1, 31))
 
 

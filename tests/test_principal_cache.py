@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 from cloudcontainer.auth.credentials import Principal, PrincipalCache
 from cloudcontainer.db import User
+from tests.support.clock import FakeClock
 
 
 def principal(user_id: str, session_id: str | None = None, key: str | None = None) -> Principal:
@@ -13,10 +12,12 @@ def principal(user_id: str, session_id: str | None = None, key: str | None = Non
 
 
 def test_entries_expire_and_zero_ttl_caches_nothing() -> None:
-    cache = PrincipalCache(0.05)
+    clock = FakeClock()
+    cache = PrincipalCache(2, clock=clock)
     cache.put("a", principal("u1", "s1"))
-    assert cache.get("a") is not None
-    time.sleep(0.06)
+    clock.advance(2)
+    assert cache.get("a") is not None  # still within its ttl
+    clock.advance(0.001)
     assert cache.get("a") is None
     off = PrincipalCache(0)
     off.put("a", principal("u1", "s1"))

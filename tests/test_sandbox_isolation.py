@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import Api
-from tests.sandbox_helpers import new_container, run, sh
+from tests.sandbox_helpers import new_container, run, sh, until_listening
 
 
 async def test_the_host_filesystem_is_out_of_reach(sandbox_api: Api) -> None:
@@ -69,7 +69,8 @@ async def test_two_sandboxes_can_both_listen_on_5173(sandbox_api: Api) -> None:
         link = await sandbox_api.services.containers.agent(user.id, cid)
         await link.call("proc.spawn", command="sh", args=["-c", server])
     for cid in (first, second):
-        check = await sh(sandbox_api, user, cid, "sleep 0.5; grep -c ':1435 ' /proc/net/tcp")
+        await until_listening(sandbox_api, user, cid, 5173)
+        check = await sh(sandbox_api, user, cid, "grep -c ':1435 ' /proc/net/tcp")
         assert check.stdout.strip() == "1", check
 
 

@@ -105,8 +105,7 @@ def serve(
     )  # fmt: skip
     configure_logging(settings.log_level, settings.log_format)
     from cloudcontainer.app import create_app
-    from cloudcontainer.coalesce import CoalescingHttpProtocol
-    from cloudcontainer.wsdrop import DroppingWebSocketProtocol
+    from cloudcontainer.internals.uvicorn import CoalescingHttpProtocol, DroppingWebSocketProtocol
 
     console.print(
         f"[bold]cloudcontainer {__version__}[/bold] on http://{settings.host}:{settings.port}"

@@ -6,7 +6,8 @@ gateway's sends were a fifth of its CPU). `CoalescingTransport` keeps what is wr
 turn of the loop and hands it to the real transport as one write at the end of the turn (a
 `call_soon`). Closing, aborting and flow-control queries see the held bytes first.
 
-The gateway uses it for its HTTP connections and its agent links. The agent does not: holding
+The gateway uses it for its HTTP connections and its agent links (through the protocol
+classes of `internals/uvicorn.py` and `internals/websockets.py`). The agent does not: holding
 its replies to the end of its turn made each round trip longer, and the benchmark slower.
 """
 
@@ -15,9 +16,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-__all__ = ["CoalescingHttpProtocol", "CoalescingTransport"]
+__all__ = ["CoalescingTransport"]
 
 
 class CoalescingTransport(asyncio.Transport):
@@ -94,11 +93,3 @@ class CoalescingTransport(asyncio.Transport):
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._transport.get_write_buffer_limits()
-
-
-class CoalescingHttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing through a CoalescingTransport: a response's head
-    and body leave in one send (`uvicorn.Config(http=CoalescingHttpProtocol)`)."""
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(CoalescingTransport(transport))

@@ -12,13 +12,11 @@ from collections import deque
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
-from websockets.frames import Frame, Opcode
-from websockets.protocol import Event
 
 from cloudcontainer.agent.protocol import (
     ARCHIVE_DATA,
@@ -42,7 +40,7 @@ from cloudcontainer.agentlink.schema import (
     check_event,
     check_result,
 )
-from cloudcontainer.coalesce import CoalescingTransport
+from cloudcontainer.internals.websockets import dispatching_connection
 
 __all__ = ["REQUEST_SENT", "AgentAddress", "AgentClient"]
 
@@ -98,42 +96,6 @@ def _unix_socket(path: str) -> socket.socket:
         raise
     sock.setblocking(False)
     return sock
-
-
-class _DispatchingConnection(ClientConnection):
-    """Hands each complete data message to `on_message` as soon as its frames are parsed: no
-    assembler queue and no reader-task wake-up per message, a tenth of the gateway's CPU on a
-    small file call. `recv()` is never used on a link. A message the link cannot take (text
-    that is not UTF-8, a listener failing) ends the link, as a broken one would; one larger
-    than MAX_MESSAGE_BYTES ends it with 1009 before it is buffered (websockets checks each
-    frame's announced length against what the message may still grow by)."""
-
-    on_message: Callable[[str | bytes], None]
-    _opcode: Opcode = Opcode.TEXT
-    _fragments: list[bytes]
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Frames of calls made in one turn of the loop leave in one send.
-        super().connection_made(CoalescingTransport(cast(asyncio.Transport, transport)))
-
-    def process_event(self, event: Event) -> None:
-        if self.response is None or not isinstance(event, Frame) or event.opcode not in _DATA:
-            super().process_event(event)
-            return
-        if event.opcode is not Opcode.CONT:
-            self._opcode, self._fragments = event.opcode, []
-        self._fragments.append(bytes(event.data))
-        if not event.fin:
-            return
-        data, self._fragments = b"".join(self._fragments), []
-        try:
-            self.on_message(data.decode() if self._opcode is Opcode.TEXT else data)
-        except Exception:
-            log.exception("agent link dropped: a message it could not take")
-            self.transport.abort()
-
-
-_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 
 def _expire(future: asyncio.Future[Any], op: str, timeout: float) -> None:
@@ -192,15 +154,10 @@ class AgentClient:
 
     async def _open(self, timeout: float) -> ClientConnection:
         headers = {AUTH_HEADER: f"Bearer {self._secret}"}
-        # A connection class per link: websockets takes a class, and this one's messages go
-        # to this client.
-        connection = type(
-            "AgentConnection", (_DispatchingConnection,), {"on_message": self._on_message}
-        )
         options: dict[str, Any] = {
             "additional_headers": headers, "max_size": MAX_MESSAGE_BYTES, "compression": None,
             "open_timeout": timeout, "ping_interval": 20, "ping_timeout": 20,
-            "max_queue": 256, "create_connection": connection,
+            "max_queue": 256, "create_connection": dispatching_connection(self._on_message),
         }  # fmt: skip
         if self.address.unix_path:
             sock = _unix_socket(self.address.unix_path)
@@ -301,7 +258,7 @@ class AgentClient:
             self._on_text(message)
 
     async def _read(self) -> None:
-        """Messages are handed over as they are parsed (_DispatchingConnection); this waits
+        """Messages are handed over as they are parsed (DispatchingConnection); this waits
         for the end of the link."""
         assert self._ws is not None
         try:

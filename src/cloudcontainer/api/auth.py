@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Request, Response, status
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, Field
 
 from cloudcontainer.api.audit import record
-from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep, client_ip
+from cloudcontainer.api.deps import BearerDep, CurrentPrincipal, ServicesDep, client_ip
 from cloudcontainer.api.schemas import Email, Name, Password, RequestModel, Token, WholeNumber
 from cloudcontainer.audit import actions
 from cloudcontainer.auth.service import TokenPair
@@ -196,9 +195,7 @@ async def refresh(body: RefreshRequest, services: ServicesDep) -> TokenResponse:
 async def logout(
     request: Request,
     services: ServicesDep,
-    credentials: Annotated[
-        HTTPAuthorizationCredentials | None, Depends(HTTPBearer(auto_error=False))
-    ],
+    token: BearerDep,
     body: LogoutRequest | None = None,
 ) -> Response:
     """End the session named by the access token, the refresh token, or both."""
@@ -208,9 +205,9 @@ async def logout(
         session_id = await services.accounts.session_of_refresh_token(body.refresh_token)
         if session_id:
             sessions.add(session_id)
-    if credentials is not None:
+    if token is not None:
         try:
-            principal = await services.credentials.authenticate(credentials.credentials)
+            principal = await services.credentials.authenticate(token)
         except Unauthorized:
             principal = None
         if principal is not None and principal.session_id:

@@ -5,19 +5,33 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from fastapi.security.utils import get_authorization_scheme_param
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from cloudcontainer.auth.credentials import Principal
+from cloudcontainer.auth.tokens import bearer_token
 from cloudcontainer.errors import Forbidden, Unauthorized
 from cloudcontainer.state import Services
 
-__all__ = ["AdminPrincipal", "CurrentPrincipal", "ServicesDep", "caller", "client_ip"]
+__all__ = [
+    "AdminPrincipal", "BearerDep", "CurrentPrincipal", "ServicesDep", "caller", "client_ip",
+]  # fmt: skip
 
-_bearer = HTTPBearer(
-    auto_error=False,
-    description="An access token from /api/auth/login, or an API key (`cc_...`).",
-)
+
+class BearerToken(SecurityBase):
+    """The bearer token of a request, or None; documented in OpenAPI as FastAPI's `HTTPBearer`
+    documents itself (the same scheme name and model), read by `bearer_token`."""
+
+    def __init__(self, description: str) -> None:
+        self.model = HTTPBearerModel(description=description)
+        self.scheme_name = "HTTPBearer"
+
+    async def __call__(self, request: Request) -> str | None:
+        return bearer_token(request.headers.get("authorization"))
+
+
+_bearer = BearerToken("An access token from /api/auth/login, or an API key (`cc_...`).")
+BearerDep = Annotated[str | None, Depends(_bearer)]
 
 
 async def get_services(request: Request) -> Services:
@@ -30,11 +44,8 @@ async def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def current_principal(
-    services: ServicesDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    return await _authenticate(services, credentials.credentials if credentials else None)
+async def current_principal(services: ServicesDep, token: BearerDep) -> Principal:
+    return await _authenticate(services, token)
 
 
 async def _authenticate(services: Services, token: str | None) -> Principal:
@@ -47,12 +58,10 @@ CurrentPrincipal = Annotated[Principal, Depends(current_principal)]
 
 
 async def caller(request: Request) -> tuple[Services, Principal]:
-    """What ServicesDep and CurrentPrincipal give, for routes that parse by hand: the bearer
-    token read as HTTPBearer reads it, without building its credentials model."""
+    """What ServicesDep and CurrentPrincipal give, for routes that parse by hand."""
     services: Services = request.app.state.services
-    scheme, token = get_authorization_scheme_param(request.headers.get("authorization"))
-    bearer = token if scheme.lower() == "bearer" and token else None
-    return services, await _authenticate(services, bearer)
+    token = bearer_token(request.headers.get("authorization"))
+    return services, await _authenticate(services, token)
 
 
 async def admin_principal(principal: CurrentPrincipal) -> Principal:

@@ -19,7 +19,8 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import request_response
+
+from cloudcontainer.internals.fastapi import add_headers, set_plain_handler
 
 __all__ = ["HandParsedRoute", "Parse", "hand_parsed", "query_value", "sub_response"]
 
@@ -51,9 +52,7 @@ class HandParsedRoute(APIRoute):
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        # Starlette's request_response, not FastAPI's: that one opens two exit stacks a
-        # request for dependencies with `yield`, which these routes do not have.
-        self.app = request_response(self.respond)
+        set_plain_handler(self, self.respond)  # these routes have no dependencies to solve
 
     async def respond(self, request: Request) -> Response:
         arguments = await self.parse(request)
@@ -67,7 +66,7 @@ class HandParsedRoute(APIRoute):
             media_type="application/json",
         )  # fmt: skip
         if (sub := arguments.get("response")) is not None:
-            response.headers.raw.extend(sub.headers.raw)
+            add_headers(response, sub)
         return response
 
 

@@ -12,13 +12,13 @@ middleware like any other.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cloudcontainer.api.handparsed import HandParsedRoute
+from cloudcontainer.internals.fastapi import exception_handler_for
 
 __all__ = ["HotRoutesMiddleware"]
 
@@ -47,20 +47,8 @@ class HotRoutesMiddleware:
         try:
             response = await route.respond(request)
         except Exception as exc:
-            handler = _handler_for(scope, exc)
+            handler = exception_handler_for(scope, exc)
             if handler is None:
                 raise
             response = await handler(request, exc)
         await response(scope, receive, send)
-
-
-def _handler_for(scope: Scope, exc: Exception) -> Any:
-    """The app's handler for this exception's class or nearest base, as Starlette's exception
-    middleware picks it; the catch-all `Exception` handler belongs to the server-error one."""
-    handlers = scope["app"].exception_handlers
-    for cls in type(exc).__mro__:
-        if cls is Exception:
-            return None
-        if cls in handlers:
-            return handlers[cls]
-    return None

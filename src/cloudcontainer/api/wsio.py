@@ -4,7 +4,7 @@ A client that stops reading must not hold the gateway: each send waits at most t
 `client_send_timeout_seconds` (uvicorn makes a send wait while the socket's buffer is full), and
 what waits to be sent is bounded (`Outbox`). Past either, the client is dropped: a close with
 1008 and the reason `client not reading` is attempted (it cannot reach a client that reads
-nothing; the transport is then aborted, see wsdrop.py).
+nothing; the transport is then aborted, see internals/uvicorn.py).
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -38,18 +39,23 @@ class PrincipalCache:
     calls (an editor saving, bolt writing a project) is not one query each. Revocations made
     through this process apply at once (`forget`); one made by another gateway sharing the
     database takes effect here within `ttl`. A cached token is the very string whose signature
-    was verified; its expiry is checked every time."""
+    was verified; its expiry is checked every time. `clock` is injectable so a test can let
+    entries expire without waiting."""
 
-    def __init__(self, ttl_seconds: float, max_entries: int = 10_000) -> None:
+    def __init__(
+        self, ttl_seconds: float, max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:  # fmt: skip
         self._ttl = ttl_seconds
         self._max = max_entries
+        self._clock = clock
         self._entries: dict[str, tuple[float, Principal, datetime | None]] = {}
 
     def get(self, key: str) -> tuple[Principal, datetime | None] | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry[0] < time.monotonic():
+        if entry[0] < self._clock():
             del self._entries[key]
             return None
         return entry[1], entry[2]
@@ -58,11 +64,11 @@ class PrincipalCache:
         if self._ttl <= 0:
             return
         if len(self._entries) >= self._max:
-            now = time.monotonic()
+            now = self._clock()
             self._entries = {k: v for k, v in self._entries.items() if v[0] >= now}
             while len(self._entries) >= self._max:
                 del self._entries[next(iter(self._entries))]  # the oldest
-        self._entries[key] = (time.monotonic() + self._ttl, principal, expires_at)
+        self._entries[key] = (self._clock() + self._ttl, principal, expires_at)
 
     def forget(
         self, *, user_id: str | None = None, session_id: str | None = None,

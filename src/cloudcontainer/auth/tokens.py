@@ -15,9 +15,23 @@ import jwt
 
 from cloudcontainer.errors import Unauthorized
 
-__all__ = ["AccessClaims", "AccessTokenSigner", "digest", "new_secret"]
+__all__ = ["AccessClaims", "AccessTokenSigner", "bearer_token", "digest", "new_secret"]
 
 API_KEY_PREFIX = "cc_"
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The credential of an `Authorization: Bearer <token>` header, or None without one.
+
+    Read as FastAPI's `HTTPBearer` reads it, the one parser of every route (the hand-parsed
+    hot routes too): the scheme is what precedes the first space, in any case; the token is
+    the rest with surrounding whitespace stripped, taken verbatim (a token that is not
+    ASCII is refused by the credential check, not here)."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    return token if token and scheme.lower() == "bearer" else None
 
 
 def new_secret(prefix: str = "") -> str:

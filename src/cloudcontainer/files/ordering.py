@@ -83,6 +83,11 @@ class Sequencer:
                 del self._sequences[key]
                 excess -= 1
 
+    def waiting(self, container_id: str, client_id: str) -> int:
+        """How many of this client's requests wait for a predecessor (what arrived early)."""
+        sequence = self._sequences.get((container_id, client_id))
+        return 0 if sequence is None else len(sequence.waiting)
+
     @asynccontextmanager
     async def turn(self, container_id: str, order: ClientOrder | None) -> AsyncIterator[None]:
         """Wait for this request's turn; its successor may go once the body of the `with`

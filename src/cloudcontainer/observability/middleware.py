@@ -11,6 +11,7 @@ import time
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cloudcontainer.internals.fastapi import route_template
 from cloudcontainer.observability.logging import REQUEST_ID
 from cloudcontainer.observability.metrics import Metrics
 
@@ -39,9 +40,9 @@ def _request_id(scope: Scope) -> str:
 
 def _route_label(scope: Scope, status: int) -> str:
     """The route template, so metrics do not get a series per id; fixed paths otherwise."""
-    route = getattr(scope.get("route"), "path", None)
+    route = route_template(scope)
     if route is not None:
-        return str(route)
+        return route
     # Only successful non-API routes (/docs, /openapi.json) are labelled by their path; anything
     # else without a route (404s, early 413s) shares one label so clients cannot grow the series.
     return str(scope.get("path", "")) if status < 400 else "<unmatched>"

@@ -179,7 +179,7 @@ class Supervisor:
             self.service.touch(container_id)
 
     async def stop_idle(self) -> None:
-        now = asyncio.get_running_loop().time()
+        now = self.service.clock()
         for container in await self.service.list(None):
             if container.status != Status.RUNNING:
                 continue
