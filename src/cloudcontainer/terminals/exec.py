@@ -81,18 +81,21 @@ class _Piece:
 
 @dataclass(slots=True)
 class PendingOutput:
-    """Output not yet taken, in the order it was written, within `limit` bytes."""
+    """Output not yet taken, in the order it was written, within `limit` bytes. Once some
+    output did not fit, none is taken any more: what is held never has a gap inside."""
 
     limit: int
     size: int = 0  # bytes held, each piece counted with PIECE_OVERHEAD_BYTES
+    overflowed: bool = False
     _pieces: deque[_Piece] = field(default_factory=deque)
 
     def put(self, stream: Stream, data: bytes) -> bool:
-        """Queue `data`; False (and nothing queued) when it would pass the limit."""
+        """Queue `data`; False (and nothing queued) once output passed the limit."""
         tail = self._pieces[-1] if self._pieces else None
         merge = tail is not None and tail.stream == stream and tail.size < PIECE_BYTES
         cost = len(data) + (0 if merge else PIECE_OVERHEAD_BYTES)
-        if self.size + cost > self.limit:
+        if self.overflowed or self.size + cost > self.limit:
+            self.overflowed = True
             return False
         self.size += cost
         if merge:
@@ -116,13 +119,12 @@ class Execution:
     """A started command. `events()` is iterated once; leaving it early kills the command."""
 
     def __init__(self, process: Process, spec: ExecSpec, max_pending: int) -> None:
-        self._process = process
+        self.process = process  # the running command, for a caller that steers it
         self._spec = spec
         # Called with the exit code (None when the reader left before the end) as events end.
         self.on_end: Callable[[int | None], Awaitable[None]] = _nothing
         self.pending = PendingOutput(max_pending)
         self._ready = asyncio.Event()
-        self._overflowed = False
         self._timed_out = False
         self._kill: asyncio.Task[None] | None = None
         self._stop_listening = process.listen(
@@ -130,13 +132,10 @@ class Execution:
         )
 
     def _heard(self, stream: Stream, data: bytes) -> None:
-        if self._overflowed:
-            return
-        if not self.pending.put(stream, data):
+        if not self.pending.put(stream, data) and self._kill is None:
             # The reader is behind the command and nothing slows the command down: kill it
             # rather than hold more (issue 9).
-            self._overflowed = True
-            self._kill = asyncio.ensure_future(self._process.kill())
+            self._kill = asyncio.ensure_future(self.process.kill())
             self._kill.add_done_callback(_retrieve)
         self._ready.set()
 
@@ -148,8 +147,8 @@ class Execution:
         code: int | None = None  # on record: None when the reader left before the end
         try:
             if self._spec.stdin is not None:
-                await self._process.write(self._spec.stdin)
-            await self._process.close_stdin()
+                await self.process.write(self._spec.stdin)
+            await self.process.close_stdin()
             while True:
                 if (output := self.pending.take()) is not None:
                     yield output
@@ -159,7 +158,7 @@ class Execution:
                     self._ready.clear()
                     await self._ready.wait()
             code = waiter.result()
-            if self._overflowed:
+            if self.pending.overflowed:
                 yield OutputOverflow(self.pending.limit)
             yield Exit(code, self._timed_out)
         finally:
@@ -167,23 +166,23 @@ class Execution:
             if not waiter.done():
                 waiter.cancel()
                 with contextlib.suppress(CloudContainerError):
-                    await self._process.kill()
+                    await self.process.kill()
             await self.on_end(code)
 
     async def abandon(self) -> None:
         """Kill the command whose events will not be read."""
         self._stop_listening()
         with contextlib.suppress(CloudContainerError):
-            await self._process.kill()
+            await self.process.kill()
 
     async def _wait(self) -> int | None:
         try:
             async with asyncio.timeout(self._spec.timeout):
-                return await self._process.wait()
+                return await self.process.wait()
         except TimeoutError:
             self._timed_out = True
-            await self._process.kill()
-            return await self._process.wait()
+            await self.process.kill()
+            return await self.process.wait()
 
 
 async def _nothing(code: int | None) -> None:

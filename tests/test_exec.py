@@ -1,0 +1,138 @@
+"""`exec` as a service (terminals/exec.py): output waits for its reader in bounded memory, with
+no task per chunk; past the bound the command is killed and the reader is told why. The
+sandbox tests run on the local runtime only: the buffer is the gateway's, not a runtime's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cloudcontainer.agentlink import procs
+from cloudcontainer.terminals.exec import (
+    EXEC_MAX_PENDING_BYTES,
+    PIECE_BYTES,
+    PIECE_OVERHEAD_BYTES,
+    ExecSpec,
+    Exit,
+    Output,
+    OutputOverflow,
+    PendingOutput,
+)
+from tests.conftest import Api
+from tests.sandbox_helpers import new_container
+
+WAIT = 60.0  # an upper bound for things that must happen, never a measured timing
+MB = 1024 * 1024
+
+
+def rss() -> int:
+    """This process's resident memory (the gateway runs in it), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def zeros(size: int) -> ExecSpec:
+    return ExecSpec("head", ["-c", str(size), "/dev/zero"], None, {}, timeout=600)
+
+
+# -- the buffer -------------------------------------------------------------------------------
+
+
+def test_pending_output_keeps_the_order_of_the_streams_and_merges_each_run() -> None:
+    pending = PendingOutput(limit=1 * MB)
+    for stream, data in [("stdout", b"a"), ("stdout", b"b"), ("stderr", b"c"), ("stdout", b"d")]:
+        assert pending.put(stream, data)  # type: ignore[arg-type]
+    assert pending.size == 4 + 3 * PIECE_OVERHEAD_BYTES
+    taken = [pending.take(), pending.take(), pending.take(), pending.take()]
+    assert taken == [Output("stdout", b"ab"), Output("stderr", b"c"), Output("stdout", b"d"), None]
+    assert pending.size == 0
+
+
+def test_pending_output_refuses_what_passes_the_limit_counting_each_piece() -> None:
+    pending = PendingOutput(limit=10 * PIECE_OVERHEAD_BYTES)
+    # One-byte writes alternating between the streams: each is a piece of its own, so the
+    # bound is reached after 10 of them, not after `limit` of them.
+    streams = ["stdout", "stderr"] * 10
+    accepted = [pending.put(stream, b"x") for stream in streams]  # type: ignore[arg-type]
+    # Nothing after the first refusal either, though it would fit: the output kept has no gap.
+    assert accepted == [True] * 9 + [False] * 11
+    assert pending.overflowed
+    assert pending.size <= pending.limit
+
+
+def test_pending_output_hands_a_late_reader_few_large_pieces() -> None:
+    pending = PendingOutput(limit=EXEC_MAX_PENDING_BYTES)
+    chunk = b"z" * 4096
+    while pending.put("stdout", chunk):
+        pass
+    pieces = []
+    while (piece := pending.take()) is not None:
+        pieces.append(piece)
+    assert all(PIECE_BYTES <= len(p.data) < 2 * PIECE_BYTES for p in pieces[:-1])
+    assert sum(len(p.data) for p in pieces) > EXEC_MAX_PENDING_BYTES - PIECE_BYTES
+
+
+# -- a real command ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("runtime_name", ["local"])
+async def test_a_reader_that_stops_gets_the_bound_then_why_and_the_kill(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    before = rss()
+    execution = await sandbox_api.services.exec.start(user.id, cid, zeros(1 << 40))
+    events = execution.events()
+    try:
+        first = await anext(events)  # the reader takes one event, then stops reading
+        process = execution.process
+        async with asyncio.timeout(WAIT):  # the command ends while nobody reads
+            assert await procs.wait(process.link, process.proc_id) == 137
+        assert execution.pending.size <= EXEC_MAX_PENDING_BYTES
+        assert rss() - before < 64 * MB
+        rest = [event async for event in events]  # it reads at last
+    finally:
+        await events.aclose()
+    *outputs, overflow, end = [first, *rest]
+    assert (overflow, end) == (OutputOverflow(EXEC_MAX_PENDING_BYTES), Exit(137))
+    assert all(isinstance(o, Output) and o.stream == "stdout" for o in outputs)
+    received = sum(len(o.data) for o in outputs if isinstance(o, Output))
+    assert EXEC_MAX_PENDING_BYTES // 2 < received <= EXEC_MAX_PENDING_BYTES + len(first.data)
+
+
+@pytest.mark.parametrize("runtime_name", ["local"])
+async def test_output_is_handed_over_without_a_task_per_chunk(sandbox_api: Api) -> None:
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    loop = asyncio.get_running_loop()
+    created = 0
+    factory = loop.get_task_factory()
+
+    def counting(
+        loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, Any], **options: Any
+    ) -> asyncio.Task[Any]:
+        nonlocal created
+        created += 1
+        return asyncio.Task(coro, loop=loop, **options)
+
+    loop.set_task_factory(counting)  # type: ignore[arg-type]
+    try:
+        execution = await sandbox_api.services.exec.start(user.id, cid, zeros(32 * MB))
+        chunks, size = 0, 0
+        async for event in execution.events():
+            if isinstance(event, Output):
+                chunks, size = chunks + 1, size + len(event.data)
+            else:
+                assert event == Exit(0)
+    finally:
+        loop.set_task_factory(factory)
+    assert size == 32 * MB
+    assert chunks >= 32 * MB // (2 * PIECE_BYTES)
+    # The wait for the command's end is one task; the rest is the server's own work (health
+    # checks) meanwhile, nowhere near one per chunk.
+    assert created < 20, (created, chunks)
