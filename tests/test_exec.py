@@ -5,6 +5,7 @@ sandbox tests run on the local runtime only: the buffer is the gateway's, not a 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,10 @@ async def test_a_reader_that_stops_gets_the_bound_then_why_and_the_kill(sandbox_
     finally:
         await events.aclose()
     *outputs, overflow, end = [first, *rest]
-    assert (overflow, end) == (OutputOverflow(EXEC_MAX_PENDING_BYTES), Exit(137))
+    assert overflow == OutputOverflow(EXEC_MAX_PENDING_BYTES)
+    # The agent may also have dropped some of what it could not send fast enough (output_lost).
+    assert isinstance(end, Exit)
+    assert (end.code, end.timed_out) == (137, False)
     assert all(isinstance(o, Output) and o.stream == "stdout" for o in outputs)
     received = sum(len(o.data) for o in outputs if isinstance(o, Output))
     assert EXEC_MAX_PENDING_BYTES // 2 < received <= EXEC_MAX_PENDING_BYTES + len(first.data)
@@ -128,11 +132,35 @@ async def test_output_is_handed_over_without_a_task_per_chunk(sandbox_api: Api) 
             if isinstance(event, Output):
                 chunks, size = chunks + 1, size + len(event.data)
             else:
-                assert event == Exit(0)
+                end = event
     finally:
         loop.set_task_factory(factory)
-    assert size == 32 * MB
-    assert chunks >= 32 * MB // (2 * PIECE_BYTES)
+    assert isinstance(end, Exit)
+    assert end.code == 0
+    # Every byte, unless this gateway fell behind its link (a busy machine) and the agent
+    # dropped some: then the exit says so (see the next test).
+    assert size == 32 * MB or end.output_lost
+    assert chunks >= 8 * MB // (2 * PIECE_BYTES)
     # The wait for the command's end is one task; the rest is the server's own work (health
     # checks) meanwhile, nowhere near one per chunk.
     assert created < 20, (created, chunks)
+
+
+@pytest.mark.parametrize("runtime_name", ["local"])
+async def test_output_the_agent_dropped_for_a_gateway_that_fell_behind_is_reported(
+    sandbox_api: Api,
+) -> None:
+    """The agent does not queue more than 4 MiB for a link that is not read (agent/server.py):
+    a gateway that stalls loses output, and the exec's end says so rather than pass it off as
+    all of it."""
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    execution = await sandbox_api.services.exec.start(user.id, cid, zeros(256 * MB))
+    time.sleep(1)  # the gateway's loop is stuck: it reads nothing from the link meanwhile
+    events = [event async for event in execution.events()]
+    size = sum(len(e.data) for e in events if isinstance(e, Output))
+    end = events[-1]
+    assert isinstance(end, Exit)
+    assert end.code == 0
+    assert end.output_lost
+    assert size < 256 * MB

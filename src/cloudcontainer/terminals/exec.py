@@ -20,6 +20,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import structlog
+
 from cloudcontainer.errors import CloudContainerError
 from cloudcontainer.sandbox.service import ContainerService
 from cloudcontainer.terminals.commands import CommandLog, command_line
@@ -30,6 +32,8 @@ __all__ = [
     "EXEC_MAX_PENDING_BYTES", "ExecEvent", "ExecService", "ExecSpec", "Execution", "Exit",
     "Output", "OutputOverflow", "PendingOutput",
 ]  # fmt: skip
+
+log = structlog.get_logger(__name__)
 
 EXEC_MAX_PENDING_BYTES = 8 * 1024 * 1024
 PIECE_OVERHEAD_BYTES = 64
@@ -67,6 +71,9 @@ class OutputOverflow:
 class Exit:
     code: int | None  # 128+n after signal n; 137 after a timeout or an overflow
     timed_out: bool = False
+    # The agent dropped some output before it reached this gateway (`proc.lagged`: the
+    # gateway did not read its link fast enough). Not on the API's wire (yet).
+    output_lost: bool = False
 
 
 ExecEvent = Output | OutputOverflow | Exit
@@ -126,24 +133,38 @@ class Execution:
         self.pending = PendingOutput(max_pending)
         self._ready = asyncio.Event()
         self._timed_out = False
-        self._kill: asyncio.Task[None] | None = None
-        self._stop_listening = process.listen(
-            lambda data: self._heard("stdout", data), lambda data: self._heard("stderr", data)
-        )
+        self._output_lost = False
+        self._stops = [
+            process.listen(
+                lambda data: self._heard("stdout", data), lambda data: self._heard("stderr", data)
+            ),
+            process.on_lagged(self._lost),
+        ]
+
+    def _stop_listening(self) -> None:
+        for stop in self._stops:
+            stop()
 
     def _heard(self, stream: Stream, data: bytes) -> None:
-        if not self.pending.put(stream, data) and self._kill is None:
+        if self.pending.overflowed:
+            return
+        if not self.pending.put(stream, data):
             # The reader is behind the command and nothing slows the command down: kill it
             # rather than hold more (issue 9).
-            self._kill = asyncio.ensure_future(self.process.kill())
-            self._kill.add_done_callback(_retrieve)
+            self.process.kill_soon()
         self._ready.set()
+
+    def _lost(self) -> None:
+        if not self._output_lost:
+            log.warning("exec output lost: the agent link fell behind",
+                        proc_id=self.process.proc_id)  # fmt: skip
+        self._output_lost = True
 
     async def events(self) -> AsyncGenerator[ExecEvent, None]:
         """Output as it arrives, then `OutputOverflow` if the reader fell too far behind, then
         `Exit`. A CloudContainerError (the agent went away) ends it early."""
-        waiter = asyncio.ensure_future(self._wait())
-        waiter.add_done_callback(lambda _: self._ready.set())
+        waiter = asyncio.create_task(self._wait(), name="exec wait")
+        waiter.add_done_callback(self._ended)
         code: int | None = None  # on record: None when the reader left before the end
         try:
             if self._spec.stdin is not None:
@@ -160,7 +181,7 @@ class Execution:
             code = waiter.result()
             if self.pending.overflowed:
                 yield OutputOverflow(self.pending.limit)
-            yield Exit(code, self._timed_out)
+            yield Exit(code, self._timed_out, self._output_lost)
         finally:
             self._stop_listening()
             if not waiter.done():
@@ -175,6 +196,11 @@ class Execution:
         with contextlib.suppress(CloudContainerError):
             await self.process.kill()
 
+    def _ended(self, waiter: asyncio.Task[int | None]) -> None:
+        if not waiter.cancelled():
+            waiter.exception()  # retrieved: `events` raises it, unless its reader left
+        self._ready.set()
+
     async def _wait(self) -> int | None:
         try:
             async with asyncio.timeout(self._spec.timeout):
@@ -187,11 +213,6 @@ class Execution:
 
 async def _nothing(code: int | None) -> None:
     pass
-
-
-def _retrieve(task: asyncio.Future[None]) -> None:
-    if not task.cancelled():
-        task.exception()  # a kill racing the process's own end does not matter
 
 
 class ExecService:

@@ -12,9 +12,11 @@ them through the container's agent link (`agentlink/procs.py`) and gives each ca
 
 from __future__ import annotations
 
+import asyncio
 import signal as signals
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from cloudcontainer.agent.messages_proc import (
     AttachReply,
@@ -72,6 +74,14 @@ class Process:
         with agent_errors():
             await procs.detach(self.link, self.proc_id)
 
+    def kill_soon(self, signal: int = signals.SIGKILL) -> None:
+        """`kill` without waiting for it (from an output listener)."""
+        _soon(self.kill(signal), name="kill process")
+
+    def detach_soon(self) -> None:
+        """`detach` without waiting for it (from a caller that may be cancelled)."""
+        _soon(self.detach(), name="detach process")
+
     def listen(
         self, stdout: OutputListener, stderr: OutputListener | None = None
     ) -> Callable[[], None]:
@@ -82,12 +92,39 @@ class Process:
             None if stderr is None else self._active(stderr),
         )  # fmt: skip
 
+    def on_lagged(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """`listener()` when the agent dropped output of this process for this link (the link
+        was more than 4 MiB behind: this gateway did not keep up); answers its remover."""
+
+        def heard(name: str, data: dict[str, Any]) -> None:
+            if name == "proc.lagged" and data["proc_id"] == self.proc_id:
+                listener()
+
+        return self.link.on_event(heard)
+
     def _active(self, listener: OutputListener) -> OutputListener:
         def heard(data: bytes) -> None:
             self.on_activity()
             listener(data)
 
         return heard
+
+
+_unawaited: set[asyncio.Task[None]] = set()
+
+
+def _soon(call: Coroutine[Any, Any, None], name: str) -> None:
+    """Run an agent call nobody waits for. Its failure does not matter: it can only be the
+    process or the link ending meanwhile, which is what the call was for anyway."""
+    task = asyncio.create_task(call, name=name)
+    _unawaited.add(task)  # a strong reference until it ends
+    task.add_done_callback(_forget)
+
+
+def _forget(task: asyncio.Task[None]) -> None:
+    _unawaited.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved
 
 
 class ProcessService:

@@ -185,8 +185,7 @@ class Hub:
         self._stop_listening = []
         self._on_empty()
         if not self.process.link.closed.is_set():
-            task = asyncio.ensure_future(self.process.detach())
-            task.add_done_callback(_ignore_failure)
+            self.process.detach_soon()
 
     def _output(self, data: bytes) -> None:
         for client in self.clients:
@@ -207,11 +206,6 @@ class Hub:
     def _tell_all(self, message: Control) -> None:
         for client in self.clients:
             client.put(message)
-
-
-def _ignore_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: a detach racing the link's end does not matter
 
 
 def terminal_id(link: AgentClient, proc_id: int) -> str:
