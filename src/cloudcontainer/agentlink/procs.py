@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import signal as signals
 from collections.abc import Callable
+from typing import Any, TypeVar, cast
 
 from cloudcontainer.agent.messages_proc import (
     AttachReply,
+    CommandEndEvent,
+    CommandStartEvent,
+    ExitEvent,
+    LaggedEvent,
     ProcessInfo,
     RunReply,
     RunRequest,
@@ -23,11 +28,12 @@ from cloudcontainer.agent.protocol import PROC_OUTPUT, PROC_STDERR
 from cloudcontainer.agentlink.client import AgentClient
 
 __all__ = [
-    "attach", "close_stdin", "detach", "kill", "list_processes", "listen", "resize", "run",
-    "spawn", "wait", "write",
+    "attach", "close_stdin", "detach", "kill", "list_processes", "listen", "on_command",
+    "on_exit", "on_lagged", "resize", "run", "spawn", "wait", "write",
 ]  # fmt: skip
 
 OutputListener = Callable[[bytes], None]
+Event = TypeVar("Event")
 
 
 async def spawn(link: AgentClient, request: SpawnRequest) -> ProcessInfo:
@@ -99,3 +105,28 @@ def listen(
             each()
 
     return stop
+
+
+def on_exit(link: AgentClient, listener: Callable[[ExitEvent], None]) -> Callable[[], None]:
+    """`proc.exit` of any process of this agent; answers the function that stops it."""
+    return _on(link, "proc.exit", listener)
+
+
+def on_lagged(link: AgentClient, listener: Callable[[LaggedEvent], None]) -> Callable[[], None]:
+    """`proc.lagged`: the agent dropped a process's output for this link (it was behind)."""
+    return _on(link, "proc.lagged", listener)
+
+
+def on_command(
+    link: AgentClient, listener: Callable[[CommandStartEvent | CommandEndEvent], None]
+) -> Callable[[], None]:
+    """`proc.command`: a jsh terminal reports a command line starting or ending."""
+    return _on(link, "proc.command", listener)
+
+
+def _on(link: AgentClient, name: str, listener: Callable[[Event], None]) -> Callable[[], None]:
+    def heard(event: str, data: dict[str, Any]) -> None:
+        if event == name:
+            listener(cast(Event, data))  # its shape was checked on arrival (schema.EVENTS)
+
+    return link.on_event(heard)

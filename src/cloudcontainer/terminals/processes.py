@@ -20,6 +20,8 @@ from typing import Any
 
 from cloudcontainer.agent.messages_proc import (
     AttachReply,
+    ExitEvent,
+    LaggedEvent,
     ProcessInfo,
     RunReply,
     RunRequest,
@@ -92,15 +94,24 @@ class Process:
             None if stderr is None else self._active(stderr),
         )  # fmt: skip
 
+    def on_exit(self, listener: Callable[[int | None], None]) -> Callable[[], None]:
+        """`listener(code)` as it exits; answers the function that stops listening."""
+
+        def heard(event: ExitEvent) -> None:
+            if event["proc_id"] == self.proc_id:
+                listener(event["code"])
+
+        return procs.on_exit(self.link, heard)
+
     def on_lagged(self, listener: Callable[[], None]) -> Callable[[], None]:
         """`listener()` when the agent dropped output of this process for this link (the link
         was more than 4 MiB behind: this gateway did not keep up); answers its remover."""
 
-        def heard(name: str, data: dict[str, Any]) -> None:
-            if name == "proc.lagged" and data["proc_id"] == self.proc_id:
+        def heard(event: LaggedEvent) -> None:
+            if event["proc_id"] == self.proc_id:
                 listener()
 
-        return self.link.on_event(heard)
+        return procs.on_lagged(self.link, heard)
 
     def _active(self, listener: OutputListener) -> OutputListener:
         def heard(data: bytes) -> None:

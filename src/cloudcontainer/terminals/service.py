@@ -25,7 +25,13 @@ from typing import Any
 import structlog
 
 from cloudcontainer.agent.jsh import split_after_markers
-from cloudcontainer.agent.messages_proc import AttachReply, ProcessInfo
+from cloudcontainer.agent.messages_proc import (
+    AttachReply,
+    CommandEndEvent,
+    CommandStartEvent,
+    ProcessInfo,
+)
+from cloudcontainer.agentlink import procs
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.schema import decode
 from cloudcontainer.db import Container
@@ -147,7 +153,9 @@ class Hub:
         if not self._stop_listening:
             self._stop_listening = [
                 self.process.listen(self._output),
-                self.process.link.on_event(self._event),
+                self.process.on_exit(lambda code: self._tell_all({"type": "exit", "code": code})),
+                self.process.on_lagged(self._lagged),
+                self.process.link.on_event(self._link_event),
             ]
         try:
             return await self._attach(client)
@@ -191,17 +199,15 @@ class Hub:
         for client in self.clients:
             client.put(data)
 
-    def _event(self, name: str, data: dict[str, Any]) -> None:
+    def _lagged(self) -> None:
+        """The agent dropped output for this gateway: every client starts over."""
+        for client in self.clients:
+            client.fall_behind()
+
+    def _link_event(self, name: str, data: dict[str, Any]) -> None:
         if name == "link.closed":
             self._tell_all({"type": "error", "code": "agent_unavailable",
                             "message": "The container's agent went away."})  # fmt: skip
-        elif data.get("proc_id") != self.proc_id:
-            return
-        elif name == "proc.exit":
-            self._tell_all({"type": "exit", "code": data.get("code")})
-        elif name == "proc.lagged":  # the agent dropped output for this gateway: start over
-            for client in self.clients:
-                client.fall_behind()
 
     def _tell_all(self, message: Control) -> None:
         for client in self.clients:
@@ -273,11 +279,9 @@ class TerminalService:
         `MAX_OPEN_REPORTS` lines open at once."""
         started: dict[int, asyncio.Task[str]] = {}  # proc id → its running line's record
 
-        def on_event(name: str, data: dict[str, Any]) -> None:
-            if name != "proc.command" or not isinstance(data.get("proc_id"), int):
-                return
-            proc_id: int = data["proc_id"]
-            if data.get("phase") == "start":
+        def on_command(report: CommandStartEvent | CommandEndEvent) -> None:
+            proc_id = report["proc_id"]
+            if report["phase"] == "start":
                 if proc_id not in started and len(started) >= MAX_OPEN_REPORTS:
                     return
                 if not self.report_budget.allow(container.project_id):
@@ -286,17 +290,16 @@ class TerminalService:
                                     project_id=container.project_id)  # fmt: skip
                     return
                 started[proc_id] = self._containers.tasks.spawn(
-                    self._report(container, str(data.get("command", ""))),
-                    name="command started",
-                )  # fmt: skip
-            elif data.get("phase") == "end" and proc_id in started:
+                    self._report(container, report["command"]), name="command started"
+                )
+            elif proc_id in started:
                 record = started.pop(proc_id)
                 self._containers.tasks.spawn(
-                    self._finish(record, clean_exit_code(data.get("code"))),
+                    self._finish(record, clean_exit_code(report["code"])),
                     name="command finished",
                 )
 
-        link.on_event(on_event)
+        procs.on_command(link, on_command)
 
     async def _report(self, container: Container, line: str) -> str:
         record = await self.commands.started(
