@@ -227,7 +227,7 @@ class ExecService:
         self._processes = processes
         self._commands = commands
         self._policy = policy
-        self.max_pending_bytes = max_pending_bytes
+        self._max_pending_bytes = max_pending_bytes
 
     async def start(self, owner_id: str, container_id: str, spec: ExecSpec) -> Execution:
         """Start the command (NotFound, `command_denied`, agent errors are raised here, before
@@ -239,7 +239,7 @@ class ExecService:
             "pty": False,
         })  # fmt: skip
         # Listening from here: output written while the record is made waits in the buffer.
-        execution = Execution(process, spec, self.max_pending_bytes)
+        execution = Execution(process, spec, self._max_pending_bytes)
         try:
             record = await self._commands.started(
                 project_id=container.project_id, container_id=container_id, user_id=owner_id,
