@@ -37,6 +37,9 @@ from cloudcontainer.snapshots import SnapshotService
 from cloudcontainer.storage import ObjectStorage, open_storage
 from cloudcontainer.tasks import TaskSet
 from cloudcontainer.terminals.commands import CommandLog
+from cloudcontainer.terminals.exec import ExecService
+from cloudcontainer.terminals.limits import CommandPolicy
+from cloudcontainer.terminals.processes import ProcessService
 from cloudcontainer.terminals.service import TerminalService
 
 __all__ = ["Services", "open_services"]
@@ -63,7 +66,9 @@ class Services:
     order: Sequencer
     storage: ObjectStorage
     snapshots: SnapshotService
+    processes: ProcessService
     terminals: TerminalService
+    exec: ExecService
     removal: Removal
 
 
@@ -140,6 +145,9 @@ async def open_services(
         principals = PrincipalCache(settings.auth_cache_seconds)
         projects = ProjectService(database)
         sockets = SocketRegistry(database, revalidate_seconds=settings.ws_revalidate_seconds)
+        processes = ProcessService(containers)
+        commands = CommandLog(database)
+        policy = CommandPolicy(settings.command_deny_patterns)
         if supervise:
             revalidating = asyncio.create_task(sockets.run(), name="revalidate websockets")
         yield Services(
@@ -171,15 +179,18 @@ async def open_services(
             runtime=runtime,
             containers=containers,
             files=FileService(containers, history, max_file_bytes=settings.max_file_bytes),
+            processes=processes,
             terminals=TerminalService(
                 containers,
-                CommandLog(database),
+                processes,
+                commands,
+                policy,
                 scrollback_bytes=settings.terminal_scrollback_bytes,
                 input_bytes_per_second=settings.terminal_input_bytes_per_second,
-                deny_patterns=settings.command_deny_patterns,
                 history_reports_per_minute=settings.history_reports_per_minute,
                 history_max_per_project=settings.history_max_per_project,
             ),
+            exec=ExecService(containers, processes, commands, policy),
             locks=locks,
             order=Sequencer(settings.fifo_wait_seconds),
             storage=storage,

@@ -10,9 +10,12 @@ from typing import Any
 
 import pytest
 
+from cloudcontainer.agent.messages_proc import AttachReply, ExitEvent, ProcessInfo, RunReply
 from cloudcontainer.agent.protocol import PROC_OUTPUT, PROC_STDERR
+from cloudcontainer.agentlink import procs
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
+from cloudcontainer.agentlink.schema import PROCESS_FIELDS
 from tests.agent.conftest import Events, RunningAgent, listen, until
 
 
@@ -254,3 +257,25 @@ async def test_other_clients_see_exit_events(agent: RunningAgent) -> None:
     watcher = Events(second)
     proc = await spawn(first, "true")
     assert (await watcher.wait("proc.exit", proc_id=proc["proc_id"]))["code"] == 0
+
+
+def keys(typed: Any) -> set[str]:
+    return set(typed.__required_keys__) | set(typed.__optional_keys__)
+
+
+async def test_answers_and_events_have_the_shapes_the_gateway_is_typed_for(
+    client: AgentClient,
+) -> None:
+    """agent/messages_proc.py is one definition for both sides: what the agent really sends
+    has exactly its keys, and agentlink/schema.py checks the same process fields."""
+    events = Events(client)
+    info = await procs.spawn(client, {"command": "cat", "pty": True})
+    assert set(info) == keys(ProcessInfo) == set(PROCESS_FIELDS)
+    assert set(await procs.attach(client, info["proc_id"], lambda _: None)) == keys(AttachReply)
+    assert [set(p) for p in await procs.list_processes(client)] == [keys(ProcessInfo)]
+    await procs.kill(client, info["proc_id"])
+    assert await procs.wait(client, info["proc_id"]) == 137
+    assert set(await events.wait("proc.exit", proc_id=info["proc_id"])) == keys(ExitEvent)
+    ran = await procs.run(client, {"command": "echo", "args": ["hi"], "timeout_seconds": 5})
+    assert set(ran) == keys(RunReply)
+    assert (ran["code"], base64.b64decode(ran["stdout"])) == (0, b"hi\n")

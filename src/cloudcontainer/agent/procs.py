@@ -20,6 +20,13 @@ import time
 from typing import Any, Dict, List, Optional, Set
 
 from cloudcontainer.agent import jsh
+from cloudcontainer.agent.messages_proc import (
+    AttachReply,
+    ExitEvent,
+    ProcessInfo,
+    RunReply,
+    WaitReply,
+)
 from cloudcontainer.agent.protocol import PROC_INPUT, PROC_OUTPUT, PROC_STDERR, AgentError
 from cloudcontainer.agent.server import Registry, Session
 
@@ -82,7 +89,7 @@ class Process:
     def running(self) -> bool:
         return self.exit_code is None
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> ProcessInfo:
         return {
             "proc_id": self.proc_id, "pid": self.pid, "command": self.command, "args": self.args,
             "cwd": self.cwd, "pty": self.pty, "cols": self.cols, "rows": self.rows,
@@ -297,7 +304,8 @@ class ProcessTable:
         proc.exit_code = code
         proc.done.set()
         if self._broadcast:
-            self._broadcast("proc.exit", {"proc_id": proc.proc_id, "code": code})
+            event: ExitEvent = {"proc_id": proc.proc_id, "code": code}
+            self._broadcast("proc.exit", event)
         if self.on_change:
             self.on_change()
 
@@ -366,10 +374,10 @@ class ProcessTable:
 
 
 def register(registry: Registry, table: ProcessTable) -> None:
-    async def spawn(session: Session, args: Dict[str, Any]) -> Any:
+    async def spawn(session: Session, args: Dict[str, Any]) -> ProcessInfo:
         return (await table.spawn(session, args)).describe()
 
-    async def attach(session: Session, args: Dict[str, Any]) -> Any:
+    async def attach(session: Session, args: Dict[str, Any]) -> AttachReply:
         proc = table.get(args["proc_id"])
         proc.subscribers.add(session)
         proc.lagging.discard(session)
@@ -377,36 +385,36 @@ def register(registry: Registry, table: ProcessTable) -> None:
         replay = proc.buffer[-MAX_REPLAY_BYTES:]
         return {**proc.describe(), "scrollback": base64.b64encode(replay).decode()}
 
-    async def detach(session: Session, args: Dict[str, Any]) -> Any:
+    async def detach(session: Session, args: Dict[str, Any]) -> None:
         table.get(args["proc_id"]).subscribers.discard(session)
         return None
 
-    async def resize(session: Session, args: Dict[str, Any]) -> Any:
+    async def resize(session: Session, args: Dict[str, Any]) -> None:
         table.resize(table.get(args["proc_id"]), args.get("cols"), args.get("rows"))
         return None
 
-    async def kill(session: Session, args: Dict[str, Any]) -> Any:
+    async def kill(session: Session, args: Dict[str, Any]) -> None:
         sig = int(args.get("signal", signal.SIGTERM))
         if sig not in {s.value for s in signal.Signals}:
             raise AgentError("EINVAL", "unknown signal %s" % sig)
         table.kill(table.get(args["proc_id"]), sig)
         return None
 
-    async def close_stdin(session: Session, args: Dict[str, Any]) -> Any:
+    async def close_stdin(session: Session, args: Dict[str, Any]) -> None:
         proc = table.get(args["proc_id"])
         if proc.stdin is not None and not proc.stdin.is_closing():
             proc.stdin.close()
         return None
 
-    async def listing(session: Session, args: Dict[str, Any]) -> Any:
+    async def listing(session: Session, args: Dict[str, Any]) -> List[ProcessInfo]:
         return [p.describe() for p in table.procs.values()]
 
-    async def wait(session: Session, args: Dict[str, Any]) -> Any:
+    async def wait(session: Session, args: Dict[str, Any]) -> WaitReply:
         proc = table.get(args["proc_id"])
         await proc.done.wait()
         return {"proc_id": proc.proc_id, "code": proc.exit_code}
 
-    async def run(session: Session, args: Dict[str, Any]) -> Any:
+    async def run(session: Session, args: Dict[str, Any]) -> RunReply:
         """Run to completion and return the whole output (small commands, health checks)."""
         stdout, stderr = bytearray(), bytearray()
 

@@ -15,7 +15,6 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, TypeAdapter, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
-from cloudcontainer.agent.protocol import PROC_OUTPUT, PROC_STDERR
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.api import wsio
@@ -31,7 +30,7 @@ from cloudcontainer.sandbox.service import Resources, Status
 from cloudcontainer.sandbox.templates import TEMPLATES
 from cloudcontainer.state import Services
 from cloudcontainer.tasks import until_first_ends
-from cloudcontainer.terminals.commands import command_line
+from cloudcontainer.terminals.exec import ExecSpec, Execution, Output, OutputOverflow
 
 router = APIRouter(prefix="/api/containers", tags=["containers"])
 
@@ -40,9 +39,6 @@ WS_POLICY_VIOLATION = 1008
 # (watch_max_pending_bytes); this bounds the rest (answers, container events): a client that
 # sends commands and reads no answer is dropped past it.
 OUTBOX_MAX_MESSAGES = 4096
-# Output of one `exec` waiting for its client: the agent does not pause a command for a slow
-# reader, so a client that reads less than this behind the command has it killed.
-EXEC_MAX_PENDING_BYTES = 8 * 1024 * 1024
 Outbox = wsio.Outbox[tuple[dict[str, Any], int]]
 Glob = Annotated[str, Field(min_length=1, max_length=1024)]
 
@@ -251,103 +247,37 @@ async def exec_command(
     lines as output arrives, then `{"type": "exit", "code": N}` (a signal n gives 128+n;
     a timeout kills the command and adds `"timed_out": true`). A command the server's
     command policy denies is refused with 403 `command_denied`."""
-    container = await services.containers.get(principal.user_id, container_id)
-    link = await services.containers.agent(principal.user_id, container_id)
-    services.terminals.policy.check(body.command, body.args)
-    proc = await link.call(
-        "proc.spawn", command=body.command, args=body.args, cwd=body.cwd, env=body.env, pty=False
-    )
-    record = await services.terminals.commands.started(
-        project_id=container.project_id, container_id=container_id, user_id=principal.user_id,
-        source="exec", command=command_line(body.command, body.args),
+    spec = ExecSpec(
+        command=body.command, args=body.args, cwd=body.cwd, env=body.env, timeout=body.timeout,
+        stdin=None if body.stdin is None else body.stdin.encode(),
     )  # fmt: skip
-    return StreamingResponse(
-        _exec_lines(services, container_id, link, proc["proc_id"], body, record),
-        media_type="application/x-ndjson",
-    )
+    execution = await services.exec.start(principal.user_id, container_id, spec)
+    return StreamingResponse(_ndjson(execution), media_type="application/x-ndjson")
 
 
-async def _exec_lines(
-    services: Services, container_id: str, link: AgentClient, proc_id: int, body: ExecRequest,
-    record: str,
-) -> AsyncIterator[bytes]:  # fmt: skip
-    queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+async def _ndjson(execution: Execution) -> AsyncIterator[bytes]:
+    """The events as NDJSON lines; output as text, each stream decoded on its own."""
     decoders = {
         name: codecs.getincrementaldecoder("utf-8")(errors="replace")
         for name in ("stdout", "stderr")
     }
-    pending = 0  # bytes queued for the client; past EXEC_MAX_PENDING_BYTES it is too slow
-    too_slow = False
-
-    def output(stream: str, data: bytes) -> None:
-        nonlocal pending, too_slow
-        if too_slow:
-            return
-        if pending + len(data) > EXEC_MAX_PENDING_BYTES:
-            # The client does not read as fast as the command writes, and nothing slows the
-            # command down: kill it rather than buffer without bound (issue 9).
-            too_slow = True
-            kill = asyncio.ensure_future(link.call("proc.kill", proc_id=proc_id, signal=9))
-            kill.add_done_callback(_retrieve)
-            return
-        pending += len(data)
-        queue.put_nowait((stream, data))
-
-    unsubscribe = [
-        link.on_stream(PROC_OUTPUT, proc_id, lambda _, data: output("stdout", data)),
-        link.on_stream(PROC_STDERR, proc_id, lambda _, data: output("stderr", data)),
-    ]
-    waiter = asyncio.ensure_future(link.call("proc.wait", proc_id=proc_id, timeout=None))
-    timed_out = False
-    exit_code: int | None = None  # on record: None when the client left before the end
     try:
-        if body.stdin is not None:
-            await link.send_input(proc_id, body.stdin.encode())
-        await link.call("proc.close_stdin", proc_id=proc_id)
-        deadline = asyncio.get_running_loop().time() + body.timeout
-        while not (waiter.done() and queue.empty()):
-            getter = asyncio.ensure_future(queue.get())
-            remaining = deadline - asyncio.get_running_loop().time()
-            done, _ = await asyncio.wait(
-                {getter, waiter}, timeout=max(0.0, remaining), return_when=asyncio.FIRST_COMPLETED
-            )
-            if getter in done:
-                stream, data = getter.result()
-                pending -= len(data)
-                text = decoders[stream].decode(data)
-                if text:
-                    yield _line({"type": stream, "data": text})
-            else:
-                getter.cancel()
-            if not done and not timed_out:
-                timed_out = True
-                await link.call("proc.kill", proc_id=proc_id, signal=9)
-            services.containers.touch(container_id)
-        result = waiter.result()
-        exit_code = result["code"]
-        if too_slow:
-            yield _line({"type": "error", "code": "client_too_slow", "message":
-                         f"More than {EXEC_MAX_PENDING_BYTES} bytes of output waited for this "
-                         "client; the command was killed."})  # fmt: skip
-        exit_line: dict[str, Any] = {"type": "exit", "code": result["code"]}
-        if timed_out:
-            exit_line["timed_out"] = True
-        yield _line(exit_line)
+        async with contextlib.aclosing(execution.events()) as events:
+            async for event in events:
+                if isinstance(event, Output):
+                    if text := decoders[event.stream].decode(event.data):
+                        yield _line({"type": event.stream, "data": text})
+                elif isinstance(event, OutputOverflow):
+                    yield _line({"type": "error", "code": "client_too_slow", "message":
+                                 f"More than {event.limit} bytes of output waited for this "
+                                 "client; the command was killed."})  # fmt: skip
+                else:
+                    exit_line: dict[str, Any] = {"type": "exit", "code": event.code}
+                    if event.timed_out:
+                        exit_line["timed_out"] = True
+                    yield _line(exit_line)
     except CloudContainerError as exc:
         yield _line({"type": "error", "code": exc.code, "message": exc.message})
-    finally:
-        for remove in unsubscribe:
-            remove()
-        await services.terminals.commands.finished(record, exit_code)
-        if not waiter.done():
-            waiter.cancel()
-            with contextlib.suppress(AgentUnavailable, AgentOpError):
-                await link.call("proc.kill", proc_id=proc_id, signal=9)
-
-
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # a kill racing the process's own end does not matter
 
 
 def _line(payload: dict[str, Any]) -> bytes:

@@ -16,11 +16,13 @@ from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import func, select, update
 
+from cloudcontainer.agent.messages_proc import SpawnRequest
+from cloudcontainer.agentlink import procs
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.config import Settings
@@ -400,8 +402,8 @@ class ContainerService:
                 ) from exc
             if container.started_at is None:
                 await self._fill_workspace(container, link)
-            for server in container.dev_servers:
-                await link.call("proc.spawn", **server)
+            for server in container.dev_servers:  # what _running_processes kept
+                await procs.spawn(link, cast(SpawnRequest, server))
         except BaseException:
             await link.aclose()
             await self.runtime.stop(container.id)
@@ -459,7 +461,7 @@ class ContainerService:
             await self._set_status(container_id, Status.STOPPING, reason)
             link = self.links.pop(container_id, None)
             self._link_owners.pop(container_id, None)
-            servers: list[dict[str, Any]] = []
+            servers: list[SpawnRequest] = []
             if link is not None:
                 if keep_dev_servers:
                     servers = await _running_processes(link)
@@ -527,10 +529,10 @@ class ContainerService:
             return container.restart_count
 
 
-async def _running_processes(link: AgentClient) -> list[dict[str, Any]]:
+async def _running_processes(link: AgentClient) -> list[SpawnRequest]:
     """The spawn arguments of every running process, to start them again later."""
     try:
-        processes = await link.call("proc.list", timeout=5)
+        processes = await procs.list_processes(link, timeout=5)
     except (AgentUnavailable, AgentOpError):
         return []
     return [

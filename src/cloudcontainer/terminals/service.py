@@ -18,19 +18,24 @@ import asyncio
 import base64
 import collections
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
 from cloudcontainer.agent.jsh import split_after_markers
-from cloudcontainer.agent.protocol import PROC_OUTPUT
+from cloudcontainer.agent.messages_proc import (
+    AttachReply,
+    CommandEndEvent,
+    CommandStartEvent,
+    ProcessInfo,
+)
+from cloudcontainer.agentlink import procs
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.schema import decode
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, NotFound
-from cloudcontainer.files.service import agent_errors
 from cloudcontainer.sandbox.service import ContainerService
 from cloudcontainer.terminals.commands import (
     CommandLog,
@@ -38,6 +43,7 @@ from cloudcontainer.terminals.commands import (
     clean_reported_line,
 )
 from cloudcontainer.terminals.limits import CommandPolicy, InputRate, ReportBudget
+from cloudcontainer.terminals.processes import Process, ProcessService
 
 __all__ = ["Control", "Hub", "TerminalClient", "TerminalService", "TerminalSpec"]
 
@@ -128,25 +134,28 @@ class Hub:
     """The clients of one terminal on this gateway, fed from the agent link."""
 
     def __init__(
-        self, link: AgentClient, proc_id: int, input_rate: InputRate,
-        on_empty: Callable[[], None], on_activity: Callable[[], None] = lambda: None,
-    ) -> None:  # fmt: skip
-        self.link = link
-        self.proc_id = proc_id
+        self, process: Process, input_rate: InputRate, on_empty: Callable[[], None]
+    ) -> None:
+        # Input and output keep the container from being idle-stopped (issue 9): the
+        # process's own activity hook, a dict write per chunk, no database.
+        self.process = process
         self.input_rate = input_rate
         self.clients: set[TerminalClient] = set()
         self._on_empty = on_empty
-        # Input and output keep the container from being idle-stopped (issue 9): a dict
-        # write per chunk, no database.
-        self._on_activity = on_activity
         self._stop_listening: list[Callable[[], None]] = []
 
-    async def join(self, client: TerminalClient) -> dict[str, Any]:
+    @property
+    def proc_id(self) -> int:
+        return self.process.proc_id
+
+    async def join(self, client: TerminalClient) -> AttachReply:
         """Attach `client`; answers the terminal as the agent describes it."""
         if not self._stop_listening:
             self._stop_listening = [
-                self.link.on_stream(PROC_OUTPUT, self.proc_id, self._output),
-                self.link.on_event(self._event),
+                self.process.listen(self._output),
+                self.process.on_exit(lambda code: self._tell_all({"type": "exit", "code": code})),
+                self.process.on_lagged(self._lagged),
+                self.process.link.on_event(self._link_event),
             ]
         try:
             return await self._attach(client)
@@ -158,28 +167,20 @@ class Hub:
         """After falling behind: `lagged`, the scrollback again, then live output."""
         await self._attach(client, notice={"type": "lagged"})
 
-    async def _attach(
-        self, client: TerminalClient, notice: Control | None = None
-    ) -> dict[str, Any]:
-        def start(answer: dict[str, Any]) -> None:
+    async def _attach(self, client: TerminalClient, notice: Control | None = None) -> AttachReply:
+        def start(answer: AttachReply) -> None:
             client.restart(decode(answer["scrollback"], "proc.attach"), notice)
             self.clients.add(client)
 
-        with agent_errors():
-            answer: dict[str, Any] = await self.link.call_in_order(
-                "proc.attach", start, proc_id=self.proc_id
-            )
-        return answer
+        return await self.process.attach(start)
 
     async def type(self, data: bytes) -> None:
         """Input from any client, at most the terminal's input rate (it waits beyond)."""
         await self.input_rate.take(len(data))
-        self._on_activity()
-        await self.link.send_input(self.proc_id, data)
+        await self.process.write(data)
 
     async def resize(self, cols: int, rows: int) -> None:
-        with agent_errors():
-            await self.link.call("proc.resize", proc_id=self.proc_id, cols=cols, rows=rows)
+        await self.process.resize(cols, rows)
 
     def leave(self, client: TerminalClient) -> None:
         client.closed = True
@@ -191,36 +192,26 @@ class Hub:
             stop()
         self._stop_listening = []
         self._on_empty()
-        if not self.link.closed.is_set():
-            detach = self.link.call("proc.detach", proc_id=self.proc_id)
-            task = asyncio.ensure_future(detach)
-            task.add_done_callback(_ignore_failure)
+        if not self.process.link.closed.is_set():
+            self.process.detach_soon()
 
-    def _output(self, _: int, data: bytes) -> None:
-        self._on_activity()
+    def _output(self, data: bytes) -> None:
         for client in self.clients:
             client.put(data)
 
-    def _event(self, name: str, data: dict[str, Any]) -> None:
+    def _lagged(self) -> None:
+        """The agent dropped output for this gateway: every client starts over."""
+        for client in self.clients:
+            client.fall_behind()
+
+    def _link_event(self, name: str, data: dict[str, Any]) -> None:
         if name == "link.closed":
             self._tell_all({"type": "error", "code": "agent_unavailable",
                             "message": "The container's agent went away."})  # fmt: skip
-        elif data.get("proc_id") != self.proc_id:
-            return
-        elif name == "proc.exit":
-            self._tell_all({"type": "exit", "code": data.get("code")})
-        elif name == "proc.lagged":  # the agent dropped output for this gateway: start over
-            for client in self.clients:
-                client.fall_behind()
 
     def _tell_all(self, message: Control) -> None:
         for client in self.clients:
             client.put(message)
-
-
-def _ignore_failure(task: asyncio.Future[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: a detach racing the link's end does not matter
 
 
 def terminal_id(link: AgentClient, proc_id: int) -> str:
@@ -231,7 +222,7 @@ def _boot(link: AgentClient) -> str:
     return format(int(float(link.hello.get("started_at", 0)) * 1000), "x")
 
 
-def describe(link: AgentClient, process: dict[str, Any]) -> dict[str, Any]:
+def describe(link: AgentClient, process: ProcessInfo) -> dict[str, Any]:
     return {
         "id": terminal_id(link, process["proc_id"]), "command": process["command"],
         "args": process["args"], "cwd": process["cwd"], "cols": process["cols"],
@@ -242,18 +233,19 @@ def describe(link: AgentClient, process: dict[str, Any]) -> dict[str, Any]:
 
 class TerminalService:
     def __init__(
-        self, containers: ContainerService, commands: CommandLog, *, scrollback_bytes: int,
-        input_bytes_per_second: int, deny_patterns: Sequence[str] = (),
+        self, containers: ContainerService, processes: ProcessService, commands: CommandLog,
+        policy: CommandPolicy, *, scrollback_bytes: int, input_bytes_per_second: int,
         history_reports_per_minute: int = 600, history_max_per_project: int = 10_000,
     ) -> None:  # fmt: skip
         self._containers = containers
+        self._processes = processes
         self.commands = commands
         self.report_budget = ReportBudget(history_reports_per_minute)
         self._history_max = history_max_per_project
         self._reported_since_prune: dict[str, int] = {}
         self._scrollback_bytes = scrollback_bytes
         self._input_rate = input_bytes_per_second
-        self.policy = CommandPolicy(deny_patterns)
+        self.policy = policy
         self._hubs: dict[tuple[str, int], Hub] = {}
         containers.hooks.adopted.append(self._record_shell_commands)
         containers.hooks.adopted.append(self._start_seeding_history)
@@ -270,10 +262,10 @@ class TerminalService:
         if not lines:
             return
         try:
-            await link.call(
-                "proc.run", command="sh", args=["-c", SEED_HISTORY_SCRIPT],
-                stdin=base64.b64encode(lines.encode()).decode(), timeout_seconds=10,
-            )  # fmt: skip
+            await self._processes.run(link, {
+                "command": "sh", "args": ["-c", SEED_HISTORY_SCRIPT],
+                "stdin": base64.b64encode(lines.encode()).decode(), "timeout_seconds": 10,
+            })  # fmt: skip
         except CloudContainerError as exc:  # the sandbox went away meanwhile: nothing to seed
             log.info("shell history not seeded", container_id=container.id, reason=exc.message)
 
@@ -287,11 +279,9 @@ class TerminalService:
         `MAX_OPEN_REPORTS` lines open at once."""
         started: dict[int, asyncio.Task[str]] = {}  # proc id → its running line's record
 
-        def on_event(name: str, data: dict[str, Any]) -> None:
-            if name != "proc.command" or not isinstance(data.get("proc_id"), int):
-                return
-            proc_id: int = data["proc_id"]
-            if data.get("phase") == "start":
+        def on_command(report: CommandStartEvent | CommandEndEvent) -> None:
+            proc_id = report["proc_id"]
+            if report["phase"] == "start":
                 if proc_id not in started and len(started) >= MAX_OPEN_REPORTS:
                     return
                 if not self.report_budget.allow(container.project_id):
@@ -300,17 +290,16 @@ class TerminalService:
                                     project_id=container.project_id)  # fmt: skip
                     return
                 started[proc_id] = self._containers.tasks.spawn(
-                    self._report(container, str(data.get("command", ""))),
-                    name="command started",
-                )  # fmt: skip
-            elif data.get("phase") == "end" and proc_id in started:
+                    self._report(container, report["command"]), name="command started"
+                )
+            elif proc_id in started:
                 record = started.pop(proc_id)
                 self._containers.tasks.spawn(
-                    self._finish(record, clean_exit_code(data.get("code"))),
+                    self._finish(record, clean_exit_code(report["code"])),
                     name="command finished",
                 )
 
-        link.on_event(on_event)
+        procs.on_command(link, on_command)
 
     async def _report(self, container: Container, line: str) -> str:
         record = await self.commands.started(
@@ -327,51 +316,44 @@ class TerminalService:
         await self.commands.finished(await record, code)
 
     async def create(self, owner_id: str, container_id: str, spec: TerminalSpec) -> dict[str, Any]:
-        link = await self._containers.agent(owner_id, container_id)
-        with agent_errors():
-            process = await link.call(
-                "proc.spawn", command=spec.command, args=spec.args, cwd=spec.cwd, env=spec.env,
-                pty=True, cols=spec.cols, rows=spec.rows, scrollback=self._scrollback_bytes,
-            )  # fmt: skip
-            # The spawning connection is attached: output flows to a hub once a client joins.
-            await link.call("proc.detach", proc_id=process["proc_id"])
-        return describe(link, process)
+        process, info = await self._processes.spawn(owner_id, container_id, {
+            "command": spec.command, "args": spec.args, "cwd": spec.cwd, "env": spec.env,
+            "pty": True, "cols": spec.cols, "rows": spec.rows,
+            "scrollback": self._scrollback_bytes,
+        })  # fmt: skip
+        # The spawning connection is attached: output flows to a hub once a client joins.
+        await process.detach()
+        return describe(process.link, info)
 
     async def list(self, owner_id: str, container_id: str) -> list[dict[str, Any]]:
-        link = await self._containers.agent(owner_id, container_id)
-        with agent_errors():
-            processes = await link.call("proc.list")
+        link, processes = await self._processes.list(owner_id, container_id)
         return [describe(link, p) for p in processes if p["pty"]]
 
     async def get(self, owner_id: str, container_id: str, terminal: str) -> dict[str, Any]:
-        link, process = await self._find(owner_id, container_id, terminal)
-        return describe(link, process)
+        process, info = await self._find(owner_id, container_id, terminal)
+        return describe(process.link, info)
 
     async def kill(self, owner_id: str, container_id: str, terminal: str) -> None:
         """Hang up and kill the terminal's whole process group."""
-        link, process = await self._find(owner_id, container_id, terminal)
-        if process["state"] == "running":
-            with agent_errors():
-                await link.call("proc.kill", proc_id=process["proc_id"], signal=9)
+        process, info = await self._find(owner_id, container_id, terminal)
+        if info["state"] == "running":
+            await process.kill()
 
     @contextlib.asynccontextmanager
     async def attach(
         self, owner_id: str, container_id: str, terminal: str, client: TerminalClient
     ) -> AsyncIterator[tuple[Hub, dict[str, Any]]]:
         """Join the terminal's hub for the `with` block; answers the hub and the terminal."""
-        link, process = await self._find(owner_id, container_id, terminal)
-        key = (container_id, process["proc_id"])
+        process, _ = await self._find(owner_id, container_id, terminal)
+        key = (container_id, process.proc_id)
         hub = self._hubs.get(key)
-        if hub is None or hub.link is not link:
+        if hub is None or hub.process.link is not process.link:
             rate = InputRate(self._input_rate, burst=max(self._input_rate // 4, 4096))
-            hub = Hub(
-                link, process["proc_id"], rate, lambda: self._forget(key, hub),
-                lambda: self._containers.touch(container_id),
-            )  # fmt: skip
+            hub = Hub(process, rate, lambda: self._forget(key, hub))
             self._hubs[key] = hub
         try:
             attached = await hub.join(client)
-            yield hub, describe(link, attached)
+            yield hub, describe(process.link, attached)
         finally:
             hub.leave(client)
 
@@ -381,13 +363,11 @@ class TerminalService:
 
     async def _find(
         self, owner_id: str, container_id: str, terminal: str
-    ) -> tuple[AgentClient, dict[str, Any]]:
-        link = await self._containers.agent(owner_id, container_id)
+    ) -> tuple[Process, ProcessInfo]:
+        link, processes = await self._processes.list(owner_id, container_id)
         boot, _, number = terminal.partition("-")
         if boot == _boot(link) and number.isdigit():
-            with agent_errors():
-                processes = await link.call("proc.list")
-            for process in processes:
-                if process["proc_id"] == int(number) and process["pty"]:
-                    return link, process
+            for info in processes:
+                if info["proc_id"] == int(number) and info["pty"]:
+                    return self._processes.process(container_id, link, info["proc_id"]), info
         raise NotFound("No such terminal.", code="terminal_not_found")
