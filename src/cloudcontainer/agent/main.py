@@ -26,6 +26,7 @@ from cloudcontainer.agent import (
     tunnel,
     watch,
 )
+from cloudcontainer.agent.protocol import WORKSPACE
 from cloudcontainer.agent.server import Agent, Session
 
 
@@ -126,7 +127,7 @@ OPTIONS = {"--listen": "listen", "--secret-file": "secret_file", "--workspace": 
 def parse(argv: Optional[List[str]]) -> Dict[str, str]:
     """`--name value` pairs (argparse alone would add ~0.5 MiB to every agent)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    options = {"workspace": "/home/project", "log_level": "warning", "secret_file": ""}
+    options = {"workspace": WORKSPACE, "log_level": "warning", "secret_file": ""}
     while args:
         flag = args.pop(0)
         if flag in ("-h", "--help"):

@@ -14,6 +14,9 @@ import struct
 from typing import Tuple
 
 AUTH_HEADER = "Authorization"
+# Where a sandbox's workspace is: every runtime mounts it here and starts the agent with it
+# (the agent's default `--workspace`); the gateway strips it from the paths in errors.
+WORKSPACE = "/home/project"
 AGENT_SUBPROTOCOL = "cloudcontainer-agent.v1"
 
 # Binary frame kinds

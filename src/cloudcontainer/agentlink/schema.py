@@ -289,8 +289,26 @@ def _manifest_entry(value: Any, where: str) -> None:
 
 
 RESULTS: dict[str, Check] = {
-    "hello": obj({"started_at": number, "workspace": ABSOLUTE}),
-    "ping": obj({"cpu_seconds": number}),
+    "hello": obj(
+        {"started_at": number, "workspace": ABSOLUTE},
+        {
+            "version": string(64),
+            "protocol": integer(),
+            "pid": SIZE,
+            "uid": SIZE,
+            "python": string(64),
+        },
+    ),
+    "ping": obj(
+        {"cpu_seconds": number},
+        {
+            "time": number,
+            "live_procs": COUNT,
+            "rss_bytes": SIZE,
+            "polling_ports": boolean,
+            "watch": obj({}),
+        },
+    ),
     "fs.stat": ENTRY,
     "fs.read": entry_and({"data": base64_text}, {"sha256": SHA256, "eof": boolean}),
     "fs.write": entry_and({"sha256": SHA256}, KEPT),

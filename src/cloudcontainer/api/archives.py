@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from cloudcontainer.agent.messages import ExtractLimits
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.files import NO_NUL
 from cloudcontainer.files.archives import Download, upload
@@ -78,7 +79,7 @@ async def upload_archive(
     outside the workspace, hard links and devices are skipped and listed in `skipped`."""
     link = await services.containers.agent(principal.user_id, container_id)
     settings = services.settings
-    limits = {"max_bytes": settings.archive_max_uncompressed_bytes,
-              "max_entries": settings.archive_max_entries}  # fmt: skip
+    limits: ExtractLimits = {"max_bytes": settings.archive_max_uncompressed_bytes,
+                             "max_entries": settings.archive_max_entries}  # fmt: skip
     result = await upload(link, path, format, request.stream(), limits)
     return Extracted(**result)

@@ -27,10 +27,10 @@ import structlog
 from cloudcontainer.agent.jsh import split_after_markers
 from cloudcontainer.agent.protocol import PROC_OUTPUT
 from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.agentlink.errors import agent_errors
 from cloudcontainer.agentlink.schema import decode
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, NotFound
-from cloudcontainer.files.service import agent_errors
 from cloudcontainer.sandbox.service import ContainerService
 from cloudcontainer.terminals.commands import (
     CommandLog,
