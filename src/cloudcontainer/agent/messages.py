@@ -291,13 +291,13 @@ class Ping(_PingRequired, total=False):
     watch: Dict[str, Any]  # the watcher's counters
 
 
-class _ChunkRequired(Entry):
+class Digest(TypedDict, total=False):
+    sha256: str  # only with an answer that holds the whole file
+
+
+class Chunk(Entry, Digest):
     data: str  # base64
     eof: bool
-
-
-class Chunk(_ChunkRequired, total=False):
-    sha256: str  # only with an answer that holds the whole file
 
 
 class _WrittenRequired(Entry):

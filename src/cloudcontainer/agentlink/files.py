@@ -18,7 +18,7 @@ import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
 from cloudcontainer.agent.messages import (
     Chunk,
@@ -101,11 +101,10 @@ def _check_size(path: str, size: int, max_bytes: int) -> None:
 
 
 async def write_file(
-    link: AgentClient, path: str, data: bytes, options: WriteOptions | None = None
+    link: AgentClient, path: str, data: bytes, **options: Unpack[WriteOptions]
 ) -> Written:
     """`fs.write` of `data` with `options` (mkdirs, expect_sha256, keep_previous); in parts
     when it is larger than one message should carry."""
-    options = options or {}
     if len(data) <= WRITE_CHUNK_BYTES:
         return await _write(link, {"path": path, "data": _base64(data), **options})
     upload = secrets.token_hex(8)

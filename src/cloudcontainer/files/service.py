@@ -153,7 +153,7 @@ class FileService:
         if "keep_previous" in (keep := self._keep_previous()):
             options["keep_previous"] = keep["keep_previous"]
         with agent_errors():
-            raw = await write_file(agent, path, data, options)
+            raw = await write_file(agent, path, data, **options)
         self._record(owner_id, container_id, raw.get("previous"), reason, raw["sha256"])
         return {**_entry(raw), "etag": etag_of(raw["sha256"])}
 

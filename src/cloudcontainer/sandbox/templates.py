@@ -32,5 +32,5 @@ async def apply_template(agent: AgentClient, name: str) -> int:
     """Write the template's files into the workspace (dependencies are installed on request)."""
     files = template_files(name)
     for path, data in sorted(files.items()):
-        await write_file(agent, path, data, {"mkdirs": True})
+        await write_file(agent, path, data, mkdirs=True)
     return len(files)
