@@ -295,9 +295,12 @@ class Digest(TypedDict, total=False):
     sha256: str  # only with an answer that holds the whole file
 
 
-class Chunk(Entry, Digest):
+class _ChunkRequired(Entry):
     data: str  # base64
-    eof: bool
+
+
+class Chunk(_ChunkRequired, Digest, total=False):
+    eof: bool  # the answer reaches the end of the file (missing: it does)
 
 
 class _WrittenRequired(Entry):

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from cloudcontainer.agent.messages import SubscribeArgs, Subscribed, Unsubscribed, WatchIdArgs
+from cloudcontainer.agent.messages import SubscribeArgs, Subscribed, WatchIdArgs
 from cloudcontainer.agentlink.client import AgentClient
 
 __all__ = ["subscribe", "unsubscribe"]
@@ -15,7 +15,7 @@ async def subscribe(link: AgentClient, args: SubscribeArgs) -> Subscribed:
     return subscribed
 
 
-async def unsubscribe(link: AgentClient, watch_id: str) -> Unsubscribed:
+async def unsubscribe(link: AgentClient, watch_id: str) -> None:
+    """End a subscription (whether the agent still had it, its answer says: nobody asks)."""
     args: WatchIdArgs = {"id": watch_id}
-    unsubscribed: Unsubscribed = await link.call("watch.unsubscribe", **args)
-    return unsubscribed
+    await link.call("watch.unsubscribe", **args)

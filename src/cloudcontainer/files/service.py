@@ -150,7 +150,8 @@ class FileService:
         options: WriteOptions = {"mkdirs": mkdirs}
         if expect_sha256 is not None:
             options["expect_sha256"] = expect_sha256
-        if "keep_previous" in (keep := self._keep_previous()):
+        keep = self._keep_previous()
+        if "keep_previous" in keep:
             options["keep_previous"] = keep["keep_previous"]
         with agent_errors():
             raw = await write_file(agent, path, data, **options)
