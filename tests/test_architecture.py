@@ -11,6 +11,7 @@ from pathlib import Path
 from cloudcontainer.agent import messages
 from cloudcontainer.agent.main import build
 from cloudcontainer.agentlink import schema
+from cloudcontainer.api.search import SearchRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,3 +103,10 @@ def test_the_agent_loads_no_message_types(tmp_path: Path) -> None:
         check=True,
     )  # fmt: skip
     assert result.stdout.strip() == "False"
+
+
+def test_the_search_request_is_the_agents_search_query() -> None:
+    """api/search.py hands the validated request to the agent as a SearchQuery: the two
+    must name the same fields."""
+    query = messages.SearchQuery
+    assert set(SearchRequest.model_fields) == query.__required_keys__ | query.__optional_keys__
