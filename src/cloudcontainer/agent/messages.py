@@ -1,10 +1,11 @@
 """The agent protocol's requests, replies and events, as types: one definition for both ends.
 
 The agent builds its replies as these shapes (its handlers are annotated with them) and the
-gateway's facade (`cloudcontainer.agentlink.ops` and its neighbours) sends these arguments and
-reads these replies, so `mypy --strict` sees both sides of every call. Nothing here is checked
-at run time: every reply is still validated by `agentlink/schema.py` (the agent is the
-tenant's and may send anything) before it is typed by the facade.
+gateway's facade (`agentlink/files.py`, `fs.py`, `snapshots.py`, `watch.py`, `search.py`,
+`archives.py`, `status.py`) sends these arguments and reads these replies, so `mypy --strict`
+sees both sides of every call. Nothing here is checked at run time: every reply is still
+validated by `agentlink/schema.py` (the agent is the tenant's and may send anything) before
+the facade types it, so a type here never claims more than the schema checks.
 
 `OPS` and `EVENTS` name every op and event with its types; a test holds them equal to the
 agent's op table and the gateway's schema. The `proc.*` ops are in `messages_proc.py`.
