@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 from pathlib import Path
+
+from cloudcontainer.agent import messages, messages_proc
+from cloudcontainer.agent.main import build
+from cloudcontainer.agentlink import schema
+from cloudcontainer.api.search import SearchRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,3 +58,63 @@ def test_settings_are_read_from_the_environment_in_config_alone() -> None:
         )
     }
     assert readers <= {"config.py", *passing_on}, readers - {"config.py", *passing_on}
+
+
+def _direct_agent_calls(path: Path) -> list[tuple[int, str | None]]:
+    """(line, op) of every `.call(...)` / `.call_in_order(...)` in the module; op is None
+    when it is not a string literal."""
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (
+            isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("call", "call_in_order")
+        ):  # fmt: skip
+            first = node.args[0] if node.args else None
+            op = first.value if isinstance(first, ast.Constant) else None
+            calls.append((node.lineno, op if isinstance(op, str) else None))
+    return calls
+
+
+def test_services_reach_the_agent_only_through_the_typed_facade() -> None:
+    """`AgentClient.call` answers Any: outside agentlink/ nothing calls it, so mypy checks
+    every agent call (issue 10)."""
+    package = ROOT / "src" / "cloudcontainer"
+    offending = []
+    for path in sorted(package.rglob("*.py")):
+        module = path.relative_to(package).as_posix()
+        if module.startswith(("agent/", "agentlink/")):
+            continue
+        for line, op in _direct_agent_calls(path):
+            offending.append(f"{module}:{line} calls {op or 'an op'} directly")
+    assert offending == []
+
+
+def test_every_op_has_a_message_type_and_a_reply_check(tmp_path: Path) -> None:
+    """The agent's op table, the message types and the gateway's schema name the same ops,
+    and the same events."""
+    registry = build("secret", str(tmp_path), {}).registry
+    typed = set(messages.OPS) | set(messages_proc.OPS)
+    assert set(registry.handlers) == typed
+    assert set(schema.RESULTS) == typed
+    assert set(schema.EVENTS) == set(messages.EVENTS) | set(messages_proc.EVENTS)
+
+
+def test_the_agent_loads_no_message_types(tmp_path: Path) -> None:
+    """The agent imports its message types for the checker only: they cost a sandbox
+    nothing."""
+    probe = (
+        "import sys; from cloudcontainer.agent.main import build; build('s', sys.argv[1], {}); "
+        "print('cloudcontainer.agent.messages' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60,
+        check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "False"
+
+
+def test_the_search_request_is_the_agents_search_query() -> None:
+    """api/search.py hands the validated request to the agent as a SearchQuery: the two
+    must name the same fields."""
+    query = messages.SearchQuery
+    assert set(SearchRequest.model_fields) == query.__required_keys__ | query.__optional_keys__

@@ -21,13 +21,16 @@ import json
 import os
 import posixpath
 import sys
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from cloudcontainer.agent.fs import Files, _remove_tree
 from cloudcontainer.agent.globs import glob_list
 from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import ARCHIVE_ACK, ARCHIVE_DATA, ARCHIVE_END, AgentError
 from cloudcontainer.agent.server import Registry, Session
+
+if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
+    from cloudcontainer.agent.messages import ArchiveOpened, DownloadOpened, Extracted
 
 STAGING_PREFIX = ".cc-extract-"  # uploads being extracted; downloads leave them out
 WINDOW = 1024 * 1024
@@ -108,7 +111,7 @@ class Archives:
 
     # -- download -----------------------------------------------------------------------
 
-    async def create(self, session: Session, args: Dict[str, Any]) -> Dict[str, Any]:
+    async def create(self, session: Session, args: Dict[str, Any]) -> DownloadOpened:
         absolute = self.files.resolve(args.get("path", "/"))
         fmt, exclude = _format(args.get("format")), glob_list(args.get("exclude"), "exclude")
         folder = self._inside(absolute)
@@ -158,7 +161,7 @@ class Archives:
 
     # -- upload -------------------------------------------------------------------------
 
-    async def extract(self, session: Session, args: Dict[str, Any]) -> Dict[str, Any]:
+    async def extract(self, session: Session, args: Dict[str, Any]) -> ArchiveOpened:
         absolute = self.files.resolve(args.get("path", "/"))
         fmt = _format(args.get("format"))
         dest = self._destination(absolute)
@@ -207,7 +210,7 @@ class Archives:
         except (BrokenPipeError, ConnectionResetError):
             stream.broken = AgentError("EPIPE", "the archive worker ended early")
 
-    async def finish(self, session: Session, stream_id: Any) -> Any:
+    async def finish(self, session: Session, stream_id: Any) -> Extracted:
         stream = self.get(session, stream_id)
         if stream.idle is not None:
             stream.idle.cancel()  # extracting may take long; the worker is not idle
@@ -218,7 +221,8 @@ class Archives:
                 raise error
             if stream.broken is not None:
                 raise stream.broken
-            return json.loads(out)
+            extracted: Extracted = json.loads(out)  # the worker's answer
+            return extracted
         finally:
             self._end(stream)
 
@@ -297,16 +301,16 @@ def _format(value: Any) -> str:
 
 
 def register(registry: Registry, archives: Archives) -> None:
-    async def create(session: Session, args: Dict[str, Any]) -> Any:
+    async def create(session: Session, args: Dict[str, Any]) -> DownloadOpened:
         return await archives.create(session, args)
 
-    async def extract(session: Session, args: Dict[str, Any]) -> Any:
+    async def extract(session: Session, args: Dict[str, Any]) -> ArchiveOpened:
         return await archives.extract(session, args)
 
-    async def finish(session: Session, args: Dict[str, Any]) -> Any:
+    async def finish(session: Session, args: Dict[str, Any]) -> Extracted:
         return await archives.finish(session, args["stream_id"])
 
-    async def cancel(session: Session, args: Dict[str, Any]) -> Any:
+    async def cancel(session: Session, args: Dict[str, Any]) -> None:
         await archives.cancel(session, args["stream_id"])
         return None
 

@@ -16,11 +16,14 @@ import logging
 import os
 import posixpath
 import stat
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
-from cloudcontainer.agent.fs import Files, _previous, _remove_tree
+from cloudcontainer.agent.fs import Files, _previous, _remove_tree, kept
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session, os_error
+
+if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
+    from cloudcontainer.agent.messages import BatchReply, Error, StepDone, StepFailed
 
 PREFIX = ".cc-batch-"
 MAX_OPERATIONS = 1000
@@ -235,11 +238,7 @@ class Batch:
             journal.set_aside(new)
         os.rename(old, new)
         journal.undo.append(lambda: os.rename(new, old))
-        answer = files.entry(new, os.lstat(new))
-        for name, content in (("previous", previous), ("replaced", replaced)):
-            if content is not None:
-                answer[name] = content
-        return answer
+        return {**files.entry(new, os.lstat(new)), **kept(previous, replaced)}
 
 
 def _check_replace(source: os.stat_result, target: str) -> None:
@@ -256,7 +255,7 @@ def _check_replace(source: os.stat_result, target: str) -> None:
         raise OSError(errno.ENOTEMPTY, "Directory not empty", target)
 
 
-def _error(exc: BaseException) -> Dict[str, Any]:
+def _error(exc: BaseException) -> Error:
     if isinstance(exc, AgentError):
         return exc.to_dict()
     if isinstance(exc, OSError):
@@ -264,7 +263,7 @@ def _error(exc: BaseException) -> Dict[str, Any]:
     return {"code": "EINVAL", "message": "bad operation: %s" % (exc,)}
 
 
-def run(files: Files, operations: Any, atomic: bool, keep_previous: int = 0) -> Dict[str, Any]:
+def run(files: Files, operations: Any, atomic: bool, keep_previous: int = 0) -> BatchReply:
     """Apply the operations. Atomic: stop at the first failure and undo everything before
     it; the answer then holds `failed` (its index), `error` and `rolled_back`. Otherwise
     every operation is tried and each result says ok or its error."""
@@ -273,7 +272,7 @@ def run(files: Files, operations: Any, atomic: bool, keep_previous: int = 0) -> 
     clean(files)
     journal = Journal(files) if atomic else None
     batch = Batch(files, journal, keep_previous)
-    results: List[Dict[str, Any]] = []
+    results: List[Union[StepDone, StepFailed]] = []
     for index, operation in enumerate(operations):
         try:
             results.append({"ok": True, "result": batch.apply(operation)})
@@ -289,7 +288,7 @@ def run(files: Files, operations: Any, atomic: bool, keep_previous: int = 0) -> 
 
 
 def register(registry: Registry, files: Files) -> None:
-    async def batch(session: Session, args: Dict[str, Any]) -> Any:
+    async def batch(session: Session, args: Dict[str, Any]) -> BatchReply:
         keep = args.get("keep_previous", 0)
         keep = keep if isinstance(keep, int) and not isinstance(keep, bool) else 0
         return run(files, args["operations"], bool(args.get("atomic", True)), keep)

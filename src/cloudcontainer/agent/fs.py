@@ -15,11 +15,25 @@ import hashlib
 import os
 import posixpath
 import stat
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from cloudcontainer.agent.paths import workdir_rooted
 from cloudcontainer.agent.protocol import READ_CHUNK_BYTES, AgentError
 from cloudcontainer.agent.server import Registry, Session
+
+if TYPE_CHECKING:  # the replies' types, for the checker only: no memory in the sandbox
+    from cloudcontainer.agent.messages import (
+        Chunk,
+        Digest,
+        DiskUsage,
+        Entry,
+        EntryType,
+        Kept,
+        Moved,
+        PartWritten,
+        Replaced,
+        Written,
+    )
 
 MAX_PATH = 4096
 # Replaced content an answer carries at most per file (file history): a rename answers two,
@@ -67,7 +81,7 @@ class Files:
         rooted = workdir_rooted(path, self.root)
         return self.root if rooted == "/" else self.root + rooted
 
-    def entry(self, absolute: str, st: os.stat_result) -> Dict[str, Any]:
+    def entry(self, absolute: str, st: os.stat_result) -> Entry:
         return {
             "path": absolute,
             "name": posixpath.basename(absolute),
@@ -80,11 +94,11 @@ class Files:
 
     # -- operations -----------------------------------------------------------------------
 
-    def stat(self, path: Any) -> Dict[str, Any]:
+    def stat(self, path: Any) -> Entry:
         absolute = self.resolve(path)
         return self.entry(absolute, os.lstat(absolute))
 
-    def read(self, path: Any, offset: Any = 0, length: Any = None) -> Dict[str, Any]:
+    def read(self, path: Any, offset: Any = 0, length: Any = None) -> Chunk:
         """The file's bytes; with `length`, at most that many (capped at READ_CHUNK_BYTES)
         from `offset`: larger files travel in chunks, each answer under the message limit.
         `sha256` comes only with an answer that holds the whole file; `eof` says whether the
@@ -107,15 +121,13 @@ class Files:
                 length = min(length, READ_CHUNK_BYTES)
                 data = handle.read(length)
                 eof = len(data) < length or not handle.read(1)
-        answer = {"data": base64.b64encode(data).decode("ascii"), "eof": eof,
-                  **self.entry(absolute, st)}  # fmt: skip
-        if eof and not offset:
-            answer["sha256"] = hashlib.sha256(data).hexdigest()
-        return answer
+        digest: Digest = {"sha256": hashlib.sha256(data).hexdigest()} if eof and not offset else {}
+        return {"data": base64.b64encode(data).decode("ascii"), "eof": eof,
+                **self.entry(absolute, st), **digest}  # fmt: skip
 
     def write(self, path: Any, data: Any, mkdirs: bool = False,
               expect_sha256: Optional[str] = None, keep_previous: int = 0,
-              staged: Optional[Upload] = None) -> Dict[str, Any]:  # fmt: skip
+              staged: Optional[Upload] = None) -> Written:  # fmt: skip
         """Replace the file's bytes. With `expect_sha256` ("" for: must not exist), refuse
         with ETAGMISMATCH unless the current content has that hash: a compare-and-swap, atomic
         because the agent runs one file operation at a time. With `keep_previous` (a size
@@ -128,7 +140,7 @@ class Files:
                 staged.discard()  # renamed into place, or dropped on a failure
 
     def _write(self, path: Any, data: Any, mkdirs: bool, expect_sha256: Optional[str],
-               keep_previous: int, staged: Optional[Upload]) -> Dict[str, Any]:  # fmt: skip
+               keep_previous: int, staged: Optional[Upload]) -> Written:  # fmt: skip
         absolute = self.resolve(path)
         if absolute == self.root:
             raise IsADirectoryError(21, "Is a directory", absolute)
@@ -168,16 +180,13 @@ class Files:
             except BaseException:
                 _unlink_quietly(tmp)
                 raise
-        answer = {
+        return {
             "sha256": digest or hashlib.sha256(content).hexdigest(),
-            **self.entry(absolute, os.stat(absolute)),
-        }
-        if previous is not None:
-            answer["previous"] = previous
-        return answer
+            **self.entry(absolute, os.stat(absolute)), **kept(previous),
+        }  # fmt: skip
 
     def write_part(self, uploads: Dict[str, Upload], upload_id: str, path: Any, data: Any,
-                   mkdirs: bool) -> Dict[str, Any]:  # fmt: skip
+                   mkdirs: bool) -> PartWritten:  # fmt: skip
         """A part of a file too large for one message: appended to a temp file beside the
         target, which the upload's last part (`fs.write` with `upload`) renames into place."""
         absolute = self.resolve(path)
@@ -204,7 +213,7 @@ class Files:
             raise
         return {"size": upload.size}
 
-    def statfs(self) -> Dict[str, int]:
+    def statfs(self) -> DiskUsage:
         """The workspace filesystem's size in bytes: with a disk quota, the quota's own
         filesystem (which also holds /home); without, the host's."""
         st = os.statvfs(self.root)
@@ -214,13 +223,13 @@ class Files:
             "free": st.f_bavail * st.f_frsize,
         }
 
-    def listdir(self, path: Any, recursive: bool = False) -> List[Dict[str, Any]]:
+    def listdir(self, path: Any, recursive: bool = False) -> List[Entry]:
         absolute = self.resolve(path)
         if not os.path.isdir(absolute):
             if os.path.exists(absolute):
                 raise NotADirectoryError(20, "Not a directory", absolute)
             raise FileNotFoundError(2, "No such file or directory", absolute)
-        entries: List[Dict[str, Any]] = []
+        entries: List[Entry] = []
         stack = [absolute]
         while stack:
             current = stack.pop()
@@ -232,7 +241,7 @@ class Files:
                         stack.append(item.path)
         return entries
 
-    def mkdir(self, path: Any, recursive: bool = False) -> Dict[str, Any]:
+    def mkdir(self, path: Any, recursive: bool = False) -> Entry:
         absolute = self.resolve(path)
         if recursive:
             os.makedirs(absolute, exist_ok=True)
@@ -241,7 +250,7 @@ class Files:
         return self.entry(absolute, os.stat(absolute))
 
     def remove(self, path: Any, recursive: bool = False, force: bool = False,
-               keep_previous: int = 0) -> Optional[Dict[str, Any]]:  # fmt: skip
+               keep_previous: int = 0) -> Optional[Replaced]:  # fmt: skip
         """Delete; with `keep_previous`, answer {"previous": ...} for a removed regular file."""
         absolute = self.resolve(path)
         st = self.removable(absolute, recursive, force)
@@ -269,7 +278,7 @@ class Files:
             raise IsADirectoryError(21, "Is a directory", absolute)
         return st
 
-    def rename(self, source: Any, target: Any, keep_previous: int = 0) -> Dict[str, Any]:
+    def rename(self, source: Any, target: Any, keep_previous: int = 0) -> Moved:
         """Move; with `keep_previous`, the answer carries the moved file's content as
         `previous` and the content of a file it replaced as `replaced`."""
         old, new = self.resolve(source), self.resolve(target)
@@ -280,15 +289,20 @@ class Files:
         previous = _previous(old, keep_previous) if old != new else None
         replaced = _previous(new, keep_previous) if old != new else None
         os.rename(old, new)
-        answer = self.entry(new, os.lstat(new))
-        if previous is not None:
-            answer["previous"] = previous
-        if replaced is not None:
-            answer["replaced"] = replaced
-        return answer
+        return {**self.entry(new, os.lstat(new)), **kept(previous, replaced)}
 
 
-def _type(mode: int) -> str:
+def kept(previous: Optional[Kept], replaced: Optional[Kept] = None) -> Replaced:
+    """The content a change replaced, for an answer (file history): only what there is."""
+    answer: Replaced = {}
+    if previous is not None:
+        answer["previous"] = previous
+    if replaced is not None:
+        answer["replaced"] = replaced
+    return answer
+
+
+def _type(mode: int) -> EntryType:
     if stat.S_ISDIR(mode):
         return "directory"
     if stat.S_ISLNK(mode):
@@ -337,7 +351,7 @@ def _sha256_of(path: str) -> str:
         raise IsADirectoryError(21, "Is a directory", path) from None
 
 
-def _previous(path: str, limit: Any) -> Optional[Dict[str, Any]]:
+def _previous(path: str, limit: Any) -> Optional[Kept]:
     """The content of the regular file at `path` for file history: {"path", "data", "size"} when it
     is at most `limit` bytes, without "data" when larger, None when there is none (or
     `limit` is 0: not asked)."""
@@ -359,7 +373,7 @@ def _previous(path: str, limit: Any) -> Optional[Dict[str, Any]]:
     return {"path": path, "data": base64.b64encode(data).decode("ascii"), "size": len(data)}
 
 
-def _same_bytes(previous: Dict[str, Any], content: bytes, staged: Optional[Upload],
+def _same_bytes(previous: Kept, content: bytes, staged: Optional[Upload],
                 digest: Optional[str]) -> bool:  # fmt: skip
     size = len(content) if staged is None else staged.size
     if previous.get("size") != size or "data" not in previous:
@@ -388,10 +402,10 @@ def _unlink_quietly(path: str) -> None:
 
 
 def register(registry: Registry, files: Files) -> None:
-    async def stat_(session: Session, args: Dict[str, Any]) -> Any:
+    async def stat_(session: Session, args: Dict[str, Any]) -> Entry:
         return files.stat(args["path"])
 
-    async def read(session: Session, args: Dict[str, Any]) -> Any:
+    async def read(session: Session, args: Dict[str, Any]) -> Chunk:
         return files.read(args["path"], args.get("offset", 0), args.get("length"))
 
     def uploads_of(session: Session) -> Dict[str, Upload]:
@@ -401,7 +415,7 @@ def register(registry: Registry, files: Files) -> None:
             session.on_close.append(lambda: _discard_all(uploads))
         return uploads
 
-    async def write(session: Session, args: Dict[str, Any]) -> Any:
+    async def write(session: Session, args: Dict[str, Any]) -> Written:
         staged = None
         if args.get("upload") is not None:
             staged = uploads_of(session).pop(str(args["upload"]), None)
@@ -412,32 +426,32 @@ def register(registry: Registry, files: Files) -> None:
             args.get("keep_previous", 0), staged,
         )  # fmt: skip
 
-    async def write_part(session: Session, args: Dict[str, Any]) -> Any:
+    async def write_part(session: Session, args: Dict[str, Any]) -> PartWritten:
         return files.write_part(uploads_of(session), str(args["upload"]), args["path"],
                                 args["data"], bool(args.get("mkdirs", False)))  # fmt: skip
 
-    async def write_abort(session: Session, args: Dict[str, Any]) -> Any:
+    async def write_abort(session: Session, args: Dict[str, Any]) -> None:
         upload = uploads_of(session).pop(str(args["upload"]), None)
         if upload is not None:
             upload.discard()
         return None
 
-    async def listdir(session: Session, args: Dict[str, Any]) -> Any:
+    async def listdir(session: Session, args: Dict[str, Any]) -> List[Entry]:
         return files.listdir(args.get("path", "/"), bool(args.get("recursive", False)))
 
-    async def mkdir(session: Session, args: Dict[str, Any]) -> Any:
+    async def mkdir(session: Session, args: Dict[str, Any]) -> Entry:
         return files.mkdir(args["path"], bool(args.get("recursive", False)))
 
-    async def remove(session: Session, args: Dict[str, Any]) -> Any:
+    async def remove(session: Session, args: Dict[str, Any]) -> Optional[Replaced]:
         return files.remove(
             args["path"], bool(args.get("recursive", False)), bool(args.get("force", False)),
             args.get("keep_previous", 0),
         )  # fmt: skip
 
-    async def rename(session: Session, args: Dict[str, Any]) -> Any:
+    async def rename(session: Session, args: Dict[str, Any]) -> Moved:
         return files.rename(args["source"], args["target"], args.get("keep_previous", 0))
 
-    async def statfs(session: Session, args: Dict[str, Any]) -> Any:
+    async def statfs(session: Session, args: Dict[str, Any]) -> DiskUsage:
         return files.statfs()
 
     for name, handler in (

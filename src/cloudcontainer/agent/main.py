@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from cloudcontainer.agent import (
     PROTOCOL_VERSION,
@@ -26,7 +26,11 @@ from cloudcontainer.agent import (
     tunnel,
     watch,
 )
+from cloudcontainer.agent.protocol import WORKSPACE
 from cloudcontainer.agent.server import Agent, Session
+
+if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
+    from cloudcontainer.agent.messages import Hello, Ping
 
 
 def _rss_bytes() -> int:
@@ -62,7 +66,7 @@ def build(
     lazy.register(agent, files)  # search and archives: imported on first use
     started = time.time()
 
-    async def hello(session: Session, args: Dict[str, Any]) -> Any:
+    async def hello(session: Session, args: Dict[str, Any]) -> Hello:
         return {
             "version": __version__, "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
             "uid": os.getuid(), "python": "%d.%d.%d" % sys.version_info[:3],
@@ -70,7 +74,7 @@ def build(
             "started_at": started,
         }  # fmt: skip
 
-    async def ping(session: Session, args: Dict[str, Any]) -> Any:
+    async def ping(session: Session, args: Dict[str, Any]) -> Ping:
         return {
             "time": time.time(), "cpu_seconds": table.cpu_seconds(), "live_procs": table.live(),
             "rss_bytes": _rss_bytes(), "polling_ports": ports_watcher.polling,
@@ -126,7 +130,7 @@ OPTIONS = {"--listen": "listen", "--secret-file": "secret_file", "--workspace": 
 def parse(argv: Optional[List[str]]) -> Dict[str, str]:
     """`--name value` pairs (argparse alone would add ~0.5 MiB to every agent)."""
     args = list(sys.argv[1:] if argv is None else argv)
-    options = {"workspace": "/home/project", "log_level": "warning", "secret_file": ""}
+    options = {"workspace": WORKSPACE, "log_level": "warning", "secret_file": ""}
     while args:
         flag = args.pop(0)
         if flag in ("-h", "--help"):

@@ -10,12 +10,24 @@ Stdlib only, python >= 3.9: optional keys are a `total=False` class over the req
 
 from __future__ import annotations
 
-from typing import Dict, List, Literal, Optional, TypedDict
+from typing import Any, Dict, List, Literal, Optional, Tuple, TypedDict, Union
 
 __all__ = [
-    "AttachReply", "CommandEndEvent", "CommandStartEvent", "ExitEvent", "KillRequest",
-    "LaggedEvent", "ProcRef", "ProcessInfo", "ResizeRequest", "RunReply", "RunRequest",
-    "SpawnRequest", "WaitReply",
+    "EVENTS",
+    "OPS",
+    "AttachReply",
+    "CommandEndEvent",
+    "CommandStartEvent",
+    "ExitEvent",
+    "KillRequest",
+    "LaggedEvent",
+    "ProcRef",
+    "ProcessInfo",
+    "ResizeRequest",
+    "RunReply",
+    "RunRequest",
+    "SpawnRequest",
+    "WaitReply",
 ]  # fmt: skip
 
 
@@ -118,3 +130,26 @@ class CommandEndEvent(TypedDict):
     proc_id: int
     phase: Literal["end"]
     code: Optional[int]
+
+
+# -- the tables (as agent/messages.py's for the other ops) ------------------------------------
+
+# op -> (its arguments, its reply)
+OPS: Dict[str, Tuple[Any, Any]] = {
+    "proc.spawn": (SpawnRequest, ProcessInfo),
+    "proc.run": (RunRequest, RunReply),
+    "proc.attach": (ProcRef, AttachReply),
+    "proc.detach": (ProcRef, None),
+    "proc.resize": (ResizeRequest, None),
+    "proc.kill": (KillRequest, None),
+    "proc.close_stdin": (ProcRef, None),
+    "proc.list": (None, List[ProcessInfo]),
+    "proc.wait": (ProcRef, WaitReply),
+}
+
+EVENTS: Dict[str, Any] = {
+    "proc.start": ProcessInfo,
+    "proc.exit": ExitEvent,
+    "proc.lagged": LaggedEvent,
+    "proc.command": Union[CommandStartEvent, CommandEndEvent],
+}

@@ -15,9 +15,12 @@ import os
 import socket
 import struct
 import time
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from cloudcontainer.agent.server import Registry, Session
+
+if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
+    from cloudcontainer.agent.messages import ListeningPort
 
 POLL_SECONDS = 0.1
 LINGER_SECONDS = 1.0
@@ -174,7 +177,7 @@ class PortWatcher:
 
 
 def register(registry: Registry, watcher: PortWatcher) -> None:
-    async def listing(session: Session, args: Dict[str, Any]) -> Any:
+    async def listing(session: Session, args: Dict[str, Any]) -> List[ListeningPort]:
         return [
             {"port": port, "address": address}
             for port, address in sorted(watcher.refresh().items())

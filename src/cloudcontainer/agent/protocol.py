@@ -11,9 +11,15 @@ Binary frames carry stream bytes: 1 byte kind, 4 bytes channel id (big-endian), 
 from __future__ import annotations
 
 import struct
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple
+
+if TYPE_CHECKING:
+    from cloudcontainer.agent.messages import Error
 
 AUTH_HEADER = "Authorization"
+# Where a sandbox's workspace is: every runtime mounts it here and starts the agent with it
+# (the agent's default `--workspace`); the gateway strips it from the paths in errors.
+WORKSPACE = "/home/project"
 AGENT_SUBPROTOCOL = "cloudcontainer-agent.v1"
 
 # Binary frame kinds
@@ -62,5 +68,5 @@ class AgentError(Exception):
         self.code = code
         self.message = message
 
-    def to_dict(self) -> dict:  # type: ignore[type-arg]
+    def to_dict(self) -> Error:
         return {"code": self.code, "message": self.message}

@@ -18,13 +18,16 @@ import base64
 import json
 import os
 import posixpath
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from cloudcontainer.agent.fs import Files
 from cloudcontainer.agent.globs import glob_list, ripgrep_globs
 from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
+
+if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
+    from cloudcontainer.agent.messages import SearchTotals
 
 PREVIEW_CHARS = 250  # a preview longer than this is cut around its first match
 PREVIEW_BEFORE = 40  # characters kept before the first match in a cut preview
@@ -119,7 +122,7 @@ class Search:
         self._pending: List[Dict[str, Any]] = []
         self._summary = False
 
-    async def run(self, command: List[str], timeout: float) -> Dict[str, Any]:
+    async def run(self, command: List[str], timeout: float) -> SearchTotals:
         try:
             self.proc = await asyncio.create_subprocess_exec(
                 *command, cwd=self.files.root, stdin=asyncio.subprocess.DEVNULL,
@@ -217,7 +220,7 @@ class Searches:
             raise FileNotFoundError(2, "No such file or directory", absolute)
         return "." if real == root else "./" + posixpath.relpath(real, root)
 
-    async def text(self, session: Session, args: Dict[str, Any]) -> Dict[str, Any]:
+    async def text(self, session: Session, args: Dict[str, Any]) -> SearchTotals:
         query, search_id = args["query"], str(args["search_id"])
         if not isinstance(query, str) or not query or "\x00" in query:
             raise AgentError("EINVAL", "query must be a non-empty string without NUL")
@@ -246,10 +249,10 @@ class Searches:
 
 
 def register(registry: Registry, searches: Searches) -> None:
-    async def text(session: Session, args: Dict[str, Any]) -> Any:
+    async def text(session: Session, args: Dict[str, Any]) -> SearchTotals:
         return await searches.text(session, args)
 
-    async def cancel(session: Session, args: Dict[str, Any]) -> Any:
+    async def cancel(session: Session, args: Dict[str, Any]) -> None:
         searches.cancel(session, args["search_id"])
         return None
 

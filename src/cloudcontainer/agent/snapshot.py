@@ -14,12 +14,15 @@ import hashlib
 import os
 import posixpath
 import stat
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from cloudcontainer.agent.fs import Files, _remove_tree, _temp_file, _unlink_quietly
 from cloudcontainer.agent.globs import GlobSet, glob_list
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
+
+if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
+    from cloudcontainer.agent.messages import Manifest, ManifestEntry
 
 CHUNK = 1024 * 1024
 TEMP_PREFIX = ".cc-write-"
@@ -81,34 +84,29 @@ class Snapshots:
         self._hashes[absolute] = (key[0], key[1], key[2], sha)
         return sha
 
-    def manifest(self, exclude: Any) -> Dict[str, Any]:
+    def manifest(self, exclude: Any) -> Manifest:
         """Every entry below the workspace root: path, type, mode, size, sha256 (files),
         target (symlinks). Sockets and fifos are left out; unreadable files are named in
         `skipped`."""
-        entries: List[Dict[str, Any]] = []
+        entries: List[ManifestEntry] = []
         skipped: List[str] = []
         seen = set()
         for absolute, relative, st in self._walk(Excluder(exclude, self.files.root)):
-            entry: Dict[str, Any] = {
-                "path": "/" + relative, "mode": stat.S_IMODE(st.st_mode), "size": 0,
-            }  # fmt: skip
+            path, mode = "/" + relative, stat.S_IMODE(st.st_mode)
             if stat.S_ISDIR(st.st_mode):
-                entry["type"] = "directory"
+                entries.append({"path": path, "mode": mode, "size": 0, "type": "directory"})
             elif stat.S_ISLNK(st.st_mode):
-                entry["type"] = "symlink"
-                entry["target"] = os.readlink(absolute)
+                entries.append({"path": path, "mode": mode, "size": 0, "type": "symlink",
+                                "target": os.readlink(absolute)})  # fmt: skip
             elif stat.S_ISREG(st.st_mode):
                 try:
-                    entry["sha256"] = self._sha256(absolute, st)
+                    sha256 = self._sha256(absolute, st)
                 except OSError:
-                    skipped.append("/" + relative)
+                    skipped.append(path)
                     continue
-                entry["type"] = "file"
-                entry["size"] = st.st_size
+                entries.append({"path": path, "mode": mode, "size": st.st_size, "type": "file",
+                                "sha256": sha256})  # fmt: skip
                 seen.add(absolute)
-            else:
-                continue
-            entries.append(entry)
         # Forget hashes of files that are gone, so the cache never outgrows the workspace.
         for gone in [path for path in self._hashes if path not in seen]:
             del self._hashes[gone]
@@ -212,13 +210,13 @@ def _kind(mode: int) -> str:
 
 
 def register(registry: Registry, snapshots: Snapshots) -> None:
-    async def manifest(session: Session, args: Dict[str, Any]) -> Any:
+    async def manifest(session: Session, args: Dict[str, Any]) -> Manifest:
         return snapshots.manifest(args.get("exclude"))
 
-    async def prune(session: Session, args: Dict[str, Any]) -> Any:
+    async def prune(session: Session, args: Dict[str, Any]) -> int:
         return snapshots.prune(args.get("keep"), args.get("exclude"))
 
-    async def apply(session: Session, args: Dict[str, Any]) -> Any:
+    async def apply(session: Session, args: Dict[str, Any]) -> int:
         return snapshots.apply(args.get("entries"))
 
     registry.add("fs.manifest", manifest)

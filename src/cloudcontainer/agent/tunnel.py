@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from cloudcontainer.agent.protocol import TUNNEL_DATA, TUNNEL_EOF, AgentError
 from cloudcontainer.agent.server import Registry, Session
+
+if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
+    from cloudcontainer.agent.messages import TunnelOpened
 
 PAUSE_BYTES = 1024 * 1024
 RESUME_BYTES = 256 * 1024
@@ -185,11 +188,11 @@ def _reason(exc: OSError) -> str:
 
 
 def register(registry: Registry, tunnels: Tunnels) -> None:
-    async def open_(session: Session, args: Dict[str, Any]) -> Any:
+    async def open_(session: Session, args: Dict[str, Any]) -> TunnelOpened:
         tunnel = await tunnels.open(session, args["port"], args.get("host") or "127.0.0.1")
         return {"tunnel_id": tunnel.tunnel_id}
 
-    async def close(session: Session, args: Dict[str, Any]) -> Any:
+    async def close(session: Session, args: Dict[str, Any]) -> None:
         tunnels.close(tunnels.get(session, args["tunnel_id"]), "closed")
         return None
 

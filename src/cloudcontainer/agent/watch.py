@@ -26,13 +26,16 @@ import logging
 import os
 import posixpath
 import stat
-from typing import Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
 from cloudcontainer.agent.fs import _type
 from cloudcontainer.agent.globs import PathFilter, glob_list
 from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import AgentError
 from cloudcontainer.agent.server import Registry, Session
+
+if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
+    from cloudcontainer.agent.messages import Subscribed, Unsubscribed
 
 log = logging.getLogger("cloudcontainer.agent.watch")
 
@@ -102,7 +105,7 @@ class Watcher:
     def subscribe(
         self, session: Session, sub_id: str, path_filter: PathFilter, content: bool,
         since: Optional[str] = None, initial: bool = False, replaces: str = "",
-    ) -> Dict[str, Any]:  # fmt: skip
+    ) -> Subscribed:  # fmt: skip
         """Start (or restart) a subscription. With `since`, replay what changed after that
         cursor first; with `initial`, report the current state first."""
         # The subscription this one replaces ends before the flush below: what is flushed now
@@ -485,7 +488,7 @@ def _coalesce(records: List[Record]) -> List[Record]:
 
 
 def register(registry: Registry, watcher: Watcher) -> None:
-    async def subscribe(session: Session, args: Dict[str, Any]) -> Any:
+    async def subscribe(session: Session, args: Dict[str, Any]) -> Subscribed:
         include = glob_list(args.get("include"), "include")
         exclude = glob_list(args.get("exclude"), "exclude")
         path_filter = PathFilter(include, exclude, watcher.root)
@@ -496,7 +499,7 @@ def register(registry: Registry, watcher: Watcher) -> None:
             replaces=str(args.get("replaces") or ""),
         )  # fmt: skip
 
-    async def unsubscribe(session: Session, args: Dict[str, Any]) -> Any:
+    async def unsubscribe(session: Session, args: Dict[str, Any]) -> Unsubscribed:
         return {"removed": watcher.unsubscribe(str(args["id"]))}
 
     registry.add("watch.subscribe", subscribe)

@@ -18,6 +18,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from cloudcontainer.agent.messages import Hello
 from cloudcontainer.agent.protocol import (
     ARCHIVE_DATA,
     ARCHIVE_END,
@@ -127,11 +128,11 @@ class AgentClient:
         self._violation_logged_at = -VIOLATION_LOG_SECONDS
         self._reader: asyncio.Task[None] | None = None
         self.closed = asyncio.Event()
-        self.hello: dict[str, Any] = {}
+        self.hello: Hello = {}
 
     # -- connecting -----------------------------------------------------------------------
 
-    async def connect(self, timeout: float = 10.0) -> dict[str, Any]:
+    async def connect(self, timeout: float = 10.0) -> Hello:
         """Connect, retrying while the agent boots, and return its `hello`."""
         deadline = time.monotonic() + timeout
         delay = 0.002
@@ -178,7 +179,8 @@ class AgentClient:
     # -- calls ----------------------------------------------------------------------------
 
     async def call(self, op: str, timeout: float | None = 30.0, **args: Any) -> Any:
-        """Send a request and await its answer."""
+        """Send a request and await its answer: the untyped transport under the typed
+        facade (`files.py`, `fs.py`, `watch.py`...), which services call instead."""
         return await self._call(op, timeout, None, args)
 
     async def call_in_order(

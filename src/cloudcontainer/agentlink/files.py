@@ -18,8 +18,18 @@ import base64
 import hashlib
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Unpack
 
+from cloudcontainer.agent.messages import (
+    Chunk,
+    LastPartArgs,
+    ReadArgs,
+    UploadArgs,
+    WriteArgs,
+    WriteOptions,
+    WritePartArgs,
+    Written,
+)
 from cloudcontainer.agent.protocol import READ_CHUNK_BYTES, WRITE_CHUNK_BYTES
 from cloudcontainer.agentlink.client import REQUEST_SENT, AgentClient
 from cloudcontainer.agentlink.schema import decode
@@ -32,7 +42,7 @@ ATTEMPTS = 3  # reads started over when the file keeps changing under them
 
 @dataclass(frozen=True, slots=True)
 class FileRead:
-    entry: dict[str, Any]  # the first answer without its data: path, size, mtime, mode...
+    entry: Chunk  # the first answer, without its data: path, size, mtime, mode...
     data: bytes
     sha256: str
 
@@ -42,8 +52,9 @@ async def read_file(
 ) -> FileRead:
     """The file's bytes; PayloadTooLarge (`file_too_large`) past `max_bytes`."""
     for _ in range(ATTEMPTS):
-        first = await link.call("fs.read", timeout=timeout, path=path, length=READ_CHUNK_BYTES)
-        data = decode(first.pop("data"), "fs.read")
+        first = await _read(link, {"path": path, "length": READ_CHUNK_BYTES}, timeout)
+        data = decode(first["data"], "fs.read")
+        first["data"] = ""  # held as bytes from here on
         _check_size(path, max(first["size"], len(data)), max_bytes)
         if first.get("eof", True) and "sha256" in first:
             return FileRead(first, data, first["sha256"])
@@ -54,16 +65,19 @@ async def read_file(
 
 
 async def _rest(
-    link: AgentClient, path: str, first: dict[str, Any], data: bytes, max_bytes: int,
+    link: AgentClient, path: str, first: Chunk, data: bytes, max_bytes: int,
     timeout: float | None,
 ) -> bytes | None:  # fmt: skip
     """The chunks after the first, joined with it; None when the file changed meanwhile."""
     parts, total = [data], len(data)
     while True:
-        chunk = await link.call(
-            "fs.read", timeout=timeout, path=path, offset=total, length=READ_CHUNK_BYTES
-        )
-        if any(chunk[key] != first[key] for key in ("ino", "size", "mtime")):
+        args: ReadArgs = {"path": path, "offset": total, "length": READ_CHUNK_BYTES}
+        chunk = await _read(link, args, timeout)
+        if (chunk["ino"], chunk["size"], chunk["mtime"]) != (
+            first["ino"],
+            first["size"],
+            first["mtime"],
+        ):
             return None
         data = decode(chunk["data"], "fs.read")
         total += len(data)
@@ -71,6 +85,11 @@ async def _rest(
         parts.append(data)
         if chunk.get("eof", True) or not data:
             return b"".join(parts)
+
+
+async def _read(link: AgentClient, args: ReadArgs, timeout: float | None) -> Chunk:
+    chunk: Chunk = await link.call("fs.read", timeout=timeout, **args)
+    return chunk
 
 
 def _check_size(path: str, size: int, max_bytes: int) -> None:
@@ -81,29 +100,44 @@ def _check_size(path: str, size: int, max_bytes: int) -> None:
         )
 
 
-async def write_file(link: AgentClient, path: str, data: bytes, **args: Any) -> Any:
-    """`fs.write` of `data` with `args` (mkdirs, expect_sha256, keep_previous); in parts when
-    it is larger than one message should carry."""
+async def write_file(
+    link: AgentClient, path: str, data: bytes, **options: Unpack[WriteOptions]
+) -> Written:
+    """`fs.write` of `data` with `options` (mkdirs, expect_sha256, keep_previous); in parts
+    when it is larger than one message should carry."""
     if len(data) <= WRITE_CHUNK_BYTES:
-        return await link.call("fs.write", path=path, data=base64.b64encode(data).decode(), **args)
+        return await _write(link, {"path": path, "data": _base64(data), **options})
     upload = secrets.token_hex(8)
     last = (len(data) - 1) // WRITE_CHUNK_BYTES * WRITE_CHUNK_BYTES
-    mkdirs = bool(args.get("mkdirs", False))
+    mkdirs = options.get("mkdirs", False)
     # The parts do not let the client's next file request go (api/ordering): the write is
     # only on its way with its last part.
     token = REQUEST_SENT.set(None)
     try:
         for start in range(0, last, WRITE_CHUNK_BYTES):
-            part = base64.b64encode(data[start : start + WRITE_CHUNK_BYTES]).decode()
-            await link.call("fs.write.part", upload=upload, path=path, data=part, mkdirs=mkdirs)
+            part: WritePartArgs = {
+                "upload": upload, "path": path, "mkdirs": mkdirs,
+                "data": _base64(data[start : start + WRITE_CHUNK_BYTES]),
+            }  # fmt: skip
+            await link.call("fs.write.part", **part)
     except BaseException:
         _abort(link, upload)
         raise
     finally:
         REQUEST_SENT.reset(token)
-    return await link.call(
-        "fs.write", path=path, data=base64.b64encode(data[last:]).decode(), upload=upload, **args
-    )
+    last_part: LastPartArgs = {
+        "path": path, "data": _base64(data[last:]), "upload": upload, **options
+    }  # fmt: skip
+    return await _write(link, last_part)
+
+
+async def _write(link: AgentClient, args: WriteArgs) -> Written:
+    written: Written = await link.call("fs.write", **args)
+    return written
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 _aborts: set[asyncio.Task[Any]] = set()
@@ -114,7 +148,8 @@ def _abort(link: AgentClient, upload: str) -> None:
     caller may be cancelled."""
     if link.closed.is_set():
         return
-    task = asyncio.ensure_future(link.call("fs.write.abort", upload=upload, timeout=10))
+    args: UploadArgs = {"upload": upload}
+    task = asyncio.ensure_future(link.call("fs.write.abort", timeout=10, **args))
     _aborts.add(task)
     task.add_done_callback(_forget_abort)
 

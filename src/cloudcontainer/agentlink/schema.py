@@ -266,7 +266,16 @@ def _batch_result(value: Any, where: str) -> None:
 
 
 _STEP_ENTRY = entry_and(None, {"sha256": SHA256, **KEPT})
-_STEP = obj({"ok": boolean}, {"result": _batch_result, "error": ERROR})
+_STEP_DONE = obj({"ok": boolean}, {"result": _batch_result})
+_STEP_FAILED = obj({"ok": boolean, "error": ERROR})
+
+
+def _STEP(value: Any, where: str) -> None:
+    """A batch step that worked (perhaps with its result), or one that failed, with why."""
+    failed = type(value) is dict and value.get("ok") is False
+    (_STEP_FAILED if failed else _STEP_DONE)(value, where)
+
+
 _BATCH = either(
     obj({"results": list_of(_STEP, 1000)}),
     obj({"failed": integer(0, 1000), "error": ERROR, "rolled_back": boolean}),
@@ -289,8 +298,26 @@ def _manifest_entry(value: Any, where: str) -> None:
 
 
 RESULTS: dict[str, Check] = {
-    "hello": obj({"started_at": number, "workspace": ABSOLUTE}),
-    "ping": obj({"cpu_seconds": number}),
+    "hello": obj(
+        {"started_at": number, "workspace": ABSOLUTE},
+        {
+            "version": string(64),
+            "protocol": integer(),
+            "pid": SIZE,
+            "uid": SIZE,
+            "python": string(64),
+        },
+    ),
+    "ping": obj(
+        {"cpu_seconds": number},
+        {
+            "time": number,
+            "live_procs": COUNT,
+            "rss_bytes": SIZE,
+            "polling_ports": boolean,
+            "watch": obj({}),
+        },
+    ),
     "fs.stat": ENTRY,
     "fs.read": entry_and({"data": base64_text}, {"sha256": SHA256, "eof": boolean}),
     "fs.write": entry_and({"sha256": SHA256}, KEPT),
@@ -301,7 +328,7 @@ RESULTS: dict[str, Check] = {
     "fs.remove": optional(obj({}, KEPT)),
     "fs.rename": entry_and(None, KEPT),
     "fs.batch": _BATCH,
-    "fs.manifest": obj({"entries": list_of(_manifest_entry)}, {"skipped": anything}),
+    "fs.manifest": obj({"entries": list_of(_manifest_entry)}, {"skipped": list_of(PATH)}),
     "fs.prune": COUNT,
     "fs.apply": COUNT,
     "fs.statfs": obj({"total": SIZE, "used": SIZE, "free": SIZE}),

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from cloudcontainer.agent.messages import ArchiveFormat, ExtractLimits
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.files import NO_NUL
 from cloudcontainer.files.archives import Download, upload
 
 router = APIRouter(prefix="/api/containers/{container_id}", tags=["archives"])
 
-Format = Literal["zip", "tar.gz"]
+Format = ArchiveFormat
 # Bounds that keep the longest URL the schema allows (every character percent-encoded as four
 # UTF-8 bytes) inside the 64 KiB request line uvicorn accepts; past it the HTTP server answers a
 # plain-text 400 before the app sees the request.
@@ -78,7 +79,7 @@ async def upload_archive(
     outside the workspace, hard links and devices are skipped and listed in `skipped`."""
     link = await services.containers.agent(principal.user_id, container_id)
     settings = services.settings
-    limits = {"max_bytes": settings.archive_max_uncompressed_bytes,
-              "max_entries": settings.archive_max_entries}  # fmt: skip
+    limits: ExtractLimits = {"max_bytes": settings.archive_max_uncompressed_bytes,
+                             "max_entries": settings.archive_max_entries}  # fmt: skip
     result = await upload(link, path, format, request.stream(), limits)
     return Extracted(**result)

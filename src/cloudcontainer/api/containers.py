@@ -17,6 +17,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.agentlink.status import disk_usage, listening_ports
 from cloudcontainer.api import wsio
 from cloudcontainer.api.audit import record
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
@@ -123,9 +124,9 @@ async def _describe(services: Services, container: Container) -> ContainerOut:
     disk: DiskOut | None = None
     if connected and link is not None:
         with contextlib.suppress(AgentUnavailable, AgentOpError):
-            ports = sorted({int(p["port"]) for p in await link.call("ports.list", timeout=2)})
+            ports = sorted({p["port"] for p in await listening_ports(link, timeout=2)})
         with contextlib.suppress(AgentUnavailable, AgentOpError):
-            usage = await link.call("fs.statfs", timeout=2)
+            usage = await disk_usage(link, timeout=2)
             disk = DiskOut(total_bytes=usage["total"], used_bytes=usage["used"],
                            free_bytes=usage["free"])  # fmt: skip
     return ContainerOut(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, cast
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import Field
 
+from cloudcontainer.agent.messages import SearchQuery
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel, WholeNumber
 from cloudcontainer.files.search import TextSearch
@@ -42,7 +43,7 @@ async def search(
     `{"type": "file", "path", "matches"}` line per file (WebContainer's `onProgress(path,
     matches)`), then `{"type": "done", "files", "matches", "truncated", "timed_out"}`."""
     link = await services.containers.agent(principal.user_id, container_id)
-    args = body.model_dump()
-    text_search = TextSearch(link, services.tasks, args, services.settings.search_timeout_seconds)
+    query = cast(SearchQuery, body.model_dump())  # SearchRequest has SearchQuery's fields
+    text_search = TextSearch(link, services.tasks, query, services.settings.search_timeout_seconds)
     await text_search.start()
     return StreamingResponse(text_search.lines(), media_type="application/x-ndjson")

@@ -15,13 +15,23 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
+from cloudcontainer.agent.messages import ArchiveFormat, Extracted, ExtractLimits
 from cloudcontainer.agent.protocol import ARCHIVE_ACK, ARCHIVE_DATA, ARCHIVE_END
+from cloudcontainer.agentlink.archives import (
+    cancel_archive,
+    finish_extract,
+    open_download,
+    open_extract,
+)
 from cloudcontainer.agentlink.client import AgentClient
-from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.agentlink.errors import (
+    AgentOpError,
+    AgentUnavailable,
+    ErrorTable,
+    agent_errors,
+)
 from cloudcontainer.errors import BadRequest, CloudContainerError, Conflict, PayloadTooLarge
-from cloudcontainer.files.service import ErrorTable, agent_errors
 from cloudcontainer.tasks import TaskSet
 
 __all__ = ["ArchiveStreamError", "Download", "upload"]
@@ -59,12 +69,12 @@ class Download:
 
     @classmethod
     async def open(
-        cls, link: AgentClient, tasks: TaskSet, path: str, fmt: str, exclude: list[str]
+        cls, link: AgentClient, tasks: TaskSet, path: str, fmt: ArchiveFormat, exclude: list[str]
     ) -> Download:
         with agent_errors(_ERRORS):
-            opened = await link.call("archive.create", path=path, format=fmt, exclude=exclude)
+            opened = await open_download(link, path, fmt, exclude=exclude)
         queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
-        return cls(link, tasks, int(opened["stream_id"]), str(opened["name"]), queue)
+        return cls(link, tasks, opened["stream_id"], opened["name"], queue)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The archive's bytes; raises ArchiveStreamError (cutting the response) on failure."""
@@ -97,7 +107,7 @@ class Download:
 
     async def _cancel(self) -> None:
         with contextlib.suppress(AgentUnavailable, AgentOpError):
-            await self.link.call("archive.cancel", stream_id=self.stream_id, timeout=5)
+            await cancel_archive(self.link, self.stream_id, timeout=5)
 
     def _on_frame(self, kind: int, payload: bytes) -> None:
         if self.held > MAX_HELD_BYTES:
@@ -138,11 +148,12 @@ def _check_end(payload: bytes) -> None:
 
 
 async def upload(
-    link: AgentClient, path: str, fmt: str, body: AsyncIterator[bytes], limits: dict[str, int]
-) -> dict[str, Any]:
+    link: AgentClient, path: str, fmt: ArchiveFormat, body: AsyncIterator[bytes],
+    limits: ExtractLimits,
+) -> Extracted:  # fmt: skip
     """Send the body to the agent as it arrives; the worker extracts it all or nothing."""
     with agent_errors(_ERRORS):
-        opened = await link.call("archive.extract", path=path, format=fmt, **limits)
+        opened = await open_extract(link, path, fmt, limits)
     stream_id = opened["stream_id"]
     finished = False
     try:
@@ -151,11 +162,9 @@ async def upload(
                 await link.send_stream(ARCHIVE_DATA, stream_id, chunk[start : start + SEND_CHUNK])
         finished = True
         with agent_errors(_ERRORS):
-            result: dict[str, Any] = await link.call(
-                "archive.finish", stream_id=stream_id, timeout=FINISH_SECONDS
-            )
+            result = await finish_extract(link, stream_id, timeout=FINISH_SECONDS)
     finally:
         if not finished:  # the body failed (too large, client gone): nothing may be written
             with contextlib.suppress(AgentUnavailable, AgentOpError):
-                await link.call("archive.cancel", stream_id=stream_id, timeout=5)
+                await cancel_archive(link, stream_id, timeout=5)
     return result

@@ -30,6 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import undefer
 
+from cloudcontainer.agent.messages import Kept
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Database, FileVersion
 from cloudcontainer.errors import NotFound
@@ -60,7 +61,7 @@ def history_prefix(container_id: str) -> str:
 class _Pending:
     container_id: str
     path: str
-    previous: dict[str, Any]  # the agent's answer: `data` (base64) and the file's stat
+    previous: Kept  # the agent's answer: the replaced content (base64) and its size
     user_id: str | None
     reason: str
     unchanged: str | None  # the SHA-256 of the new content: the same bytes keep no version
@@ -83,7 +84,7 @@ class FileHistory:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
     def record_later(
-        self, container_id: str, path: str, previous: dict[str, Any] | None, *,
+        self, container_id: str, path: str, previous: Kept | None, *,
         user_id: str | None, reason: str, unchanged: str | None = None,
     ) -> None:  # fmt: skip
         """Queue `previous` (the agent's answer) to be kept as a version of `path`. The queue

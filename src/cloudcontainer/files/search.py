@@ -14,12 +14,18 @@ import contextlib
 import json
 import secrets
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
+from cloudcontainer.agent.messages import SearchFile, SearchQuery, SearchTotals
 from cloudcontainer.agentlink.client import AgentClient
-from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.agentlink.errors import (
+    AgentOpError,
+    AgentUnavailable,
+    ErrorTable,
+    agent_errors,
+)
+from cloudcontainer.agentlink.search import cancel_search, search_text
 from cloudcontainer.errors import BadRequest, CloudContainerError, Unavailable
-from cloudcontainer.files.service import ErrorTable, agent_errors
 from cloudcontainer.tasks import TaskSet
 
 __all__ = ["TextSearch"]
@@ -38,21 +44,21 @@ class TextSearch:
     """One search on one agent link: `start()` waits for its first result, `lines()` relays."""
 
     def __init__(
-        self, link: AgentClient, tasks: TaskSet, args: dict[str, Any], timeout: float
+        self, link: AgentClient, tasks: TaskSet, query: SearchQuery, timeout: float
     ) -> None:
         self.link = link
         self.tasks = tasks
-        self.args = args
+        self.query = query
         self.timeout = timeout
         self.search_id = secrets.token_hex(8)
-        self.files: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.files: asyncio.Queue[SearchFile] = asyncio.Queue()
         self.arrived = asyncio.Event()
-        self._call: asyncio.Future[Any] | None = None
+        self._call: asyncio.Future[SearchTotals] | None = None
         self._unsubscribe: Callable[[], None] | None = link.on_event(self._on_event)
 
     def _on_event(self, name: str, data: dict[str, Any]) -> None:
-        if name == "search.file" and data.get("search_id") == self.search_id:
-            self.files.put_nowait(data)
+        if name == "search.file" and data["search_id"] == self.search_id:
+            self.files.put_nowait(cast(SearchFile, data))  # the link checked it
             self.arrived.set()
         elif name == "link.closed":
             self.arrived.set()
@@ -60,13 +66,7 @@ class TextSearch:
     async def start(self) -> None:
         """Run the search until it produced something; its early failures raise here."""
         self._call = asyncio.ensure_future(
-            self.link.call(
-                "search.text",
-                timeout=self.timeout + 30,
-                search_id=self.search_id,
-                timeout_seconds=self.timeout,
-                **self.args,
-            )
+            search_text(self.link, self.search_id, self.query, timeout=self.timeout)
         )
         try:
             await self._next()
@@ -84,7 +84,8 @@ class TextSearch:
             self.arrived.clear()
             waiter = asyncio.ensure_future(self.arrived.wait())
             try:
-                await asyncio.wait({self._call, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                pending: set[asyncio.Future[Any]] = {self._call, waiter}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
 
@@ -118,4 +119,4 @@ class TextSearch:
 
     async def _cancel(self) -> None:
         with contextlib.suppress(AgentUnavailable, AgentOpError):
-            await self.link.call("search.cancel", search_id=self.search_id, timeout=5)
+            await cancel_search(self.link, self.search_id, timeout=5)

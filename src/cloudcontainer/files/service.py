@@ -6,74 +6,32 @@ from __future__ import annotations
 import functools
 import mimetypes
 import posixpath
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cloudcontainer.agent.messages import (
+    Entry,
+    KeepArgs,
+    Kept,
+    StepDone,
+    StepFailed,
+    WriteOptions,
+)
 from cloudcontainer.agent.paths import workdir_rooted
+from cloudcontainer.agentlink import fs
 from cloudcontainer.agentlink.client import AgentClient
-from cloudcontainer.agentlink.errors import AgentOpError, AgentProtocolError
+from cloudcontainer.agentlink.errors import AgentProtocolError, agent_errors, api_error
 from cloudcontainer.agentlink.files import read_file, write_file
 from cloudcontainer.db import FileVersion
-from cloudcontainer.errors import (
-    BadRequest,
-    CloudContainerError,
-    Conflict,
-    Forbidden,
-    InsufficientStorage,
-    NotFound,
-    PayloadTooLarge,
-    PreconditionFailed,
-)
+from cloudcontainer.errors import CloudContainerError, NotFound
 from cloudcontainer.files.history import FileHistory
 from cloudcontainer.runtimes.base import WORKSPACE
 from cloudcontainer.sandbox.service import ContainerService
 
-__all__ = [
-    "BatchOutcome", "FileContent", "FileService", "api_error", "etag_of", "mime_of",
-    "workdir_path",
-]  # fmt: skip
+__all__ = ["BatchOutcome", "FileContent", "FileService", "etag_of", "mime_of", "workdir_path"]
 
 BATCH_SECONDS = 120.0
-
-ErrorTable = dict[str, tuple[type[CloudContainerError], str]]
-
-_ERRORS: ErrorTable = {
-    "ENOENT": (NotFound, "file_not_found"),
-    "EISDIR": (Conflict, "is_a_directory"),
-    "ENOTDIR": (Conflict, "not_a_directory"),
-    "EEXIST": (Conflict, "already_exists"),
-    "ENOTEMPTY": (Conflict, "directory_not_empty"),
-    "ETAGMISMATCH": (PreconditionFailed, "etag_mismatch"),
-    "EINVAL": (BadRequest, "invalid_request"),
-    "ENAMETOOLONG": (BadRequest, "path_too_long"),
-    "EPERM": (Forbidden, "operation_not_permitted"),
-    "EACCES": (Forbidden, "permission_denied"),
-    "ENOSPC": (InsufficientStorage, "no_space"),
-    "EXDEV": (Conflict, "cross_device"),
-    "EDQUOT": (InsufficientStorage, "quota_exceeded"),
-    "EFBIG": (PayloadTooLarge, "too_large"),
-}
-
-
-def api_error(errno: str, message: str) -> CloudContainerError:
-    """The API error for an agent's errno code (its Node-style message is kept)."""
-    error_class, code = _ERRORS.get(errno, (BadRequest, errno.lower()))
-    return error_class(message.replace(WORKSPACE, "") or errno, code=code)
-
-
-@contextmanager
-def agent_errors(own: ErrorTable | None = None) -> Iterator[None]:
-    """Map the agent's errno codes to API errors; a feature's `own` codes (search's EREGEX,
-    an archive's EUNSAFE) come first, with the agent's message as it is."""
-    try:
-        yield
-    except AgentOpError as exc:
-        if own is not None and exc.errno in own:
-            error_class, code = own[exc.errno]
-            raise error_class(exc.message, code=code) from exc
-        raise api_error(exc.errno, exc.message) from exc
 
 
 def workdir_path(path: str) -> str:
@@ -127,15 +85,17 @@ class BatchOutcome:
     rolled_back: bool = True  # False: some undo step failed (a process changed things too)
 
 
-def _result(raw: dict[str, Any]) -> dict[str, Any]:
-    if not raw["ok"]:
-        error = api_error(raw["error"]["code"], raw["error"]["message"])
+def _step_answer(step: StepDone | StepFailed) -> dict[str, Any]:
+    """One batch step as the client sees it: `{"ok": true, "entry"}` or `{"ok": false,
+    "error"}`."""
+    if step["ok"] is False:
+        error = api_error(step["error"]["code"], step["error"]["message"])
         return {
             "ok": False,
             "error": {"code": error.code, "message": error.message, "status": error.status_code},
         }
-    value = raw["result"]
-    if value is None:
+    value = step.get("result")
+    if value is None or "path" not in value:  # a delete answers nothing but what it removed
         return {"ok": True, "entry": None}
     entry = _entry(value)
     if "sha256" in value:
@@ -143,7 +103,7 @@ def _result(raw: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True, "entry": entry}
 
 
-def _entry(raw: dict[str, Any]) -> dict[str, Any]:
+def _entry(raw: Entry) -> dict[str, Any]:
     return {
         "path": workdir_path(raw["path"]), "name": raw["name"], "type": raw["type"],
         "size": raw["size"], "mtime": raw["mtime"], "mode": raw["mode"],
@@ -167,7 +127,7 @@ class FileService:
     ) -> list[dict[str, Any]]:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            entries = await agent.call("fs.list", path=path, recursive=recursive)
+            entries = await fs.list_dir(agent, path, recursive=recursive)
         return [_entry(entry) for entry in entries]
 
     async def read(self, owner_id: str, container_id: str, path: str) -> FileContent:
@@ -187,21 +147,24 @@ class FileService:
     ) -> dict[str, Any]:  # fmt: skip
         """Write atomically; with `expect_sha256` only if the file still has that content."""
         agent = await self._agent(owner_id, container_id)
-        args: dict[str, Any] = {"mkdirs": mkdirs, **self._keep_previous()}
+        options: WriteOptions = {"mkdirs": mkdirs}
         if expect_sha256 is not None:
-            args["expect_sha256"] = expect_sha256
+            options["expect_sha256"] = expect_sha256
+        keep = self._keep_previous()
+        if "keep_previous" in keep:
+            options["keep_previous"] = keep["keep_previous"]
         with agent_errors():
-            raw = await write_file(agent, path, data, **args)
+            raw = await write_file(agent, path, data, **options)
         self._record(owner_id, container_id, raw.get("previous"), reason, raw["sha256"])
         return {**_entry(raw), "etag": etag_of(raw["sha256"])}
 
-    def _keep_previous(self) -> dict[str, int]:
+    def _keep_previous(self) -> KeepArgs:
         if self.history is None or not self.history.enabled:
             return {}
         return {"keep_previous": self.history.keep_previous}
 
     def _record(
-        self, owner_id: str, container_id: str, previous: dict[str, Any] | None, reason: str,
+        self, owner_id: str, container_id: str, previous: Kept | None, reason: str,
         unchanged: str | None = None,
     ) -> None:  # fmt: skip
         """Keep the replaced content as a version (in the background)."""
@@ -216,14 +179,12 @@ class FileService:
     ) -> dict[str, Any]:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            return _entry(await agent.call("fs.mkdir", path=path, recursive=recursive))
+            return _entry(await fs.make_dir(agent, path, recursive=recursive))
 
     async def delete(self, owner_id: str, container_id: str, path: str, recursive: bool) -> None:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            raw = await agent.call(
-                "fs.remove", path=path, recursive=recursive, **self._keep_previous()
-            )
+            raw = await fs.remove(agent, path, recursive=recursive, keep=self._keep_previous())
         if raw is not None:
             self._record(owner_id, container_id, raw.get("previous"), "delete")
 
@@ -232,9 +193,7 @@ class FileService:
     ) -> dict[str, Any]:
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            raw = await agent.call(
-                "fs.rename", source=source, target=target, **self._keep_previous()
-            )
+            raw = await fs.rename(agent, source, target, keep=self._keep_previous())
         self._record(owner_id, container_id, raw.get("previous"), "move")
         self._record(owner_id, container_id, raw.get("replaced"), "overwrite")
         return _entry(raw)
@@ -245,9 +204,9 @@ class FileService:
         """Apply operations in the agent in one request (see agent/batch.py)."""
         agent = await self._agent(owner_id, container_id)
         with agent_errors():
-            raw = await agent.call(
-                "fs.batch", timeout=BATCH_SECONDS, operations=list(operations), atomic=atomic,
-                **self._keep_previous(),
+            raw = await fs.apply_batch(
+                agent, operations, atomic=atomic, keep=self._keep_previous(),
+                timeout=BATCH_SECONDS,
             )  # fmt: skip
         if "failed" in raw:
             error = api_error(raw["error"]["code"], raw["error"]["message"])
@@ -259,25 +218,22 @@ class FileService:
                 f"The sandbox's agent answered {len(raw['results'])} results to a batch of "
                 f"{len(operations)} operations."
             )
-        for operation, result in zip(operations, raw["results"], strict=True):
-            self._record_batch_step(owner_id, container_id, operation["op"], result)
-        return BatchOutcome(results=[_result(result) for result in raw["results"]])
+        for operation, step in zip(operations, raw["results"], strict=True):
+            self._record_batch_step(owner_id, container_id, operation["op"], step)
+        return BatchOutcome(results=[_step_answer(step) for step in raw["results"]])
 
     def _record_batch_step(
-        self, owner_id: str, container_id: str, op: str, result: dict[str, Any]
+        self, owner_id: str, container_id: str, op: str, step: StepDone | StepFailed
     ) -> None:
         """A batch step keeps what it replaced, as the single-file calls do."""
-        value = result.get("result") if result.get("ok") else None
-        if not isinstance(value, dict):
+        value = step.get("result") if step["ok"] else None
+        if value is None:
             return
-        previous, replaced = value.pop("previous", None), value.pop("replaced", None)
-        if not value:  # a delete answers nothing but what it removed
-            result["result"] = None
         reasons = {"write": "write", "delete": "delete", "move": "move"}
         if op in reasons:
-            self._record(owner_id, container_id, previous, reasons[op],
-                         value.get("sha256") if op == "write" else None)  # fmt: skip
-        self._record(owner_id, container_id, replaced, "overwrite")
+            written = value.get("sha256") if op == "write" and "path" in value else None
+            self._record(owner_id, container_id, value.get("previous"), reasons[op], written)
+        self._record(owner_id, container_id, value.get("replaced"), "overwrite")
 
     # -- history --------------------------------------------------------------------------
 

@@ -17,14 +17,15 @@ import itertools
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
+from cloudcontainer.agent.messages import SubscribeArgs, WatchBatch
+from cloudcontainer.agentlink import watch as agent_watch
 from cloudcontainer.agentlink.client import AgentClient
-from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable, agent_errors
 from cloudcontainer.errors import BadRequest, CloudContainerError, Conflict
-from cloudcontainer.files.service import agent_errors
 from cloudcontainer.observability.metrics import Metrics
 from cloudcontainer.sandbox.service import ContainerService
 
@@ -108,12 +109,12 @@ class WatchFeed:
         watch = self._watches.pop(watch_id, None)
         if watch is None:
             raise BadRequest(f"No watch {watch_id!r}.", code="unknown_watch")
-        await self._call_quietly("watch.unsubscribe", id=watch.agent_id)
+        await self._unsubscribe_quietly(watch.agent_id)
         return {"type": "unwatched", "id": watch_id}
 
     async def close(self) -> None:
         for watch in list(self._watches.values()):
-            await self._call_quietly("watch.unsubscribe", id=watch.agent_id)
+            await self._unsubscribe_quietly(watch.agent_id)
         self._watches.clear()
         if self._unlisten is not None:
             self._unlisten()
@@ -177,23 +178,24 @@ class WatchFeed:
     ) -> Message:
         request = watch.request
         replaced, watch.agent_id = watch.agent_id, f"{self._token}:{next(self._generations)}"
-        args: dict[str, Any] = {
+        args: SubscribeArgs = {
             "id": watch.agent_id, "include": request.include, "exclude": request.exclude,
             "content": request.content, "initial": initial, "replaces": replaced,
         }  # fmt: skip
         if since is not None:
             args["since"] = since
         with agent_errors():
-            answer = await link.call("watch.subscribe", **args)
+            answer = await agent_watch.subscribe(link, args)
         self._subscribed_on = link
         if not watch.lagging:  # every batch of the answer reached the client's queue
             watch.cursor = answer["cursor"]
         return {"cursor": answer["cursor"], "resync": bool(answer.get("resync"))}
 
-    def _on_agent_event(self, name: str, data: dict[str, Any]) -> None:
+    def _on_agent_event(self, name: str, event: dict[str, Any]) -> None:
         if name != "fs.watch":
             return
-        watch = self._by_agent_id(data.get("sub"))
+        data = cast(WatchBatch, event)  # the link checked it against the schema
+        watch = self._by_agent_id(data["sub"])
         if watch is None or watch.lagging:
             return
         content = sum(len(event.get("buffer", "")) for event in data["events"])
@@ -212,16 +214,16 @@ class WatchFeed:
             message["resync"] = True
         self.deliver(message, size)
 
-    def _by_agent_id(self, agent_id: Any) -> _Watch | None:
+    def _by_agent_id(self, agent_id: str) -> _Watch | None:
         for watch in self._watches.values():
             if watch.agent_id == agent_id:
                 return watch
         return None
 
-    async def _call_quietly(self, op: str, **args: Any) -> None:
+    async def _unsubscribe_quietly(self, agent_id: str) -> None:
         if self._link is None or self._link.closed.is_set():
             return
         try:
-            await self._link.call(op, **args)
+            await agent_watch.unsubscribe(self._link, agent_id)
         except (AgentUnavailable, AgentOpError, CloudContainerError, TimeoutError):
-            log.debug("watch cleanup failed", op=op, container_id=self.container_id)
+            log.debug("watch cleanup failed", container_id=self.container_id)

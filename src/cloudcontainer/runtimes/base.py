@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 
+from cloudcontainer.agent.protocol import WORKSPACE as WORKSPACE  # every runtime mounts it
 from cloudcontainer.agentlink.client import AgentAddress
 from cloudcontainer.errors import CloudContainerError, Unavailable
 
@@ -36,7 +37,6 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 SANDBOX_UID = 1000
-WORKSPACE = "/home/project"
 HOME = "/home"
 AGENT_PATH = "/opt/cloudcontainer/agent.pyz"
 CA_BUNDLE_PATH = "/etc/ssl/certs/ca-certificates.crt"

@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
+from cloudcontainer.agentlink.status import ping
 from cloudcontainer.errors import NotFound
 from cloudcontainer.runtimes.base import RuntimeUnavailable, SandboxState
 from cloudcontainer.sandbox.service import ContainerService, Status
@@ -100,9 +101,9 @@ class Supervisor:
             healthy = False
             if link is not None and not link.closed.is_set():
                 try:
-                    ping = await link.call("ping", timeout=5)
+                    answer = await ping(link, timeout=5)
                     healthy = True
-                    self._note_cpu(container.id, float(ping.get("cpu_seconds", 0.0)))
+                    self._note_cpu(container.id, answer["cpu_seconds"])
                 except (AgentUnavailable, AgentOpError):
                     healthy = False
             if not healthy:

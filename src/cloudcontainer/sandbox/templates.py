@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import base64
 from importlib import resources
 
 from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.agentlink.files import write_file
 
 __all__ = ["TEMPLATES", "apply_template"]
 
@@ -32,5 +32,5 @@ async def apply_template(agent: AgentClient, name: str) -> int:
     """Write the template's files into the workspace (dependencies are installed on request)."""
     files = template_files(name)
     for path, data in sorted(files.items()):
-        await agent.call("fs.write", path=path, data=base64.b64encode(data).decode(), mkdirs=True)
+        await write_file(agent, path, data, mkdirs=True)
     return len(files)

@@ -20,16 +20,15 @@ import json
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import structlog
 from sqlalchemy import select
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloudcontainer.agent.messages import ApplyEntry, ManifestEntry
+from cloudcontainer.agentlink import snapshots as agent_snapshots
 from cloudcontainer.agentlink.client import AgentClient
-from cloudcontainer.agentlink.errors import AgentOpError
+from cloudcontainer.agentlink.errors import AgentOpError, agent_errors
 from cloudcontainer.agentlink.files import read_file
 from cloudcontainer.config import Settings
 from cloudcontainer.db import Container, Database, Snapshot
@@ -64,18 +63,8 @@ def snapshot_id() -> str:
     return f"snp_{time.time_ns():016x}{secrets.token_hex(4)}"
 
 
-def digest_of(entries: list[dict[str, Any]]) -> str:
+def digest_of(entries: list[ManifestEntry]) -> str:
     return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
-
-
-@contextmanager
-def _agent_errors(what: str) -> Iterator[None]:
-    try:
-        yield
-    except AgentOpError as exc:
-        raise Conflict(
-            f"The {what} failed in the sandbox: {exc.message}", code=f"{what}_failed"
-        ) from exc
 
 
 class SnapshotService:
@@ -193,17 +182,17 @@ class SnapshotService:
         project_id = container.project_id
         prefix = project_prefix(project_id)
         async with self._locks[project_id]:
-            with _agent_errors("snapshot"):
-                listed = await link.call(
-                    "fs.manifest", exclude=self.settings.snapshot_exclude, timeout=AGENT_TIMEOUT
+            with agent_errors(failed="snapshot"):
+                listed = await agent_snapshots.manifest(
+                    link, exclude=self.settings.snapshot_exclude, timeout=AGENT_TIMEOUT
                 )
-            entries: list[dict[str, Any]] = listed["entries"]
+            entries = listed["entries"]
             if only_if_changed:
                 latest = await self.latest(project_id)
                 if latest is not None and latest.digest == digest_of(entries):
                     return None
             stored = await self.storage.list_blobs(prefix)
-            kept: list[dict[str, Any]] = []
+            kept: list[ManifestEntry] = []
             uploaded_count = uploaded_bytes = 0
             for entry in entries:
                 if entry["type"] == "file" and entry["sha256"] not in stored:
@@ -281,14 +270,14 @@ class SnapshotService:
 
     # -- restoring ------------------------------------------------------------------------
 
-    async def _manifest(self, snapshot: Snapshot) -> list[dict[str, Any]]:
+    async def _manifest(self, snapshot: Snapshot) -> list[ManifestEntry]:
         try:
             raw = await self.storage.get_object(manifest_name(snapshot.project_id, snapshot.id))
         except ObjectMissing as exc:
             raise StorageError(
                 f"Snapshot {snapshot.id} is missing from object storage.", code="snapshot_missing"
             ) from exc
-        entries: list[dict[str, Any]] = json.loads(raw)["entries"]
+        entries: list[ManifestEntry] = json.loads(raw)["entries"]
         return entries
 
     async def _restore(self, link: AgentClient, snapshot: Snapshot) -> None:
@@ -299,18 +288,19 @@ class SnapshotService:
             prefix = project_prefix(snapshot.project_id)
             keep = {e["path"]: e["type"] for e in entries}
             folders = [e for e in entries if e["type"] == "directory"]
-            with _agent_errors("restore"):
-                await link.call(
-                    "fs.prune", keep=keep, exclude=self.settings.snapshot_exclude,
-                    timeout=AGENT_TIMEOUT,
-                )  # fmt: skip
-                await self._apply(link, [{**e, "mode": e["mode"] | 0o700} for e in folders])
-                batch: list[dict[str, Any]] = []
+            with agent_errors(failed="restore"):
+                await agent_snapshots.prune(
+                    link, keep, exclude=self.settings.snapshot_exclude, timeout=AGENT_TIMEOUT
+                )
+                await self._apply(link, [_folder(e, e["mode"] | 0o700) for e in folders])
+                batch: list[ApplyEntry] = []
                 size = 0
                 for entry in entries:
                     if entry["type"] == "directory":
                         continue
-                    item = {k: entry[k] for k in ("path", "type", "mode")}
+                    item: ApplyEntry = {
+                        "path": entry["path"], "type": entry["type"], "mode": entry["mode"]
+                    }  # fmt: skip
                     if entry["type"] == "symlink":
                         item["target"] = entry["target"]
                     else:
@@ -322,7 +312,9 @@ class SnapshotService:
                         await self._apply(link, batch)
                         batch, size = [], 0
                 await self._apply(link, batch)
-                await self._apply(link, [e for e in folders if e["mode"] & 0o700 != 0o700])
+                await self._apply(
+                    link, [_folder(e, e["mode"]) for e in folders if e["mode"] & 0o700 != 0o700]
+                )
 
     async def _blob(self, prefix: str, sha256: str) -> bytes:
         try:
@@ -334,6 +326,10 @@ class SnapshotService:
             ) from exc
 
     @staticmethod
-    async def _apply(link: AgentClient, entries: list[dict[str, Any]]) -> None:
+    async def _apply(link: AgentClient, entries: list[ApplyEntry]) -> None:
         if entries:
-            await link.call("fs.apply", entries=entries, timeout=AGENT_TIMEOUT)
+            await agent_snapshots.apply_entries(link, entries, timeout=AGENT_TIMEOUT)
+
+
+def _folder(entry: ManifestEntry, mode: int) -> ApplyEntry:
+    return {"path": entry["path"], "type": "directory", "mode": mode}

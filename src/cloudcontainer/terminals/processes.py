@@ -4,7 +4,7 @@ AI runner start, feed, watch and end them.
 The agent owns the processes (they outlive a gateway's connections); this service reaches
 them through the container's agent link (`agentlink/procs.py`) and gives each caller:
 
-- the same errors: the agent's errno codes become the file API's (`files.service.agent_errors`);
+- the same errors: the agent's errno codes become the file API's (`agentlink.errors.agent_errors`);
 - a `Process` handle bound to the link it was found on, so a restarted agent (which numbers
   processes from 1 again) is never asked about an id of its predecessor;
 - activity: a process's input and output keep its container from being stopped as idle.
@@ -29,7 +29,7 @@ from cloudcontainer.agent.messages_proc import (
 )
 from cloudcontainer.agentlink import procs
 from cloudcontainer.agentlink.client import AgentClient
-from cloudcontainer.files.service import agent_errors
+from cloudcontainer.agentlink.errors import agent_errors
 from cloudcontainer.sandbox.service import ContainerService
 
 __all__ = ["OutputListener", "Process", "ProcessService", "SpawnRequest"]
