@@ -22,7 +22,7 @@ from cloudcontainer.db.types import utcnow
 from cloudcontainer.errors import CloudContainerError, NotFound
 from cloudcontainer.runtimes.base import Runtime, SandboxSpec, SandboxState
 from cloudcontainer.sandbox.activity import Activity
-from cloudcontainer.sandbox.links import AgentLinks
+from cloudcontainer.sandbox.links import AgentLinks, connect_agent
 from cloudcontainer.sandbox.status import ContainerRecords, Status
 from cloudcontainer.sandbox.templates import apply_template
 from cloudcontainer.tasks import TaskSet
@@ -72,6 +72,7 @@ class Lifecycle:
         return SandboxSpec(
             sandbox_id=container.id, agent_secret=container.agent_secret, cpu=container.cpu,
             memory_mb=container.memory_mb, pids=container.pids_limit, disk_mb=container.disk_mb,
+            owner_id=container.owner_id, project_id=container.project_id,
         )  # fmt: skip
 
     async def bring_up(
@@ -114,10 +115,12 @@ class Lifecycle:
         info = await self.runtime.start(spec)
         if info.address is None:
             raise AgentUnavailable("the runtime gave no agent address")
-        link = AgentClient(info.address, container.agent_secret)
+        link: AgentClient | None = None
         try:
             try:
-                await link.connect(timeout=AGENT_CONNECT_SECONDS)
+                link = await connect_agent(
+                    info.address, container.agent_secret, timeout=AGENT_CONNECT_SECONDS
+                )
             except AgentUnavailable as exc:
                 output = (await self.runtime.logs(container.id)).strip()
                 raise AgentUnavailable(
@@ -128,7 +131,8 @@ class Lifecycle:
             for server in container.dev_servers:
                 await link.call("proc.spawn", **server)
         except BaseException:
-            await link.aclose()
+            if link is not None:
+                await link.aclose()
             await self.runtime.stop(container.id)
             raise
         return link
@@ -167,9 +171,8 @@ class Lifecycle:
         info = await self.runtime.inspect(container.id)
         if info.state is not SandboxState.RUNNING or info.address is None:
             return False
-        link = AgentClient(info.address, container.agent_secret)
         try:
-            await link.connect(timeout=5)
+            link = await connect_agent(info.address, container.agent_secret, timeout=5)
         except AgentUnavailable:
             return False
         self.adopt(container, link)

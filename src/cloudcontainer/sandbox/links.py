@@ -5,14 +5,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from cloudcontainer.agentlink.client import AgentClient
+from cloudcontainer.agent import PROTOCOL_VERSION
+from cloudcontainer.agentlink.client import AgentAddress, AgentClient
+from cloudcontainer.agentlink.errors import AgentUnavailable
 from cloudcontainer.events import EventBus
 
-__all__ = ["PRIVATE_EVENTS", "AgentLinks"]
+__all__ = ["PRIVATE_EVENTS", "AgentLinks", "connect_agent"]
 
 # Agent events meant for one subscriber (a file watch, the command log), not for every
 # event-stream client.
 PRIVATE_EVENTS = frozenset({"fs.watch", "proc.command"})
+
+
+async def connect_agent(address: AgentAddress, secret: str, timeout: float) -> AgentClient:
+    """A link to a sandbox's agent that speaks this gateway's protocol, else AgentUnavailable:
+    an agent delivered in an image, or a sandbox that outlived a gateway upgrade, may not."""
+    link = AgentClient(address, secret)
+    try:
+        await link.connect(timeout=timeout)
+        protocol = link.hello.get("protocol")
+        if protocol != PROTOCOL_VERSION:
+            raise AgentUnavailable(
+                f"the sandbox's agent speaks protocol {protocol}, this gateway {PROTOCOL_VERSION}"
+            )
+    except BaseException:
+        await link.aclose()
+        raise
+    return link
 
 
 class AgentLinks:
