@@ -27,7 +27,7 @@ from cloudcontainer.sandbox.activity import Activity
 from cloudcontainer.sandbox.lifecycle import Lifecycle, LifecycleHooks
 from cloudcontainer.sandbox.links import AgentLinks
 from cloudcontainer.sandbox.pool import WarmPool
-from cloudcontainer.sandbox.quotas import Resources, check_quota
+from cloudcontainer.sandbox.quotas import Resources, check_quota, lock_owner
 from cloudcontainer.sandbox.status import SETTLED, ContainerRecords, Status
 from cloudcontainer.sandbox.templates import TEMPLATES
 from cloudcontainer.tasks import TaskSet
@@ -108,6 +108,7 @@ class ContainerService:
         )
         disk_mb = self.settings.default_disk_mb if wanted.disk_mb is None else wanted.disk_mb
         async with self._db.session() as session:
+            await lock_owner(session, owner_id)  # until the insert commits: see quotas.py
             project = await session.scalar(
                 select(Project.id).where(Project.id == project_id, Project.owner_id == owner_id)
             )
