@@ -327,7 +327,6 @@ class DockerRuntime:
             return info
         await self._remove_container(spec.sandbox_id)
         await self.create(spec)
-        agent_volume = await self._deliver_agent()
         image = self._dir(spec.sandbox_id) / "disk.img"
         if image.exists():
             # If another mount namespace still holds the last mount, mount(8) reuses its loop
@@ -335,7 +334,7 @@ class DockerRuntime:
             await disk.mount_image(image, image.parent / "disk")
         try:
             container = await self.docker.containers.create(
-                self._config(spec, agent_volume), name=_name(spec.sandbox_id)
+                self._config(spec, await self._deliver_agent()), name=_name(spec.sandbox_id)
             )
             await self._start_with_secret(container, spec.agent_secret)
         except DockerError as exc:
