@@ -12,11 +12,11 @@ Containers and volumes are labelled with the sandbox's id, its user and project,
 gateway that made them (`RuntimeOptions.gateway_id`); `list()` sees only that gateway's.
 
 The agent is copied (`AgentDelivery.COPY`), never bound from a host path, so the engine need
-not share the gateway's filesystem: one volume per agent build, `cc-agent-<hash>` (labelled
-`cloudcontainer.agent`), is filled once through the Engine's archive API (a container that is
-created, never started, takes the file) and mounted read-only at /opt/cloudcontainer in every
-sandbox. Gateways of one build share it; an old build's volume stays until an operator removes
-it (`docker volume rm` refuses one a sandbox still uses).
+not share the gateway's filesystem: one volume per agent version, `cc-agent-<hash of its
+sources>` (labelled `cloudcontainer.agent`), is filled once through the Engine's archive API
+(a container that is created, never started, takes the file) and mounted read-only at
+/opt/cloudcontainer in every sandbox. Gateways of one version share it; an old version's
+volume stays until an operator removes it (`docker volume rm` refuses one a sandbox uses).
 
 The engine must remap user namespaces (`dockerd --userns-remap=default`, or rootless Docker):
 without it the container's uid 1000 is the host's uid 1000, a real user on most machines, and
@@ -50,6 +50,7 @@ import io
 import re
 import shutil
 import tarfile
+import zipfile
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -356,11 +357,11 @@ class DockerRuntime:
             return self._agent_volume
 
     async def _fill_agent_volume(self) -> str:
-        """Fill the build's volume unless it already holds the whole file. Never rewritten
-        when it does: the Engine replaces a file by removing it first, and a sandbox of
-        another gateway may be starting from it."""
+        """Fill the version's volume unless it holds the agent already. Never rewritten: the
+        Engine replaces a file by removing it first, and a sandbox of another gateway may be
+        starting from it."""
         data = await asyncio.to_thread(self.options.agent_zipapp.read_bytes)
-        build = hashlib.sha256(data).hexdigest()[:16]
+        build = _sources_digest(data)
         volume = f"cc-agent-{build}"
         with _unless(CONFLICT):  # made meanwhile by another gateway
             await self.docker.volumes.create({"Name": volume, "Labels": {AGENT_LABEL: build}})
@@ -370,7 +371,7 @@ class DockerRuntime:
              "NetworkDisabled": True, "HostConfig": {"Binds": [f"{volume}:{AGENT_DIR}"]}},
         )  # fmt: skip
         try:
-            if await _file_size(carrier, AGENT_PATH) != len(data):
+            if not await _holds(carrier, AGENT_PATH):
                 await carrier.put_archive(AGENT_DIR, _tar(PurePosixPath(AGENT_PATH).name, data))
         finally:
             await carrier.delete(force=True)
@@ -477,16 +478,28 @@ class DockerRuntime:
             self._docker = None
 
 
-async def _file_size(container: DockerContainer, path: str) -> int | None:
-    """The size of a file in the container (its volumes included), or None if missing."""
+def _sources_digest(zipapp: bytes) -> str:
+    """What identifies an agent version: its entries other than bytecode. Two builds of the
+    same sources may differ in their .pyc bytes (marshal's output depends on reference
+    counts), and an agent on another Python ignores them anyway."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(io.BytesIO(zipapp)) as archive:
+        for entry in archive.infolist():
+            if not entry.filename.endswith(".pyc"):
+                digest.update(f"{entry.filename}\0{entry.CRC}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+async def _holds(container: DockerContainer, path: str) -> bool:
+    """Whether the container (its volumes included) has `path`."""
     try:
         archive = await container.get_archive(path)
     except DockerError as exc:
         if exc.status != NOT_FOUND:
             raise
-        return None
-    with archive:
-        return archive.getmembers()[0].size
+        return False
+    archive.close()
+    return True
 
 
 def _tar(name: str, data: bytes) -> bytes:
