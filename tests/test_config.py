@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import pytest
+from pydantic import ValidationError
 
-from cloudcontainer.config import Settings, load_settings
+from cloudcontainer.config import RuntimeName, Settings, load_settings
+from cloudcontainer.runtimes import RUNTIMES, load_runtime
+from cloudcontainer.runtimes.base import RuntimeOptions
 
 
 @pytest.fixture(autouse=True)
@@ -108,3 +112,15 @@ def test_egress_allow_entries_parse_to_networks_and_ports() -> None:
     rule = parse_allow("[fd00::/8]:443")
     assert (str(rule.network), rule.port) == ("fd00::/8", 443)
     assert parse_allow("fd00::1").port is None
+
+
+def test_an_unknown_runtime_is_refused_naming_the_known_ones() -> None:
+    with pytest.raises(ValidationError, match=r"runtime\n.*'local' or 'docker'"):
+        Settings(runtime="kubernetes")
+
+
+@pytest.mark.parametrize("name", get_args(RuntimeName))
+def test_every_runtime_name_loads_its_runtime(name: RuntimeName, tmp_path: Path) -> None:
+    options = RuntimeOptions(data_dir=tmp_path, agent_zipapp=tmp_path / "a.pyz", ca_bundle=None)
+    assert load_runtime(name, options).name == name
+    assert set(RUNTIMES) == set(get_args(RuntimeName))

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import aiodocker
 import pytest
 
 from cloudcontainer.agentlink.errors import AgentUnavailable
@@ -338,3 +339,18 @@ async def test_a_gateway_sees_only_its_own_sandboxes(sandbox_api: Api, tmp_path:
         assert not own & {info.sandbox_id for info in await other.list()}
     finally:
         await other.aclose()
+
+
+async def test_a_sandbox_is_labelled_with_its_user_and_project(sandbox_api_factory) -> None:  # type: ignore[no-untyped-def]
+    api = await sandbox_api_factory(warm_pool_size=0)
+    user = await api.user()
+    project = await new_project(api, user)
+    cid = (await new_container(api, user, project_id=project))["id"]
+    if api.services.runtime.name == "docker":
+        async with aiodocker.Docker() as docker:
+            labels = (await (await docker.containers.get(f"cc-{cid}")).show())["Config"]["Labels"]
+        labelled = (labels["cloudcontainer.user"], labels["cloudcontainer.project"])
+    else:
+        path = api.services.settings.data_dir / "sandboxes" / cid / "labels.json"
+        labelled = tuple(json.loads(path.read_text()).values())
+    assert labelled == (user.id, project)

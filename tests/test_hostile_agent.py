@@ -309,7 +309,7 @@ async def test_the_api_answers_clear_errors_and_loses_nothing(
     async with hostile_agent(tmp_path) as (agent, hostile):
         agent.reply = garbage
         real = service.links[victim]
-        service._adopt(await service.get(None, victim), hostile)
+        service.lifecycle.adopt(await service.get(None, victim), hostile)
         try:
             get = await api.client.get(f"{files}/keep.txt", headers=user.headers)
             clear_error(get, 502, "sandbox_protocol_error")

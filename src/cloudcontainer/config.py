@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 __all__ = ["AllowRule", "Settings", "load_settings", "parse_allow"]
 
+# The sandbox runtimes, by the names the registry (runtimes/__init__.py) knows them by.
 RuntimeName = Literal["local", "docker"]
 
 

@@ -1,6 +1,22 @@
 """The runtime driver contract: lifecycle only. Files, terminals and previews go through the
 agent, so adding a runtime never touches them.
 
+What a runtime is given and must do:
+
+- `SandboxSpec`: the sandbox's id, its agent's secret, its limits, and whose it is
+  (`owner_id`, `project_id`). A runtime labels what it makes with these and with
+  `RuntimeOptions.gateway_id`, so an operator (and a cluster's own tools) can tell whose a
+  sandbox is and which gateway made it. A warm-pool sandbox is made before anyone claims it:
+  it names no owner until its next start.
+- Agent delivery: the gateway builds one agent zipapp (`RuntimeOptions.agent_zipapp`); each
+  runtime declares in `agent_delivery` how that agent reaches `AGENT_PATH` inside its
+  sandboxes (`AgentDelivery`). Whichever way, the gateway checks the agent's protocol
+  version when it connects, so a sandbox running another agent is never used.
+- `list()` returns only this gateway's sandboxes (those labelled with its `gateway_id`, or
+  under its data directory): the reconciler destroys every listed sandbox no container row
+  owns, so a runtime that listed another gateway's would have them swept.
+- Every method is idempotent; `stop` keeps the workspace, `destroy` removes it.
+
     RuntimeError_ (CloudContainerError)
     ├── RuntimeUnavailable   the runtime cannot work on this host (missing tool, no daemon)
     └── SandboxStartFailed   one sandbox could not start (bad image, no python3, limits)
@@ -10,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import resource
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +42,7 @@ if TYPE_CHECKING:
     from cloudcontainer.runtimes.egress import EgressPolicy
 
 __all__ = [
+    "AgentDelivery",
     "Runtime",
     "RuntimeOptions",
     "RuntimeUnavailable",
@@ -51,11 +69,25 @@ class SandboxStartFailed(CloudContainerError):
     default_code = "sandbox_start_failed"
 
 
+class AgentDelivery(enum.StrEnum):
+    """How a runtime puts the gateway's agent zipapp at AGENT_PATH inside its sandboxes."""
+
+    # A read-only bind of the host's file: the sandbox runs on the gateway's own host.
+    BIND = "bind"
+    # Copied by the gateway, through the runtime's API, to where sandboxes mount it read-only:
+    # the sandbox's host need not share a filesystem with the gateway.
+    COPY = "copy"
+    # Already in the sandbox image (an image layer): nothing is delivered at start; the
+    # protocol check on connect is what keeps image and gateway in step.
+    IMAGE = "image"
+
+
 @dataclass(frozen=True, slots=True)
 class RuntimeOptions:
     """What every runtime needs from the gateway's settings."""
 
     data_dir: Path
+    # The agent the gateway built, for runtimes whose delivery is BIND or COPY.
     agent_zipapp: Path
     ca_bundle: Path | None
     image: str = "cloudcontainer/sandbox:node20"
@@ -72,6 +104,13 @@ class RuntimeOptions:
     docker_require_userns: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def gateway_id(self) -> str:
+        """Which gateway installation made a sandbox: a hash of its data directory. Several
+        gateways (staging and production, or test sessions) may share one Docker Engine or
+        cluster; each lists, adopts and sweeps only its own sandboxes."""
+        return hashlib.sha256(str(self.data_dir.resolve()).encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True, slots=True)
 class SandboxSpec:
@@ -84,6 +123,10 @@ class SandboxSpec:
     # The size of the filesystem holding /home and /home/project (0: no limit, the host's).
     # Fixed when the sandbox is first created.
     disk_mb: int = 0
+    # Whose it is, for labels only (the gateway's database is what decides access); None for
+    # a warm-pool sandbox nobody has claimed yet.
+    owner_id: str | None = None
+    project_id: str | None = None
 
 
 class SandboxState(enum.StrEnum):
@@ -102,13 +145,15 @@ class SandboxInfo:
 
 
 class Runtime(Protocol):
-    name: str
+    name: str  # its key in the registry (runtimes/__init__.py)
+    agent_delivery: AgentDelivery
 
     async def check(self) -> None:
         """Raise RuntimeUnavailable, saying what to install, when this host cannot run it."""
 
     async def create(self, spec: SandboxSpec) -> None:
-        """Allocate the sandbox (workspace, volumes); idempotent; does not start it."""
+        """Allocate the sandbox (workspace, volumes) and label it with the spec's owner where
+        it can; idempotent; does not start it."""
 
     async def start(self, spec: SandboxSpec) -> SandboxInfo:
         """Start it (idempotent when running) and say where its agent listens."""
@@ -122,7 +167,8 @@ class Runtime(Protocol):
     async def inspect(self, sandbox_id: str) -> SandboxInfo: ...
 
     async def list(self) -> list[SandboxInfo]:
-        """Every sandbox this runtime manages on this host (for re-adoption after a restart)."""
+        """Every sandbox of this gateway (`gateway_id`), for re-adoption and sweeping after a
+        restart; never another gateway's."""
 
     async def logs(self, sandbox_id: str, limit: int = 2000) -> str:
         """The last `limit` characters the sandbox's agent wrote, to explain a failure."""

@@ -6,9 +6,17 @@ network (inter-container traffic off). Containers run as uid 1000 with every cap
 dropped, no-new-privileges, the sandboxes' seccomp filter (runtimes/seccomp.py, the same as
 `local`'s), a read-only root filesystem with
 tmpfs /tmp and /run, memory/cpu/pids/open-file limits, no core dumps, a capped log, an init
-process, the agent zipapp and the host CA bundle mounted read-only. The agent listens on TCP
-7070 on the container's bridge address. Stopping removes the container; the volumes keep the
-files.
+process, and the host CA bundle mounted read-only. The agent listens on TCP 7070 on the
+container's bridge address. Stopping removes the container; the volumes keep the files.
+Containers and volumes are labelled with the sandbox's id, its user and project, and the
+gateway that made them (`RuntimeOptions.gateway_id`); `list()` sees only that gateway's.
+
+The agent is copied (`AgentDelivery.COPY`), never bound from a host path, so the engine need
+not share the gateway's filesystem: one volume per agent version, `cc-agent-<hash of its
+sources>` (labelled `cloudcontainer.agent`), is filled once through the Engine's archive API
+(a container that is created, never started, takes the file) and mounted read-only at
+/opt/cloudcontainer in every sandbox. Gateways of one version share it; an old version's
+volume stays until an operator removes it (`docker volume rm` refuses one a sandbox uses).
 
 The engine must remap user namespaces (`dockerd --userns-remap=default`, or rootless Docker):
 without it the container's uid 1000 is the host's uid 1000, a real user on most machines, and
@@ -38,10 +46,13 @@ import asyncio
 import contextlib
 import functools
 import hashlib
+import io
 import re
 import shutil
+import tarfile
+import zipfile
 from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiodocker
@@ -58,6 +69,7 @@ from cloudcontainer.runtimes.base import (
     HOME,
     SANDBOX_UID,
     WORKSPACE,
+    AgentDelivery,
     RuntimeOptions,
     RuntimeUnavailable,
     SandboxInfo,
@@ -75,10 +87,13 @@ log = structlog.get_logger(__name__)
 
 AGENT_PORT = 7070
 LABEL = "cloudcontainer.sandbox"
-# Which gateway made it: a hash of its data directory. Several gateways (staging and
-# production, or test sessions) may share one Docker Engine; each lists, adopts and sweeps
-# only its own sandboxes.
-OWNER_LABEL = "cloudcontainer.owner"
+# Which gateway made it (RuntimeOptions.gateway_id; the name predates user labels).
+GATEWAY_LABEL = "cloudcontainer.owner"
+USER_LABEL = "cloudcontainer.user"
+PROJECT_LABEL = "cloudcontainer.project"
+# On the agent's volume: the hash of the agent build it holds.
+AGENT_LABEL = "cloudcontainer.agent"
+AGENT_DIR = str(PurePosixPath(AGENT_PATH).parent)
 AGENT_COMMAND = [
     "python3", "-S", AGENT_PATH, "--listen", f"tcp:0.0.0.0:{AGENT_PORT}", "--secret-file", "-",
 ]  # fmt: skip
@@ -140,19 +155,27 @@ def _volumes(sandbox_id: str) -> dict[str, str]:
 
 class DockerRuntime:
     name = "docker"
+    agent_delivery = AgentDelivery.COPY
 
     def __init__(self, options: RuntimeOptions) -> None:
         self.options = options
         self._docker: aiodocker.Docker | None = None
         self.root = options.data_dir / "sandboxes"
         self.disk_quotas = bool(options.extra.get("disk_quotas", False))
-        self.owner = hashlib.sha256(str(options.data_dir.resolve()).encode()).hexdigest()[:16]
+        self.gateway_id = options.gateway_id
         self.seccomp_profile = seccomp.docker_profile()
         # The host uid that owns the sandbox's files on a quota disk (set by check()).
         self.host_uid = SANDBOX_UID
+        self._agent_volume: str | None = None  # filled in this process (see module docstring)
+        self._agent_volume_lock = asyncio.Lock()
 
-    def _labels(self, sandbox_id: str) -> dict[str, str]:
-        return {LABEL: sandbox_id, OWNER_LABEL: self.owner}
+    def _labels(self, spec: SandboxSpec) -> dict[str, str]:
+        labels = {LABEL: spec.sandbox_id, GATEWAY_LABEL: self.gateway_id}
+        if spec.owner_id is not None:
+            labels[USER_LABEL] = spec.owner_id
+        if spec.project_id is not None:
+            labels[PROJECT_LABEL] = spec.project_id
+        return labels
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -251,16 +274,16 @@ class DockerRuntime:
             except DockerError as exc:
                 if exc.status != NOT_FOUND:
                     raise
-                config: dict[str, Any] = {"Name": volume, "Labels": self._labels(spec.sandbox_id)}
+                config: dict[str, Any] = {"Name": volume, "Labels": self._labels(spec)}
                 if image.exists():
                     source = base / "disk" / ("home" if target == HOME else "workspace")
                     config["Driver"] = "local"
                     config["DriverOpts"] = {"type": "none", "o": "bind", "device": str(source)}
                 await self.docker.volumes.create(config)
 
-    def _config(self, spec: SandboxSpec) -> dict[str, Any]:
+    def _config(self, spec: SandboxSpec, agent_volume: str) -> dict[str, Any]:
         env = sandbox_env(spec, self.options.ca_bundle is not None)
-        binds = [f"{self.options.agent_zipapp}:{AGENT_PATH}:ro"]
+        binds = [f"{agent_volume}:{AGENT_DIR}:ro"]
         if self.options.ca_bundle is not None:
             binds.append(f"{self.options.ca_bundle}:{CA_BUNDLE_PATH}:ro")
         binds += [f"{volume}:{target}" for volume, target in _volumes(spec.sandbox_id).items()]
@@ -273,7 +296,7 @@ class DockerRuntime:
             "User": f"{SANDBOX_UID}:{SANDBOX_UID}",
             "WorkingDir": WORKSPACE,
             "Hostname": "sandbox",
-            "Labels": self._labels(spec.sandbox_id),
+            "Labels": self._labels(spec),
             # The secret's way in (see the module docstring): read once, then closed.
             "OpenStdin": True,
             "StdinOnce": True,
@@ -312,7 +335,7 @@ class DockerRuntime:
             await disk.mount_image(image, image.parent / "disk")
         try:
             container = await self.docker.containers.create(
-                self._config(spec), name=_name(spec.sandbox_id)
+                self._config(spec, await self._deliver_agent()), name=_name(spec.sandbox_id)
             )
             await self._start_with_secret(container, spec.agent_secret)
         except DockerError as exc:
@@ -324,6 +347,35 @@ class DockerRuntime:
             output = (await self.logs(spec.sandbox_id)).strip()
             raise SandboxStartFailed(f"the sandbox exited as it started: {output or 'no output'}")
         return info
+
+    async def _deliver_agent(self) -> str:
+        """The volume holding the gateway's agent build, checked (and filled if need be)
+        once per process."""
+        async with self._agent_volume_lock:
+            if self._agent_volume is None:
+                self._agent_volume = await self._fill_agent_volume()
+            return self._agent_volume
+
+    async def _fill_agent_volume(self) -> str:
+        """Fill the version's volume unless it holds the agent already. Never rewritten: the
+        Engine replaces a file by removing it first, and a sandbox of another gateway may be
+        starting from it."""
+        data = await asyncio.to_thread(self.options.agent_zipapp.read_bytes)
+        build = _sources_digest(data)
+        volume = f"cc-agent-{build}"
+        with _unless(CONFLICT):  # made meanwhile by another gateway
+            await self.docker.volumes.create({"Name": volume, "Labels": {AGENT_LABEL: build}})
+        # Created, never started: the Engine mounts its volumes for the archive calls.
+        carrier = await self.docker.containers.create(
+            {"Image": self.options.image, "Labels": {AGENT_LABEL: build},
+             "NetworkDisabled": True, "HostConfig": {"Binds": [f"{volume}:{AGENT_DIR}"]}},
+        )  # fmt: skip
+        try:
+            if not await _holds(carrier, AGENT_PATH):
+                await carrier.put_archive(AGENT_DIR, _tar(PurePosixPath(AGENT_PATH).name, data))
+        finally:
+            await carrier.delete(force=True)
+        return volume
 
     async def _start_with_secret(self, container: DockerContainer, secret: str) -> None:
         """Start the container with the secret waiting on its stdin (attached before the
@@ -389,7 +441,7 @@ class DockerRuntime:
     @_engine_call
     async def list(self) -> list[SandboxInfo]:
         ids: set[str] = set()
-        mine = {"label": [LABEL, f"{OWNER_LABEL}={self.owner}"]}
+        mine = {"label": [LABEL, f"{GATEWAY_LABEL}={self.gateway_id}"]}
         for container in await self.docker.containers.list(all=True, filters=mine):
             ids.add(container["Labels"][LABEL])
         volumes = await self.docker.volumes.list(filters=mine)
@@ -424,3 +476,37 @@ class DockerRuntime:
         if self._docker is not None:
             await self._docker.close()
             self._docker = None
+
+
+def _sources_digest(zipapp: bytes) -> str:
+    """What identifies an agent version: its entries other than bytecode. Two builds of the
+    same sources may differ in their .pyc bytes (marshal's output depends on reference
+    counts), and an agent on another Python ignores them anyway."""
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(io.BytesIO(zipapp)) as archive:
+        for entry in archive.infolist():
+            if not entry.filename.endswith(".pyc"):
+                digest.update(f"{entry.filename}\0{entry.CRC}\0".encode())
+    return digest.hexdigest()[:16]
+
+
+async def _holds(container: DockerContainer, path: str) -> bool:
+    """Whether the container (its volumes included) has `path`."""
+    try:
+        archive = await container.get_archive(path)
+    except DockerError as exc:
+        if exc.status != NOT_FOUND:
+            raise
+        return False
+    archive.close()
+    return True
+
+
+def _tar(name: str, data: bytes) -> bytes:
+    """One file, readable by everyone, as the Engine's archive API takes it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        member = tarfile.TarInfo(name)
+        member.size, member.mode = len(data), 0o644
+        archive.addfile(member, io.BytesIO(data))
+    return buffer.getvalue()

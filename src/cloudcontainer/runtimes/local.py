@@ -3,7 +3,9 @@
 A sandbox is a directory `DATA_DIR/sandboxes/<id>/`, owned by root and never visible inside,
 holding its workspace (`/home/project` inside) and home (`/home`) — the only parts the sandbox
 can write —, the agent's listening socket, a few generated /etc files, `uid` (the host uid the
-sandbox runs as, its own) and `state.json` with the pids that make it up. With a disk quota
+sandbox runs as, its own), `labels.json` (whose it is: user and project) and `state.json` with
+the pids that make it up. The data directory is the gateway's own, so `list()` sees only its
+sandboxes. With a disk quota
 the workspace and home live in `disk.img` instead (runtimes/disk.py), loop-mounted on `disk/`
 inside the sandbox's own mount namespace only. Started as:
 
@@ -49,6 +51,7 @@ from cloudcontainer.runtimes.base import (
     CA_BUNDLE_PATH,
     HOME,
     WORKSPACE,
+    AgentDelivery,
     RuntimeOptions,
     RuntimeUnavailable,
     SandboxInfo,
@@ -72,6 +75,7 @@ NETNS_DIR = Path("/run/netns")
 # The one host uid of sandboxes made before each had its own (they keep it).
 LEGACY_HOST_UID = 100_000
 UID_FILE = "uid"
+LABELS_FILE = "labels.json"
 PASSWD = "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000:user:/home:/bin/bash\n"  # noqa: S105
 GROUP = "root:x:0:\nuser:x:1000:\n"
 HOSTS = "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost\n"
@@ -103,6 +107,8 @@ def _alive(pid: int, start: int) -> bool:
 
 class LocalRuntime:
     name = "local"
+    # The sandbox runs on the gateway's host: a hard link of the zipapp, bound read-only.
+    agent_delivery = AgentDelivery.BIND
 
     def __init__(self, options: RuntimeOptions) -> None:
         self.options = options
@@ -192,6 +198,8 @@ class LocalRuntime:
         for name, text in (("passwd", PASSWD), ("group", GROUP), ("hosts", HOSTS),
                            ("resolv.conf", RESOLV), ("hostname", "sandbox\n")):  # fmt: skip
             (base / "etc" / name).write_text(text)
+        labels = {"user": spec.owner_id, "project": spec.project_id}
+        (base / LABELS_FILE).write_text(json.dumps(labels))
 
     # -- start ----------------------------------------------------------------------------
 

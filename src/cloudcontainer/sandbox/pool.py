@@ -19,6 +19,7 @@ from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.db.types import new_id
 from cloudcontainer.errors import CloudContainerError
 from cloudcontainer.runtimes.base import Runtime, SandboxSpec
+from cloudcontainer.sandbox.links import connect_agent
 from cloudcontainer.tasks import TaskSet
 
 __all__ = ["WarmPool", "WarmSandbox"]
@@ -78,8 +79,7 @@ class WarmPool:
                 info = await self.runtime.start(spec)
                 if info.address is None:
                     raise CloudContainerError("the runtime gave no agent address")
-                link = AgentClient(info.address, spec.agent_secret)
-                await link.connect(timeout=CONNECT_SECONDS)
+                link = await connect_agent(info.address, spec.agent_secret, CONNECT_SECONDS)
         except (CloudContainerError, OSError) as exc:
             log.warning("could not start a warm sandbox", error=str(exc))
             with contextlib.suppress(CloudContainerError, OSError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -28,9 +29,12 @@ BUSY_CPU_FRACTION = 0.02  # sandbox processes using more than this of a core cou
 
 
 class Supervisor:
-    def __init__(self, service: ContainerService) -> None:
+    def __init__(
+        self, service: ContainerService, *, backoff_seconds: Sequence[float] = BACKOFF_SECONDS
+    ) -> None:
         self.service = service
         self.settings = service.settings
+        self._backoff_seconds = backoff_seconds
         self._failures: dict[str, int] = {}
         self._recovering: set[str] = set()
         self._cpu: dict[str, tuple[float, float]] = {}
@@ -135,7 +139,7 @@ class Supervisor:
                 except Exception:  # an attempt that broke unexpectedly counts as a failed one
                     log.exception("restart attempt failed", container_id=container_id)
                     self._failures[container_id] = failures + 1
-                    await asyncio.sleep(_backoff(failures))
+                    await asyncio.sleep(self._backoff(failures))
         except NotFound:
             return  # deleted meanwhile
         finally:
@@ -156,7 +160,7 @@ class Supervisor:
             container_id, reason=f"{reason}; restarting", keep_dev_servers=True,
             next_status=Status.STARTING,
         )  # fmt: skip
-        await asyncio.sleep(_backoff(failures))
+        await asyncio.sleep(self._backoff(failures))
         self._failures[container_id] = failures + 1
         await self.service.bump_restarts(container_id)
         await self.service.bring_up(container_id, reason=f"restarting: {reason}", retrying=True)
@@ -167,6 +171,10 @@ class Supervisor:
             )
             return True
         return container.desired != Status.RUNNING
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait before the attempt after `failures` failed ones."""
+        return self._backoff_seconds[min(failures, len(self._backoff_seconds) - 1)]
 
     # -- idle -----------------------------------------------------------------------------
 
@@ -193,8 +201,3 @@ class Supervisor:
                     "stopping idle container", container_id=container.id, idle_seconds=idle_for
                 )
                 await self.service.idle_stop(container.id, f"idle for {int(idle_for)}s")
-
-
-def _backoff(failures: int) -> float:
-    """Seconds to wait before the attempt after `failures` failed ones."""
-    return BACKOFF_SECONDS[min(failures, len(BACKOFF_SECONDS) - 1)]
