@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cloudcontainer.agent.fs import Files
-from cloudcontainer.agent.paths import covers, workdir_rooted
+from cloudcontainer.agent.paths import covers, unrooted, workdir_rooted
 from cloudcontainer.files.service import workdir_path
 from cloudcontainer.runtimes.base import WORKSPACE
 
@@ -30,10 +30,19 @@ PATHS = st.one_of(
 @given(PATHS)
 def test_the_workdir_rooted_form_is_canonical(path: str) -> None:
     rooted = workdir_rooted(path, WORKSPACE)
-    assert workdir_rooted(rooted, WORKSPACE) == rooted  # idempotent
+    if unrooted(rooted, WORKSPACE) == rooted:  # see the test below for the one exception
+        assert workdir_rooted(rooted, WORKSPACE) == rooted  # idempotent
     assert rooted.startswith("/")
     if rooted != "/":  # no trailing `/`, no empty, `.` or `..` segment
         assert not {"", ".", ".."} & set(rooted.split("/")[1:])
+
+
+def test_a_folder_named_like_the_workspace_is_named_by_its_absolute_path() -> None:
+    """WebContainer's rule (a path starting with the workspace is taken as it is) makes the
+    rooted form `/home/project` ambiguous: fed back, it names the root. Clients reach the
+    workspace's own `home/project` folder by its absolute path, as on WebContainer."""
+    assert workdir_rooted(WORKSPACE + WORKSPACE, WORKSPACE) == WORKSPACE
+    assert workdir_rooted(WORKSPACE, WORKSPACE) == "/"
 
 
 @given(PATHS)

@@ -7,6 +7,7 @@ falls back to pure Python), so the same file runs on any python3 >= 3.9 in any i
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import io
@@ -85,9 +86,19 @@ def _entry(archive: zipfile.ZipFile, name: str, data: bytes) -> None:
 
 
 def _archive() -> bytes:
+    """The zipapp's bytes, built once per process for the same sources: compiling them is
+    most of the ~0.2 s a build takes, and a process that builds again (every test's gateway,
+    the warm path of `serve`'s start) would get the same bytes."""
+    sources = _sources()
+    return _build(tuple((name, path, path.stat().st_mtime_ns) for name, path in sources))
+
+
+@functools.lru_cache(maxsize=2)
+def _build(sources: tuple[tuple[str, Path, int], ...]) -> bytes:
+    """`sources` carries each file's mtime so that an edited source builds anew."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for name, path in _sources():
+        for name, path, _ in sources:
             source = _trimmed(name, path.read_bytes())
             _entry(archive, name, source)
             _entry(archive, name[:-3] + ".pyc", _bytecode(source, name))
