@@ -104,7 +104,8 @@ def test_the_agent_loads_no_message_types(tmp_path: Path) -> None:
     nothing."""
     probe = (
         "import sys; from cloudcontainer.agent.main import build; build('s', sys.argv[1], {}); "
-        "print('cloudcontainer.agent.messages' in sys.modules)"
+        "print(any(m in sys.modules for m in "
+        "('cloudcontainer.agent.messages', 'cloudcontainer.agent.messages_proc')))"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe, str(tmp_path)], capture_output=True, text=True, timeout=60,

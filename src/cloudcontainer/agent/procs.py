@@ -17,18 +17,20 @@ import signal
 import struct
 import termios
 import time
-from typing import Any, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
 from cloudcontainer.agent import jsh
-from cloudcontainer.agent.messages_proc import (
-    AttachReply,
-    ExitEvent,
-    ProcessInfo,
-    RunReply,
-    WaitReply,
-)
 from cloudcontainer.agent.protocol import PROC_INPUT, PROC_OUTPUT, PROC_STDERR, AgentError
 from cloudcontainer.agent.server import Registry, Session
+
+if TYPE_CHECKING:  # the checker's only: a sandbox's agent never loads the message types
+    from cloudcontainer.agent.messages_proc import (
+        AttachReply,
+        ExitEvent,
+        ProcessInfo,
+        RunReply,
+        WaitReply,
+    )
 
 DEFAULT_SCROLLBACK = 256 * 1024
 MAX_EXITED_KEPT = 200
