@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from bench.server import cpu_seconds, machine_cpu_seconds, running_server
+from bench.server import cpu_seconds, free_port, machine_cpu_seconds, running_server
 from bench.stats import Summary
 
 LUA = Path(__file__).with_name("mixed.lua")
@@ -73,7 +75,9 @@ def mixed_throughput(seconds: float = 10.0, clients: int = 16) -> dict[str, Any]
         result["server_cpu_ms_per_op"] = _per_op(server.pid, cpu, result, seconds)
         if shutil.which("wrk"):
             result["wrk"] = _mixed_wrk(server, files, seconds, clients)
-        return result
+    if shutil.which("wrk"):
+        result["floor"] = mixed_floor(clients=clients)
+    return result
 
 
 def _mixed_wrk(server: Any, files: str, seconds: float, clients: int) -> dict[str, Any]:
@@ -131,3 +135,53 @@ async def _mixed(base: str, token: str, files: str, seconds: float, clients: int
     elapsed = time.perf_counter() - started
     return {"ops_per_s": counts["ops"] / elapsed, "errors": counts["errors"], "clients": clients,
             "driver": "httpx", "seconds": seconds}  # fmt: skip
+
+
+# The floor of P4: what the same wrk drives through uvicorn (uvloop, httptools) answering a
+# fixed 1 KiB body, on this machine, in this run. A P4 figure is comparable with another
+# machine's or another day's only beside this one.
+TRIVIAL_APP = """
+import uvicorn
+BODY = b"x" * 1024
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/octet-stream")]})
+    await send({"type": "http.response.body", "body": BODY})
+uvicorn.run(app, host="127.0.0.1", port=int(__import__("sys").argv[1]), log_level="warning",
+            loop="uvloop", http="httptools")
+"""
+
+
+def mixed_floor(seconds: float = 5.0, clients: int = 16) -> dict[str, Any]:
+    """Requests/s and CPU per request of a trivial uvicorn app under `wrk -t1`."""
+    port = free_port()
+    app = subprocess.Popen([sys.executable, "-c", TRIVIAL_APP, str(port)])
+    try:
+        _wait_listening(port, app)
+        cpu = cpu_seconds(app.pid)
+        out = subprocess.run(
+            ["wrk", "-t1", f"-c{clients}", f"-d{int(seconds)}s", f"http://127.0.0.1:{port}/"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        per_second = float(out.split("Requests/sec:")[1].split()[0])
+        used = cpu_seconds(app.pid) - cpu
+    finally:
+        app.terminate()
+        app.wait()
+    cpu_ms = used / (per_second * seconds) * 1000
+    return {"requests_per_s": per_second, "server_cpu_ms_per_request": cpu_ms,
+            "clients": clients, "seconds": seconds}  # fmt: skip
+
+
+def _wait_listening(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("the trivial uvicorn app exited")
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError("the trivial uvicorn app did not listen")
