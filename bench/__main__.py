@@ -91,7 +91,9 @@ def main() -> None:
         floor = mixed.get("floor")
         floor_text = (
             f"{floor['requests_per_s']:,.0f} req/s, {floor['server_cpu_ms_per_request']:.3f} ms "
-            "CPU/req: a trivial uvicorn app, same wrk" if floor else "—"
+            "CPU/req: a trivial uvicorn app, same wrk"
+            if floor
+            else "—"
         )
         for driver, figure in drivers:
             table.add_row(
