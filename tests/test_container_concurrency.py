@@ -134,22 +134,26 @@ async def test_sandboxes_are_labelled_with_their_owner_and_project(
     assert gateway.runtime.labels(container.id) == {"user": owner, "project": project}
 
 
+async def _race(gateway: Gateway, names: list[str]) -> tuple[str, str, list[object]]:
+    """A running container, then every named ContainerService call on it at once, with
+    starts slow enough to overlap the others; answers (owner, container id, outcomes)."""
+    owner, project = await gateway.owner_with_project()
+    cid = (await gateway.running(owner, project)).id
+    gateway.runtime.start_delay = 0.02
+    calls = [getattr(gateway.containers, name) for name in names]
+    results = await asyncio.gather(*(call(owner, cid) for call in calls), return_exceptions=True)
+    await gateway.tasks.drain()
+    return owner, cid, list(results)
+
+
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_concurrent_start_stop_restart_and_delete_leave_nothing_behind(
     gateway_factory: GatewayFactory,
 ) -> None:
     gateway = await gateway_factory()
     service = gateway.containers
-    owner, project = await gateway.owner_with_project()
-    cid = (await gateway.running(owner, project)).id
-    gateway.runtime.start_delay = 0.02  # starts overlap the stops and the delete
-
-    requests = [service.stop, service.start, service.restart, service.start, service.stop,
-                service.delete, service.start, service.restart]  # fmt: skip
-    results = await asyncio.gather(
-        *(request(owner, cid) for request in requests), return_exceptions=True
-    )
-    await gateway.tasks.drain()
+    names = ["stop", "start", "restart", "start", "stop", "delete", "start", "restart"]
+    owner, cid, results = await _race(gateway, names)
 
     for result in results:
         assert result is None or isinstance(result, (Container, NotFound)), repr(result)
@@ -166,15 +170,7 @@ async def test_concurrent_starts_and_stops_settle_where_the_runtime_agrees(
 ) -> None:
     gateway = await gateway_factory()
     service = gateway.containers
-    owner, project = await gateway.owner_with_project()
-    cid = (await gateway.running(owner, project)).id
-    gateway.runtime.start_delay = 0.02
-
-    requests = [service.stop, service.start, service.restart, service.stop, service.start] * 2
-    results = await asyncio.gather(
-        *(request(owner, cid) for request in requests), return_exceptions=True
-    )
-    await gateway.tasks.drain()
+    owner, cid, results = await _race(gateway, ["stop", "start", "restart", "stop", "start"] * 2)
 
     assert all(isinstance(result, Container) for result in results), results
     container = await service.get(owner, cid)
