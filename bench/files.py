@@ -81,7 +81,7 @@ def mixed_throughput(seconds: float = 10.0, clients: int = 16) -> dict[str, Any]
 
 
 def _mixed_wrk(server: Any, files: str, seconds: float, clients: int) -> dict[str, Any]:
-    # One wrk thread: it drives ~34k requests/s at a trivial uvicorn app on this machine, so a
+    # One wrk thread: it drives 10k to 35k requests/s at a trivial uvicorn app, so a
     # second one would only take CPU from the server it measures (2 cores for everything).
     for n in range(4):
         server.client.put(f"{files}/mixed-0-{n}.txt", content=b"x" * 1024)
