@@ -1,21 +1,24 @@
 # Two commands on a fresh Debian/Ubuntu machine (as root, or with sudo):
 #   make run    set up and start the server with the embedded defaults
 #   make test   set up and run the whole test suite
-#   make image  build the sandbox image cloudcontainer/sandbox:node20 (needs a running Docker Engine)
+#   make image  build the sandbox root filesystem and load it into Docker as the docker runtime's
+#               image cloudcontainer/sandbox:latest (needs a running Docker Engine)
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
 .PHONY: run test image setup setup-dev lint system-deps-run system-deps-image system-deps-test system-deps-bench bench clean
 
+# The sandbox root filesystem first: a few minutes the first time, nothing to do after.
 run: setup
+	$(BIN)/cloudcontainer image build
 	$(BIN)/cloudcontainer serve
 
 test: system-deps-test setup-dev lint
 	$(BIN)/pytest
 
 image: system-deps-image setup
-	$(BIN)/cloudcontainer image build
+	$(BIN)/cloudcontainer image build --docker
 
 setup: system-deps-run $(VENV)/.installed
 setup-dev: setup $(VENV)/.installed-dev

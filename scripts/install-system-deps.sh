@@ -10,22 +10,20 @@ need() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed" 
 # A Python with venv support (Debian splits venv out of python3).
 if ! python3 -c "import ensurepip, venv" >/dev/null 2>&1; then need python3-venv; fi
 
-# `cloudcontainer image build`: a Docker Engine to load the image into, and debootstrap for its
-# Debian rootfs (the command installs debootstrap itself when missing; this makes it explicit).
-image_deps() { need docker.io; need debootstrap; }
+# `cloudcontainer image build --docker`: a Docker Engine to load the root filesystem into,
+# debootstrap for its Debian part, bubblewrap to verify it.
+image_deps() { need docker.io; need debootstrap; need bubblewrap; }
 
 # The `local` sandbox runtime (the default): bubblewrap, slirp4netns for each sandbox's network,
-# util-linux (setsid, unshare, nsenter, setpriv) and iproute2 (named netns); the agent runs on
-# the host's /usr/bin/python3, and sandboxes find the usual tools in the host's /usr.
+# util-linux (setsid, unshare, nsenter, setpriv) and iproute2 (named netns); debootstrap builds
+# the sandboxes' root filesystem (`cloudcontainer image build`), which holds everything they run
+# (nothing of the host's /usr is visible inside).
 run_deps() {
   need bubblewrap; need slirp4netns; need iptables; need libseccomp2; need util-linux; need iproute2; need python3
-  need ca-certificates; need procps; need curl; need git; need ripgrep
+  need ca-certificates; need procps; need debootstrap
   # Disk quotas (default_disk_mb > 0, on either runtime): mkfs.ext4 makes each sandbox's disk
   # image, mount/umount loop-mount it.
   need e2fsprogs; need mount
-  # Node.js for the templates (Debian's is 18; a host with Node 20, like these machines, keeps it).
-  command -v node >/dev/null || need nodejs
-  command -v npm >/dev/null || need npm
 }
 
 # Every local sandbox runs as the same host user id, and each watched workspace holds one inotify

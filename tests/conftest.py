@@ -23,9 +23,10 @@ from cloudcontainer.config import Settings
 from cloudcontainer.db import Base, Database, migrate
 from cloudcontainer.state import Services
 from tests.support.docker import docker_engine
-from tests.support.image import BuiltImage, build
+from tests.support.image import BuiltImage, BuiltRootfs, build
 from tests.support.postgres import postgres_server
 from tests.support.s3 import S3Server, s3_server
+from tests.support.server import SESSION_ROOTFS_DIR
 from tests.support.smtp import Mailbox, smtp_server
 
 PASSWORD = "correct horse battery staple"
@@ -114,6 +115,8 @@ def make_settings(tmp_path: Path, database_url: str, smtp_port: int, **overrides
         # (test_containers); `cloudcontainer serve` in test_gateway_restart runs the default.
         "warm_pool_size": 0,
     }
+    if SESSION_ROOTFS_DIR:
+        values["rootfs_dir"] = SESSION_ROOTFS_DIR[0]
     values.update(overrides)
     return Settings(**values)
 
@@ -212,18 +215,32 @@ def docker_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
-def built_image(docker_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltImage]:
-    """The sandbox image, built for real from an empty cache once per session, then removed.
+@pytest.fixture(scope="session", autouse=True)
+def built_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BuiltRootfs]:
+    """The sandbox root filesystem, built for real from an empty store once per session: every
+    sandbox of the suite starts from it (the `rootfs_dir` of every app and server).
 
-    Set CLOUDCONTAINER_TEST_IMAGE_CACHE to a directory to reuse the Debian rootfs between runs.
+    Set CLOUDCONTAINER_TEST_ROOTFS_DIR to a directory to keep the store between sessions (a
+    build whose recipe has not changed is then a no-op).
     """
-    tag = f"cloudcontainer/sandbox:test-{secrets.token_hex(4)}"
-    reused = os.environ.get("CLOUDCONTAINER_TEST_IMAGE_CACHE")
-    cache_dir = Path(reused) if reused else tmp_path_factory.mktemp("image-cache")
-    result = build("--tag", tag, "--cache-dir", str(cache_dir), docker_url=docker_url)
+    reused = os.environ.get("CLOUDCONTAINER_TEST_ROOTFS_DIR")
+    directory = Path(reused) if reused else tmp_path_factory.mktemp("rootfs")
+    result = build("--no-docker", rootfs_dir=directory, docker_url="unix:///nonexistent")
     assert result.returncode == 0, result.stdout + result.stderr
-    yield BuiltImage(tag, cache_dir, docker_url, result.stdout + result.stderr)
+    SESSION_ROOTFS_DIR[:] = [directory]
+    yield BuiltRootfs(directory, result.stdout + result.stderr)
+    SESSION_ROOTFS_DIR.clear()
+
+
+@pytest.fixture(scope="session")
+def built_image(docker_url: str, built_rootfs: BuiltRootfs) -> Iterator[BuiltImage]:
+    """The session's root filesystem as a Docker image under a throwaway tag, then removed."""
+    tag = f"cloudcontainer/sandbox:test-{secrets.token_hex(4)}"
+    result = build(
+        "--docker", "--tag", tag, rootfs_dir=built_rootfs.directory, docker_url=docker_url
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    yield BuiltImage(tag, built_rootfs, docker_url, result.stdout + result.stderr)
     subprocess.run(
         ["docker", "--host", docker_url, "rmi", "--force", tag],
         capture_output=True, timeout=120, check=True,

@@ -37,7 +37,7 @@ from cloudcontainer.config import RuntimeName, Settings, load_settings
 from cloudcontainer.observability.logging import configure_logging
 
 if TYPE_CHECKING:
-    from cloudcontainer.images import BuildResult, ImageBuildError
+    from cloudcontainer.images import BuildResult, ImageBuildError, ImageResult
 
 __all__ = ["main"]
 
@@ -308,23 +308,36 @@ def _when(value: str | None) -> datetime | None:
 
 @image_app.command("build")
 def image_build(
-    tag: Annotated[
-        str | None, typer.Option(help="Image tag to create; default the `sandbox_image` setting.")
+    docker: Annotated[
+        bool | None,
+        typer.Option(
+            "--docker/--no-docker",
+            help="Also load it into Docker as the docker runtime's image; default: when the "
+            "`runtime` setting is docker.",
+        ),
     ] = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(help="Keeps the Debian rootfs and npm tarballs; default DATA_DIR/cache."),
+    tag: Annotated[
+        str | None, typer.Option(help="Docker tag to give it; default the `sandbox_image` setting.")
     ] = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Rebuild from scratch, even if the tag exists.")
+        bool, typer.Option("--force", help="Build even if the current build is up to date.")
+    ] = False,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh", help="Fetch Debian's updates and the newest Node.js releases anew."
+        ),
     ] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     docker_host: Annotated[
         str, typer.Option(envvar="DOCKER_HOST", help="Docker Engine address.")
     ] = "unix:///var/run/docker.sock",
-    debian_mirror: Annotated[str, typer.Option(help="Debian mirror for debootstrap.")] = (
+    debian_mirror: Annotated[str, typer.Option(help="Debian mirror.")] = (
         "http://deb.debian.org/debian"
+    ),
+    security_mirror: Annotated[str, typer.Option(help="Debian security mirror.")] = (
+        "http://deb.debian.org/debian-security"
     ),
     npm_registry: Annotated[str, typer.Option(help="Where Node.js and npm come from.")] = (
         "https://registry.npmjs.org/"
@@ -333,32 +346,130 @@ def image_build(
         Path | None, typer.Option(help="CA certificates trusted for downloads.", dir_okay=False)
     ] = Path("/etc/ssl/certs/ca-certificates.crt"),
 ) -> None:
-    """Build the sandbox image from Debian (debootstrap) and the npm registry; needs root.
+    """Build the sandbox root filesystem from Debian and the npm registry; needs root.
 
-    No container registry is used. Takes a few minutes the first time, well under one after.
+    Every runtime starts sandboxes from it (`local` directly, `docker` as an image made from
+    it). No container registry is used. A few minutes the first time; nothing to do after,
+    until the recipe changes (or --force / --refresh).
     """
-    from cloudcontainer.images import BuildOptions, ImageBuildError, InvalidTag, build_sandbox_image
+    from cloudcontainer.images import (
+        BuildOptions,
+        ImageBuildError,
+        InvalidTag,
+        build_rootfs,
+        load_into_docker,
+    )
+    from cloudcontainer.images.engine import normalize_tag
 
     settings = _settings(config, data_dir=data_dir)
-    cache_dir = cache_dir or settings.data_dir / "cache"
-    tag = tag or settings.sandbox_image
     options = BuildOptions(
-        cache_dir=cache_dir.expanduser().absolute(), tag=tag, force=force, docker_url=docker_host,
-        debian_mirror=debian_mirror, npm_registry=npm_registry,
+        rootfs_dir=settings.rootfs_path, force=force, refresh=refresh,
+        debian_mirror=debian_mirror, security_mirror=security_mirror, npm_registry=npm_registry,
         ca_bundle=ca_bundle if ca_bundle and ca_bundle.is_file() else None,
     )  # fmt: skip
+    to_docker = docker if docker is not None else settings.runtime == "docker"
+    docker_tag = tag or settings.sandbox_image
+    if to_docker:
+        try:
+            docker_tag = normalize_tag(docker_tag)  # before any work
+        except InvalidTag as exc:
+            _print_build_error(exc)
+            raise typer.Exit(2) from None
+
+    async def build() -> tuple[BuildResult, ImageResult | None]:
+        result = await build_rootfs(options, progress)
+        image = None
+        if to_docker:
+            image = await load_into_docker(result.build, docker_tag, docker_host, progress)
+        return result, image
+
     with _BuildProgress(console) as progress:
         try:
-            result = asyncio.run(_cancelled_by_sigterm(build_sandbox_image(options, progress)))
+            result, image = asyncio.run(_cancelled_by_sigterm(build()))
         except ImageBuildError as exc:
             progress.fail()
             _print_build_error(exc)
             raise typer.Exit(2 if isinstance(exc, InvalidTag) else 1) from None
         except (KeyboardInterrupt, asyncio.CancelledError):
             progress.fail()
-            console.print("[red]Interrupted; the scratch rootfs was removed.[/red]")
+            console.print("[red]Interrupted; the unfinished build was removed.[/red]")
             raise typer.Exit(130) from None
-    _print_build_result(result)
+    _print_build_result(result, image)
+
+
+@image_app.command("list")
+def image_list(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
+    """The root filesystem builds: which is current, what each holds, which sandboxes use it."""
+    from cloudcontainer.images import RootfsStore
+
+    settings = _settings(config, data_dir=data_dir)
+    store = RootfsStore(settings.rootfs_path)
+    current = store.current()
+    in_use = asyncio.run(_rootfs_in_use(settings))
+    table = Table("build", "created", "Node.js", "python", "size", "state")
+    for build in store.builds():
+        manifest = build.manifest
+        majors = manifest["node"]["majors"]
+        node = ", ".join(majors[major]["node"]["version"] for major in majors)
+        state = "current" if current is not None and build.id == current.id else ""
+        if build.id in in_use:
+            state = ", ".join(filter(None, [state, "in use"]))
+        size = f"{int(manifest['size_bytes']) / 1e9:.2f} GB"
+        python = str(manifest["tools"].get("python3", ""))
+        table.add_row(build.id, str(manifest["created"]), node, python, size, state)
+    if not table.rows:
+        console.print(f"No builds in {settings.rootfs_path}: run `cloudcontainer image build`.")
+        return
+    console.print(table)
+
+
+@image_app.command("prune")
+def image_prune(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    docker_host: Annotated[
+        str, typer.Option(envvar="DOCKER_HOST", help="Docker Engine address.")
+    ] = "unix:///var/run/docker.sock",
+) -> None:
+    """Remove the builds (and their Docker images) no sandbox uses and that are not current."""
+    from cloudcontainer.images import ImageBuildError, RootfsStore, prune_images
+    from cloudcontainer.images.rootfs import remove_tree
+
+    settings = _settings(config, data_dir=data_dir)
+    store = RootfsStore(settings.rootfs_path)
+
+    async def prune() -> tuple[list[str], list[str]]:
+        with store.lock(wait=False):
+            unused = store.unused(await _rootfs_in_use(settings))
+            for path in unused:
+                await remove_tree(path)
+        current = store.current()
+        images = await prune_images(docker_host, current.id if current else None)
+        return [path.name for path in unused], images
+
+    try:
+        builds, images = asyncio.run(prune())
+    except ImageBuildError as exc:
+        console.print(f"[red]Prune failed:[/red] {escape(exc.message)}")
+        raise typer.Exit(1) from None
+    for name in builds:
+        console.print(f"removed build {name}")
+    for name in images:
+        console.print(f"removed Docker image {name}")
+    if not builds and not images:
+        console.print("Nothing to remove.")
+
+
+async def _rootfs_in_use(settings: Settings) -> set[str]:
+    """Builds the local sandboxes of this data directory run on."""
+    from cloudcontainer.state import build_runtime
+
+    runtime = build_runtime(settings.model_copy(update={"runtime": "local"}))
+    try:
+        in_use = getattr(runtime, "rootfs_in_use", None)
+        return await in_use() if in_use is not None else set()
+    finally:
+        await runtime.aclose()
 
 
 async def _cancelled_by_sigterm(work: Coroutine[Any, Any, T]) -> T:
@@ -420,7 +531,7 @@ class _AmountColumn(ProgressColumn):
 
 
 class _BuildProgress:
-    """Draws `build_sandbox_image` progress with rich (cloudcontainer.images.progress.Progress)."""
+    """Draws `image build` progress with rich (cloudcontainer.images.progress.Progress)."""
 
     def __init__(self, out: Console) -> None:
         self.bar = Progress(
@@ -462,21 +573,25 @@ def _print_build_error(exc: ImageBuildError) -> None:
         console.print(Text(exc.output, style="dim"))
 
 
-def _print_build_result(result: BuildResult) -> None:
-    if not result.built:
+def _print_build_result(result: BuildResult, image: ImageResult | None) -> None:
+    build = result.build
+    if result.built:
+        source = "cached Debian packages" if result.reused_base else "a fresh debootstrap"
         console.print(
-            f"Image [bold]{result.tag}[/bold] already exists ({result.image_id[:19]}); "
-            "nothing to do. Give --force to rebuild it."
+            f"[green]Built root filesystem {build.id}[/green] in {result.seconds:.0f} s from "
+            f"{source}; it is current: sandboxes start from it."
         )
-        return
+    else:
+        console.print(
+            f"Root filesystem {build.id} is current and up to date; nothing to build. Give "
+            "--force to build it again, --refresh to fetch updates."
+        )
+    if image is not None:
+        verb = "Loaded into Docker" if image.loaded else "Docker has it"
+        console.print(f"{verb} as [bold]{image.tag}[/bold] ({image.image_id[:19]}).")
     table = Table(show_header=False, box=None, padding=(0, 2))
-    for name, version in result.versions.items():
-        table.add_row(name, version)
-    source = "cached Debian rootfs" if result.reused_rootfs else "fresh debootstrap"
-    console.print(
-        f"[green]Built {result.tag}[/green] ({result.image_id[:19]}) in "
-        f"{result.seconds:.0f} s from a {source}:"
-    )
+    for name, version in build.manifest["tools"].items():
+        table.add_row(name, str(version))
     console.print(table)
 
 

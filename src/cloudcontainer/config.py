@@ -216,7 +216,15 @@ class Settings(BaseSettings):
 
     # Sandboxes
     sandbox_image: str = Field(
-        "cloudcontainer/sandbox:node20", description="Image for the docker runtime."
+        "cloudcontainer/sandbox:latest",
+        description="Image for the docker runtime: `cloudcontainer image build --docker` makes "
+        "it from the current root filesystem.",
+    )
+    rootfs_dir: Path | None = Field(
+        None,
+        description="Where `cloudcontainer image build` keeps sandbox root filesystems (every "
+        "`local` sandbox's / is the current one); default DATA_DIR/rootfs. Several gateways "
+        "on one host may share it.",
     )
     sandbox_ca_bundle: Path | None = Field(
         Path("/etc/ssl/certs/ca-certificates.crt"),
@@ -363,9 +371,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from exc
         return value
 
+    @property
+    def rootfs_path(self) -> Path:
+        """`rootfs_dir`, filled in by validation."""
+        assert self.rootfs_dir is not None
+        return self.rootfs_dir
+
     @model_validator(mode="after")
     def _fill_derived(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().absolute()
+        self.rootfs_dir = (self.rootfs_dir or self.data_dir / "rootfs").expanduser().absolute()
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.data_dir / 'cloudcontainer.db'}"
         if not self.public_url:

@@ -80,6 +80,7 @@ def build_runtime(settings: Settings) -> Runtime:
         if settings.sandbox_ca_bundle and settings.sandbox_ca_bundle.is_file()
         else None,
         image=settings.sandbox_image,
+        rootfs_dir=settings.rootfs_path,
         egress=EgressPolicy.from_settings(settings.egress_allow, settings.egress_block_private),
         open_files=settings.sandbox_open_files,
         local_uids=settings.local_uid_range,

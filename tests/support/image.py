@@ -1,4 +1,5 @@
-"""The sandbox image, built for real once per test session (see tests/conftest.py)."""
+"""The sandbox root filesystem and image, built for real once per test session
+(tests/conftest.py): every sandbox of the suite, on every runtime, starts from them."""
 
 from __future__ import annotations
 
@@ -7,16 +8,33 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudcontainer.images.store import Build, RootfsStore
 from tests.support.server import CLI, cli_env
 
-# A cold build is a debootstrap (about a minute here) plus Node downloads and a docker load.
+# A cold build is debootstrap and apt (about two minutes here) plus the Node.js downloads.
 BUILD_TIMEOUT_SECONDS = 1500
+
+
+@dataclass
+class BuiltRootfs:
+    directory: Path
+    output: str
+
+    @property
+    def store(self) -> RootfsStore:
+        return RootfsStore(self.directory)
+
+    @property
+    def current(self) -> Build:
+        build = self.store.current()
+        assert build is not None
+        return build
 
 
 @dataclass
 class BuiltImage:
     tag: str
-    cache_dir: Path
+    rootfs: BuiltRootfs
     docker_url: str
     output: str
 
@@ -39,8 +57,10 @@ class BuiltImage:
         return image
 
 
-def build(*args: str, docker_url: str) -> subprocess.CompletedProcess[str]:
+def build(*args: str, rootfs_dir: Path, docker_url: str) -> subprocess.CompletedProcess[str]:
+    """`cloudcontainer image build ARGS` against the store at `rootfs_dir`."""
     return subprocess.run(
         [*CLI, "image", "build", "--docker-host", docker_url, *args],
-        capture_output=True, text=True, env=cli_env(), timeout=BUILD_TIMEOUT_SECONDS,
+        capture_output=True, text=True, timeout=BUILD_TIMEOUT_SECONDS,
+        env=cli_env(rootfs_dir=str(rootfs_dir)),
     )  # fmt: skip

@@ -19,8 +19,15 @@ from tests.support.net import free_port
 CLI = [sys.executable, "-m", "cloudcontainer"]
 
 
+# The session's root filesystem store (tests/conftest.py sets it): every server and CLI run
+# of the suite starts sandboxes from it unless a test says otherwise.
+SESSION_ROOTFS_DIR: list[Path] = []
+
+
 def cli_env(**settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDCONTAINER_")}
+    if SESSION_ROOTFS_DIR:
+        env["CLOUDCONTAINER_ROOTFS_DIR"] = str(SESSION_ROOTFS_DIR[0])
     env.update({f"CLOUDCONTAINER_{k.upper()}": v for k, v in settings.items()})
     return env
 

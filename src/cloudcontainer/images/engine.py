@@ -36,7 +36,7 @@ def normalize_tag(tag: str) -> str:
     it, so a typo fails before minutes of debootstrap rather than after."""
     if not _REFERENCE.fullmatch(tag):
         raise InvalidTag(
-            f"invalid image tag {tag!r}: expected NAME[:TAG] such as cloudcontainer/sandbox:node20 "
+            f"invalid image tag {tag!r}: expected NAME[:TAG] such as cloudcontainer/sandbox:latest "
             "(lowercase name parts separated by '/', a tag of letters, digits, '_', '.' or '-')"
         )
     name, _, version = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "")

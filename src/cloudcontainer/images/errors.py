@@ -1,7 +1,8 @@
 """Why an image build stopped.
 
-Every failure of `build_sandbox_image` is an `ImageBuildError` whose `message` is written for the
-operator who ran `cloudcontainer image build`; the CLI prints it and exits non-zero.
+Every failure of `build_rootfs` or `load_into_docker` is an `ImageBuildError` whose `message` is
+written for the operator who ran `cloudcontainer image build`; the CLI prints it and exits
+non-zero.
 
     ImageBuildError          anything that stops a build
     ├── InvalidTag           --tag is not a valid Docker image reference

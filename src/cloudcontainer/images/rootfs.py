@@ -1,7 +1,8 @@
-"""The sandbox root filesystem: Debian from debootstrap, then Node, npm and the sandbox user.
+"""The sandbox root filesystem: Debian from debootstrap and apt, then Node.js and the user.
 
-Everything here runs as root on the host, in a scratch directory the builder owns; the pristine
-debootstrap result is kept as a tarball so a rebuild skips the slow part.
+Everything here runs as root on the host, in a scratch directory the builder owns. The Debian
+part (debootstrap, then the toolchain packages and security updates through apt in a chroot) is
+kept as a tarball, so a rebuild skips the slow part.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ import hashlib
 import os
 import re
 import shutil
+import subprocess
 import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from cloudcontainer.images import toolchains
 from cloudcontainer.images.errors import DownloadFailed, ImageBuildError
 from cloudcontainer.images.process import CHROOT_ENV, TAR_FLAGS, run
 from cloudcontainer.images.progress import Progress, Task
@@ -24,19 +27,25 @@ __all__ = [
     "DEBIAN_PACKAGES",
     "SANDBOX_GID",
     "SANDBOX_UID",
-    "Debootstrap",
+    "DebianBase",
+    "NodeTarballs",
     "add_sandbox_user",
+    "debian_record",
     "ensure_debootstrap",
+    "finish_system",
     "install_node",
-    "install_npm",
+    "link_default_node",
     "remove_tree",
     "restore_base",
     "save_base",
     "tree_size",
 ]
 
+# What a sandbox offers besides Node.js (docs/runtimes.md lists them with their versions).
 DEBIAN_PACKAGES = (
-    "bash", "ca-certificates", "curl", "git", "procps", "python3", "ripgrep", "wget",
+    "bash", "build-essential", "ca-certificates", "curl", "file", "git", "jq", "less", "nano",
+    "openssh-client", "pkg-config", "procps", "python3", "python3-dev", "python3-pip",
+    "python3-venv", "ripgrep", "sqlite3", "unzip", "vim-tiny", "wget", "xz-utils", "zip",
 )  # fmt: skip
 SANDBOX_UID = SANDBOX_GID = 1000
 _TAR_RECORD_BYTES = 10240  # GNU tar's default record: 20 blocks of 512 bytes
@@ -45,27 +54,40 @@ _CHECKPOINT_LINE = re.compile(r"#(\d+)$")
 
 
 @dataclass(frozen=True)
-class Debootstrap:
-    """What to debootstrap; `cache_name` changes whenever the result would."""
+class DebianBase:
+    """The Debian part of the rootfs; `cache_name` changes whenever the result would (except
+    for updates the mirrors published since: `image build --refresh` fetches those)."""
 
     arch: str
     mirror: str
+    security_mirror: str
     suite: str = "bookworm"
     variant: str = "minbase"
     packages: tuple[str, ...] = DEBIAN_PACKAGES
 
     @property
     def cache_name(self) -> str:
-        key = "|".join([self.suite, self.variant, self.arch, self.mirror, *sorted(self.packages)])
+        key = "|".join([self.suite, self.variant, self.arch, self.mirror, self.security_mirror,
+                        *sorted(self.packages)])  # fmt: skip
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        return f"debootstrap-{self.suite}-{self.variant}-{self.arch}-{digest}.tar"
+        return f"debian-{self.suite}-{self.variant}-{self.arch}-{digest}.tar"
+
+    @property
+    def sources(self) -> str:
+        """The suite, its point updates and its security updates (apt's sources.list)."""
+        return (
+            f"deb {self.mirror} {self.suite} main\n"
+            f"deb {self.mirror} {self.suite}-updates main\n"
+            f"deb {self.security_mirror} {self.suite}-security main\n"
+        )
 
     async def run(self, rootfs: Path, progress: Progress) -> None:
-        """debootstrap into `rootfs`, then drop what only the build needed (apt lists, .debs)."""
-        task = progress.task(f"Debian {self.suite} rootfs (debootstrap {self.variant})")
+        """debootstrap a minimal system, then install the packages with every update through
+        apt in a chroot, and drop what only the build needed (apt lists, .debs)."""
+        task = progress.task(f"Debian {self.suite} base (debootstrap {self.variant})")
         retrieved = 0
 
-        def on_line(line: str) -> None:
+        def on_debootstrap(line: str) -> None:
             nonlocal retrieved
             if line.startswith("I: Retrieving ") and "Release" not in line:
                 retrieved += 1
@@ -74,11 +96,66 @@ class Debootstrap:
 
         await run(
             ["debootstrap", f"--variant={self.variant}", f"--arch={self.arch}",
-             f"--include={','.join(self.packages)}", self.suite, rootfs, self.mirror],
-            env=_host_env(), on_line=on_line,
+             "--include=ca-certificates", self.suite, rootfs, self.mirror],
+            env=_host_env(), on_line=on_debootstrap,
         )  # fmt: skip
-        await asyncio.to_thread(_tidy_base, rootfs)
         task.done(f"{retrieved} packages")
+        await self._apt(rootfs, progress)
+        await asyncio.to_thread(_tidy_base, rootfs)
+
+    async def _apt(self, rootfs: Path, progress: Progress) -> None:
+        task = progress.task(f"Debian packages and security updates ({len(self.packages)})")
+        (rootfs / "etc/apt/sources.list").write_text(self.sources)
+        shutil.copyfile("/etc/resolv.conf", rootfs / "etc/resolv.conf")  # only for the build
+        unpacked = 0
+
+        def on_apt(line: str) -> None:
+            nonlocal unpacked
+            if line.startswith("Unpacking "):
+                unpacked += 1
+            if line.startswith(("Get:", "Unpacking ", "Setting up ")):
+                task.detail(f"{line[:100]} ({unpacked} unpacked)")
+
+        script = (
+            "apt-get update -q && apt-get -y -q -o Dpkg::Options::=--force-confold upgrade"
+            " && apt-get install -y -q --no-install-recommends " + " ".join(self.packages)
+        )
+        # /proc and /dev for the packages' scripts, mounted in a mount namespace of the build's
+        # own: they vanish with it, even when the build is killed.
+        await run(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+             'mount -t proc proc "$1/proc" && mount --rbind /dev "$1/dev" && exec chroot "$1" '
+             'sh -c "$2"', "sh", rootfs, script],
+            env=CHROOT_ENV, on_line=on_apt,
+        )  # fmt: skip
+        task.done(f"{unpacked} packages")
+
+
+def debian_record(rootfs: Path) -> dict[str, object]:
+    """What Debian put in the rootfs, for the manifest: every package's version and the date
+    of each suite's Release file (the snapshot to rebuild it from)."""
+    query = ["dpkg-query", f"--admindir={rootfs / 'var/lib/dpkg'}", "-W",
+             "-f", "${Package}\t${Version}\t${db:Status-Abbrev}\n"]  # fmt: skip
+    output = subprocess.run(query, capture_output=True, text=True, check=True).stdout  # noqa: S603
+    packages = {}
+    for line in output.splitlines():
+        name, version, status = line.split("\t")
+        if status.startswith("ii"):
+            packages[name] = version
+    return {"packages": packages, "release_dates": _release_dates(rootfs)}
+
+
+def _release_dates(rootfs: Path) -> dict[str, str]:
+    dates = {}
+    for release in sorted((rootfs / "var/lib/apt/lists").glob("*_InRelease")):
+        fields = dict(
+            line.split(": ", 1) for line in release.read_text(errors="replace").splitlines()
+            if ": " in line and not line.startswith(" ")
+        )  # fmt: skip
+        if "Codename" in fields and "Date" in fields:
+            suite = fields.get("Suite", fields["Codename"])
+            dates[f"{fields.get('Label', 'Debian')} {suite}"] = fields["Date"]
+    return dates
 
 
 async def ensure_debootstrap(progress: Progress) -> None:
@@ -134,38 +211,81 @@ async def add_sandbox_user(rootfs: Path) -> None:
         os.chown(path, SANDBOX_UID, SANDBOX_GID)
 
 
-def install_node(rootfs: Path, tarball: Path) -> None:
-    """The official binary at /usr/local/bin/node, its headers and docs beside it, as nodejs.org
-    lays them out (so node-gyp can be pointed at /usr/local)."""
+@dataclass(frozen=True)
+class NodeTarballs:
+    """The npm registry tarballs that make one Node.js major's toolchain."""
+
+    major: str
+    node: Path
+    npm: Path
+    corepack: Path
+
+
+def install_node(rootfs: Path, tarballs: NodeTarballs) -> None:
+    """Lay out /opt/node/<major> as nodejs.org's own tarball does: bin/node, include/node
+    (node-gyp's headers) and share/, npm and corepack in lib/node_modules with their commands
+    linked into bin/ (corepack's pnpm and yarn shims included, i.e. `corepack enable`), and a
+    global npmrc (etc/npmrc, which npm reads from its prefix)."""
+    prefix = PurePosixPath(toolchains.node_prefix(tarballs.major).lstrip("/"))
 
     def place(inner: PurePosixPath) -> PurePosixPath | None:
         if inner.parts[1:] == ("bin", "node"):
-            return PurePosixPath("usr/local/bin/node")
+            return prefix / "bin/node"
         if len(inner.parts) > 2 and inner.parts[1] in ("include", "share"):
-            return PurePosixPath("usr/local", *inner.parts[1:])
+            return prefix.joinpath(*inner.parts[1:])
         return None
 
-    _unpack(tarball, rootfs, place)
-    if not (rootfs / "usr/local/bin/node").is_file():
-        raise DownloadFailed(f"{tarball.name} holds no bin/node")
+    _unpack(tarballs.node, rootfs, place)
+    if not (rootfs / prefix / "bin/node").is_file():
+        raise DownloadFailed(f"{tarballs.node.name} holds no bin/node")
+    commands = {"npm": "bin/npm-cli.js", "npx": "bin/npx-cli.js"}
+    _install_package(rootfs, prefix, "npm", tarballs.npm, commands)
+    shims = {name: f"dist/{name}.js" for name in ("corepack", *toolchains.COREPACK_SHIMS)}
+    _install_package(rootfs, prefix, "corepack", tarballs.corepack, shims)
+    # No "new major version" banner in every install's output, nor a registry call to look for
+    # one; node-gyp builds against the headers beside the binary, never downloading them.
+    (rootfs / prefix / "etc").mkdir(mode=0o755)
+    (rootfs / prefix / "etc/npmrc").write_text(f"update-notifier=false\nnodedir=/{prefix}\n")
 
 
-def install_npm(rootfs: Path, tarball: Path) -> None:
-    """npm in /usr/local/lib/node_modules/npm, with npm and npx linked into /usr/local/bin."""
-    home = PurePosixPath("usr/local/lib/node_modules/npm")
+def _install_package(
+    rootfs: Path, prefix: PurePosixPath, name: str, tarball: Path, commands: Mapping[str, str]
+) -> None:
+    """An npm package in <prefix>/lib/node_modules/<name>, its `commands` linked into bin/."""
+    home = prefix / "lib/node_modules" / name
     _unpack(tarball, rootfs, lambda inner: home.joinpath(*inner.parts[1:]))
-    for command in ("npm", "npx"):
-        script = rootfs / home / "bin" / f"{command}-cli.js"
+    for command, script_path in commands.items():
+        script = rootfs / home / script_path
         if not script.is_file():
-            raise DownloadFailed(f"{tarball.name} holds no bin/{script.name}")
+            raise DownloadFailed(f"{tarball.name} holds no {script_path}")
         script.chmod(0o755)
-        link = rootfs / "usr/local/bin" / command
+        link = rootfs / prefix / "bin" / command
         link.unlink(missing_ok=True)
-        link.symlink_to(f"../lib/node_modules/npm/bin/{script.name}")
-    # npm's global config ($PREFIX/etc/npmrc): no "new major version" banner in every install's
-    # output, and no registry call to look for one.
-    (rootfs / "usr/local/etc").mkdir(mode=0o755, exist_ok=True)
-    (rootfs / "usr/local/etc/npmrc").write_text("update-notifier=false\n")
+        link.symlink_to(f"../lib/node_modules/{name}/{script_path}")
+
+
+def link_default_node(rootfs: Path, major: str) -> None:
+    """/usr/local/bin/{node,npm,...} → the default major's, for whatever runs the image
+    without a sandbox's environment (PATH puts the sandbox's chosen major first)."""
+    bin_dir = PurePosixPath(toolchains.node_prefix(major)) / "bin"
+    for entry in sorted((rootfs / bin_dir.relative_to("/")).iterdir()):
+        link = rootfs / "usr/local/bin" / entry.name
+        link.unlink(missing_ok=True)
+        link.symlink_to(bin_dir / entry.name)
+
+
+def finish_system(rootfs: Path) -> None:
+    """Python as on E2B: `pip install` works for the sandbox user (into ~/.local; the system
+    site-packages are read-only anyway) instead of being refused by Debian's guard. And the
+    mount points that runtimes bind over the read-only root."""
+    for guard in rootfs.glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
+        guard.unlink()
+    agent = rootfs / "opt/cloudcontainer"
+    agent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    (agent / "agent.pyz").touch(mode=0o644)
+    # Mount points of the files each sandbox gets its own of (runtimes bind them).
+    for name in ("hosts", "hostname", "resolv.conf", "passwd", "group"):
+        (rootfs / "etc" / name).touch(mode=0o644)
 
 
 def tree_size(root: Path) -> int:
@@ -231,10 +351,11 @@ def _make_dirs(directory: Path, root: Path) -> None:
 
 
 def _tidy_base(rootfs: Path) -> None:
-    """Drop package lists and downloaded .debs; blank the host's resolv.conf and hostname."""
+    """Drop package lists and downloaded .debs (the small signed Release files stay: they date
+    the packages, see `debian_record`); blank the host's resolv.conf and hostname."""
     for pattern in ("var/cache/apt/archives/*.deb", "var/cache/apt/*.bin", "var/lib/apt/lists/*"):
         for path in rootfs.glob(pattern):
-            if path.is_file() and path.name != "lock":
+            if path.is_file() and path.name != "lock" and not path.name.endswith("_InRelease"):
                 path.unlink()
     for name in ("etc/resolv.conf", "etc/hostname"):
         path = rootfs / name

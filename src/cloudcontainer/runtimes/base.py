@@ -37,6 +37,7 @@ import structlog
 from cloudcontainer.agent.protocol import WORKSPACE as WORKSPACE  # every runtime mounts it
 from cloudcontainer.agentlink.client import AgentAddress
 from cloudcontainer.errors import CloudContainerError, Unavailable
+from cloudcontainer.images import toolchains
 
 if TYPE_CHECKING:
     from cloudcontainer.runtimes.egress import EgressPolicy
@@ -90,7 +91,10 @@ class RuntimeOptions:
     # The agent the gateway built, for runtimes whose delivery is BIND or COPY.
     agent_zipapp: Path
     ca_bundle: Path | None
-    image: str = "cloudcontainer/sandbox:node20"
+    image: str = "cloudcontainer/sandbox:latest"
+    # `local`: the store of built root filesystems (images/store.py); its current build is
+    # every new sandbox's /.
+    rootfs_dir: Path | None = None
     network: str = "cloudcontainer"
     # Where sandboxes may connect (runtimes/egress.py).
     egress: EgressPolicy = field(default_factory=lambda: _default_egress())
@@ -127,6 +131,8 @@ class SandboxSpec:
     # a warm-pool sandbox nobody has claimed yet.
     owner_id: str | None = None
     project_id: str | None = None
+    # The Node.js major first on PATH (images/toolchains.py).
+    node: str = toolchains.DEFAULT_NODE
 
 
 class SandboxState(enum.StrEnum):
@@ -189,11 +195,11 @@ def sandbox_env(spec: SandboxSpec, ca_bundle: bool) -> dict[str, str]:
         "USER": "user",
         "LOGNAME": "user",
         "SHELL": "/bin/bash",
-        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "LANG": "C.UTF-8",
         "TERM": "xterm-256color",
         "COLORTERM": "truecolor",
         "PYTHONDONTWRITEBYTECODE": "1",
+        **toolchains.toolchain_env(spec.node),
     }
     if ca_bundle:
         # Behind a TLS-inspecting proxy, npm and pip hang unless they trust the host's CAs.

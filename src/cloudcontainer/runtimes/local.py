@@ -12,7 +12,12 @@ inside the sandbox's own mount namespace only. Started as:
     sh (joins the cgroup) → unshare --mount (binds the directory, mounts disk.img)
       → nsenter --net=/run/netns/cc-<id> → prlimit (open files, no core dumps)
       → setpriv (the sandbox's own host uid) → bwrap (user, pid, ipc, uts, mount namespaces,
-        no nested user namespaces, seccomp filter; /usr read-only) → python3 agent.pyz
+        no nested user namespaces, seccomp filter; the current root filesystem read-only as /)
+      → python3 agent.pyz
+
+The root filesystem is the one `cloudcontainer image build` made (images/store.py), the same
+tree the docker runtime's image is made of: nothing of the host's /usr is visible. A sandbox
+binds the build that was current when it started and keeps it until its next start.
 
 with `slirp4netns` attached to the same named netns for egress, running with the sandbox's uid
 as its group so the host firewall applies the egress policy to it (runtimes/egress.py).
@@ -45,6 +50,7 @@ from typing import Any
 import structlog
 
 from cloudcontainer.agentlink.client import AgentAddress
+from cloudcontainer.images.store import Build, RootfsStore, StoreError
 from cloudcontainer.runtimes import disk, seccomp
 from cloudcontainer.runtimes.base import (
     AGENT_PATH,
@@ -91,6 +97,7 @@ class _Pids:
     init_start: int
     slirp: int
     slirp_start: int
+    rootfs: str = ""  # the build it started from (images/store.py), kept by `image prune`
 
 
 def _start_time(pid: int) -> int | None:
@@ -135,8 +142,7 @@ class LocalRuntime:
                 "the local runtime needs root (it gives every sandbox its own network namespace);"
                 " run the server as root or choose the docker runtime"
             )
-        if not Path("/usr/bin/python3").exists():
-            raise RuntimeUnavailable("the local runtime needs /usr/bin/python3 for the agent")
+        self._rootfs()
         self._check_cgroups()
         if self.disk_quotas:
             disk.check_tools()
@@ -162,6 +168,20 @@ class LocalRuntime:
             "one sandbox can starve this host and every other sandbox",
             problem=self.cgroups.problem,
         )
+
+    def _rootfs(self) -> Build:
+        """The current root filesystem, or RuntimeUnavailable saying how to make one."""
+        directory = self.options.rootfs_dir
+        try:
+            build = RootfsStore(directory).current() if directory is not None else None
+        except StoreError as exc:
+            raise RuntimeUnavailable(f"the sandbox root filesystem is damaged: {exc}") from exc
+        if build is None:
+            raise RuntimeUnavailable(
+                f"no sandbox root filesystem in {directory}: build it with `cloudcontainer "
+                "image build` (`make run` does this; a few minutes the first time)"
+            )
+        return build
 
     # -- layout ---------------------------------------------------------------------------
 
@@ -189,7 +209,7 @@ class LocalRuntime:
             await disk.make_image(self._image(spec.sandbox_id), spec.disk_mb, uid)
         else:
             owned += ["workspace", "home"]
-        for name in [*owned, "etc"]:
+        for name in [*owned, "etc", "rootfs"]:
             (base / name).mkdir(exist_ok=True)
         for name in owned:
             # Made here by root in a directory only root writes: never a path the sandbox
@@ -211,11 +231,15 @@ class LocalRuntime:
         await self.create(spec)
         base = self._dir(spec.sandbox_id)
         uid = await self.uids.uid_for(spec.sandbox_id)
+        try:
+            rootfs = self._rootfs()
+        except RuntimeUnavailable as exc:
+            raise SandboxStartFailed(exc.message) from exc
         netns = self._netns(spec.sandbox_id)
         await self._run("ip", "netns", "add", netns)
         # Network and sandbox start side by side: neither waits for the other.
         started = await asyncio.gather(
-            self._start_slirp(netns, uid), self._start_bwrap(spec, base, netns, uid),
+            self._start_slirp(netns, uid), self._start_bwrap(spec, base, netns, uid, rootfs),
             return_exceptions=True,
         )  # fmt: skip
         failure = next((half for half in started if isinstance(half, BaseException)), None)
@@ -229,7 +253,7 @@ class LocalRuntime:
         slirp, init = started
         assert not isinstance(slirp, BaseException)
         assert not isinstance(init, BaseException)
-        pids = _Pids(init[0], init[1], slirp[0], slirp[1])
+        pids = _Pids(init[0], init[1], slirp[0], slirp[1], rootfs.id)
         (base / "state.json").write_text(json.dumps(dataclasses.asdict(pids)))
         return SandboxInfo(spec.sandbox_id, SandboxState.RUNNING, self._address(spec.sandbox_id))
 
@@ -287,17 +311,11 @@ class LocalRuntime:
             "--unshare-cgroup-try", "--disable-userns", "--seccomp", str(seccomp_fd),
             "--hostname", "sandbox", "--uid", "1000", "--gid", "1000",
             "--new-session", "--clearenv",
-            "--ro-bind", "/usr", "/usr",
-            "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-            "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            # Every mount point below exists in the tree (the builder makes the agent's).
+            "--ro-bind", f"{STAGE}/rootfs", "/",
             "--proc", "/proc", "--dev", "/dev", "--size", str(TMP_BYTES), "--tmpfs", "/tmp",  # noqa: S108
             "--tmpfs", "/run",
-            "--dir", "/etc",
         ]  # fmt: skip
-        for shared in ("/etc/alternatives", "/etc/ld.so.cache", "/etc/localtime",
-                       "/etc/nsswitch.conf", "/etc/ssl", "/etc/ca-certificates"):  # fmt: skip
-            if os.path.exists(shared):
-                argv += ["--ro-bind", shared, shared]
         for option, source, target in self._binds(self._image(spec.sandbox_id).exists()):
             argv += [option, source, target]
         argv += ["--chdir", WORKSPACE]
@@ -325,7 +343,7 @@ class LocalRuntime:
         return binds
 
     async def _start_bwrap(
-        self, spec: SandboxSpec, base: Path, netns: str, uid: int
+        self, spec: SandboxSpec, base: Path, netns: str, uid: int, rootfs: Build
     ) -> tuple[int, int]:
         try:
             join = self.cgroups.create(
@@ -351,8 +369,9 @@ class LocalRuntime:
             # slave, not private: where the host's / is shared (systemd's default), an unmount
             # on the host (a docker sandbox's disk) reaches this copy too instead of pinning it.
             "unshare", "--mount", "--propagation", "slave",
-            "sh", "-c", f'mount --bind "$CC_BASE" {STAGE} && {{ [ -z "$CC_DISK" ] || mount -t '
-            f'ext4 -o {disk.MOUNT_OPTIONS} "$CC_DISK" {STAGE}/disk; }} && exec "$@"', "sh",
+            "sh", "-c", f'mount --bind "$CC_BASE" {STAGE} && mount --bind "$CC_ROOTFS" '
+            f'{STAGE}/rootfs && {{ [ -z "$CC_DISK" ] || mount -t ext4 -o '
+            f'{disk.MOUNT_OPTIONS} "$CC_DISK" {STAGE}/disk; }} && exec "$@"', "sh",
             "nsenter", f"--net={NETNS_DIR / netns}",
             # Raised and capped by root, before the uid changes: the sandbox cannot lift them.
             # No core dumps: a host's core_pattern may hand them to a program running as root.
@@ -369,6 +388,7 @@ class LocalRuntime:
                 pass_fds=(info_write, listener.fileno(), seccomp_fd),
                 env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                      "CC_CGROUP_PROCS": " ".join(str(p) for p in join), "CC_BASE": str(base),
+                     "CC_ROOTFS": str(rootfs.root),
                      "CC_DISK": str(image) if image.exists() else ""},
             )  # fmt: skip
             await process.wait()
@@ -431,6 +451,7 @@ class LocalRuntime:
             detail: dict[str, Any] = {
                 "pid": pids.init,
                 "network": _alive(pids.slirp, pids.slirp_start),
+                "rootfs": pids.rootfs,
             }
             return SandboxInfo(
                 sandbox_id, SandboxState.RUNNING, self._address(sandbox_id), detail=detail
@@ -452,6 +473,15 @@ class LocalRuntime:
         return [
             await self.inspect(path.name) for path in sorted(self.root.iterdir()) if path.is_dir()
         ]
+
+    async def rootfs_in_use(self) -> set[str]:
+        """The root filesystem builds running sandboxes were started from (`image prune`
+        keeps them)."""
+        return {
+            str(info.detail.get("rootfs"))
+            for info in await self.list()
+            if info.state is SandboxState.RUNNING and info.detail.get("rootfs")
+        }
 
     async def logs(self, sandbox_id: str, limit: int = 2000) -> str:
         try:

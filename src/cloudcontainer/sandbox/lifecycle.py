@@ -74,7 +74,7 @@ class Lifecycle:
         return SandboxSpec(
             sandbox_id=container.id, agent_secret=container.agent_secret, cpu=container.cpu,
             memory_mb=container.memory_mb, pids=container.pids_limit, disk_mb=container.disk_mb,
-            owner_id=container.owner_id, project_id=container.project_id,
+            owner_id=container.owner_id, project_id=container.project_id, node=container.node,
         )  # fmt: skip
 
     async def bring_up(

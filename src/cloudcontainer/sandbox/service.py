@@ -24,6 +24,7 @@ from cloudcontainer.db import Container, Database, Project
 from cloudcontainer.db.types import new_id
 from cloudcontainer.errors import Conflict, NotFound, ValidationFailed
 from cloudcontainer.events import EventBus
+from cloudcontainer.images import toolchains
 from cloudcontainer.runtimes.base import Runtime, RuntimeUnavailable
 from cloudcontainer.sandbox.activity import Activity
 from cloudcontainer.sandbox.lifecycle import Lifecycle, LifecycleHooks
@@ -105,7 +106,12 @@ class ContainerService:
     # -- requests -------------------------------------------------------------------------
 
     async def create(
-        self, owner_id: str, project_id: str, template: str, resources: Resources | None
+        self,
+        owner_id: str,
+        project_id: str,
+        template: str,
+        resources: Resources | None,
+        node: str | None = None,
     ) -> Container:
         if self.runtime_problem:
             raise RuntimeUnavailable(self.runtime_problem)
@@ -114,6 +120,11 @@ class ContainerService:
                 f"Unknown template {template!r}; choose one of {', '.join(TEMPLATES)}.",
                 code="unknown_template",
             )
+        node = node or toolchains.DEFAULT_NODE
+        try:
+            toolchains.check_node(node)
+        except toolchains.UnknownToolchain as exc:
+            raise ValidationFailed(f"{exc}.", code="unknown_toolchain") from None
         wanted = resources or Resources(
             self.settings.default_cpu, self.settings.default_memory_mb, self.settings.default_pids
         )
@@ -126,13 +137,16 @@ class ContainerService:
             if project is None:
                 raise NotFound("No such project.", code="project_not_found")
             await check_quota(session, self.settings, owner_id, wanted, disk_mb)
-            warm = self.pool.take(wanted.cpu, wanted.memory_mb, wanted.pids, disk_mb)
+            # Warm sandboxes run the default Node.js: its PATH is set when a sandbox starts.
+            warm = None
+            if node == toolchains.DEFAULT_NODE:
+                warm = self.pool.take(wanted.cpu, wanted.memory_mb, wanted.pids, disk_mb)
             container = Container(
                 id=warm.spec.sandbox_id if warm else new_id("ctr"), owner_id=owner_id,
                 project_id=project_id, runtime=self.runtime.name, template=template,
                 status=Status.STARTING if warm else Status.CREATING, desired=Status.RUNNING,
                 cpu=wanted.cpu, memory_mb=wanted.memory_mb, pids_limit=wanted.pids,
-                disk_mb=disk_mb,
+                disk_mb=disk_mb, node=node,
                 agent_secret=warm.spec.agent_secret if warm else secrets.token_urlsafe(32),
                 dev_servers=[],
             )  # fmt: skip
