@@ -286,10 +286,14 @@ async def _verify_rootfs(root: Path, progress: Progress) -> dict[str, str]:
         command = " ".join(check.argv)
         task.detail(command)
         env = {"HOME": "/home", "LANG": "C.UTF-8", **toolchains.toolchain_env(check.node)}
-        # uid 1000 outside too: the user's files in the tree are owned by the host's 1000.
+        # The tree bound on /mnt by root in a mount namespace of its own (the store may sit
+        # under a directory only root may enter), then uid 1000 outside too: the user's files
+        # in the tree are owned by the host's 1000.
         argv: list[str | Path] = [
+            "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", 'mount --bind "$1" /mnt && shift && exec "$@"', "sh", root,
             "setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
-            "bwrap", "--ro-bind", root, "/", "--proc", "/proc", "--dev", "/dev",
+            "bwrap", "--ro-bind", "/mnt", "/", "--proc", "/proc", "--dev", "/dev",
             "--tmpfs", "/tmp", "--unshare-all", "--uid", "1000", "--gid", "1000",  # noqa: S108
             "--clearenv", "--chdir", "/",
         ]  # fmt: skip

@@ -283,7 +283,7 @@ class DockerRuntime:
 
     def _config(self, spec: SandboxSpec, agent_volume: str) -> dict[str, Any]:
         env = sandbox_env(spec, self.options.ca_bundle is not None)
-        binds = [f"{agent_volume}:{AGENT_DIR}:ro"]
+        binds = [f"{agent_volume}:{AGENT_DIR}:ro,nocopy"]
         if self.options.ca_bundle is not None:
             binds.append(f"{self.options.ca_bundle}:{CA_BUNDLE_PATH}:ro")
         binds += [f"{volume}:{target}" for volume, target in _volumes(spec.sandbox_id).items()]
@@ -306,7 +306,12 @@ class DockerRuntime:
                 "CapDrop": ["ALL"],
                 "SecurityOpt": ["no-new-privileges", f"seccomp={self.seccomp_profile}"],
                 "ReadonlyRootfs": True,
-                "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=1g", "/run": "rw,nosuid,nodev,size=16m"},  # noqa: S108
+                # exec: Docker's default for tmpfs is noexec, a local sandbox's /tmp is not (a
+                # venv or a build in /tmp must run the same on both).
+                "Tmpfs": {
+                    "/tmp": "rw,exec,nosuid,nodev,size=1g",  # noqa: S108
+                    "/run": "rw,nosuid,nodev,size=16m",
+                },
                 "Memory": memory,
                 "MemorySwap": memory,
                 "NanoCpus": int(spec.cpu * 1e9),
@@ -368,10 +373,12 @@ class DockerRuntime:
         # Created, never started: the Engine mounts its volumes for the archive calls.
         carrier = await self.docker.containers.create(
             {"Image": self.options.image, "Labels": {AGENT_LABEL: build},
-             "NetworkDisabled": True, "HostConfig": {"Binds": [f"{volume}:{AGENT_DIR}"]}},
+             "NetworkDisabled": True,
+             # nocopy: the image's empty mount point for the agent is not copied in.
+             "HostConfig": {"Binds": [f"{volume}:{AGENT_DIR}:nocopy"]}},
         )  # fmt: skip
         try:
-            if not await _holds(carrier, AGENT_PATH):
+            if not await _holds(carrier, AGENT_PATH, len(data)):
                 await carrier.put_archive(AGENT_DIR, _tar(PurePosixPath(AGENT_PATH).name, data))
         finally:
             await carrier.delete(force=True)
@@ -490,16 +497,21 @@ def _sources_digest(zipapp: bytes) -> str:
     return digest.hexdigest()[:16]
 
 
-async def _holds(container: DockerContainer, path: str) -> bool:
-    """Whether the container (its volumes included) has `path`."""
+async def _holds(container: DockerContainer, path: str, size: int) -> bool:
+    """Whether the container (its volumes included) has `path`, `size` bytes long (not the
+    image's empty mount point, which an older Engine may have copied into the volume)."""
     try:
         archive = await container.get_archive(path)
     except DockerError as exc:
         if exc.status != NOT_FOUND:
             raise
         return False
-    archive.close()
-    return True
+    try:
+        return archive.getmember(PurePosixPath(path).name).size == size
+    except KeyError:
+        return False
+    finally:
+        archive.close()
 
 
 def _tar(name: str, data: bytes) -> bytes:
