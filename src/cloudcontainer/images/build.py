@@ -39,6 +39,7 @@ from cloudcontainer.images import engine, npm, rootfs, toolchains
 from cloudcontainer.images.archive import ImageArchive, pack_layer
 from cloudcontainer.images.errors import (
     DockerUnavailable,
+    DownloadFailed,
     HostNotSupported,
     ImageBuildError,
     VerificationFailed,
@@ -90,11 +91,31 @@ class BuildOptions:
     security_mirror: str = "http://deb.debian.org/debian-security"
     npm_registry: str = "https://registry.npmjs.org/"
     ca_bundle: Path | None = Path("/etc/ssl/certs/ca-certificates.crt")
+    # Rebuild what this manifest (of an earlier build) records: the same Debian packages at the
+    # same versions, the same Node.js, npm and corepack releases with the same hashes.
+    manifest: Mapping[str, Any] | None = None
 
     def debian(self, arch: Arch) -> rootfs.DebianBase:
+        if self.manifest is None:
+            return rootfs.DebianBase(
+                arch=arch.debian, mirror=self.debian_mirror, security_mirror=self.security_mirror
+            )
+        debian = self.manifest["debian"]
         return rootfs.DebianBase(
-            arch=arch.debian, mirror=self.debian_mirror, security_mirror=self.security_mirror
-        )
+            arch=arch.debian, mirror=self.debian_mirror, security_mirror=self.security_mirror,
+            packages=tuple(debian["requested"]),
+            pins=tuple(f"{name}={version}" for name, version in sorted(debian["packages"].items())),
+        )  # fmt: skip
+
+    def pinned(self, name: str, major: int) -> dict[str, str] | None:
+        """The manifest's record of npm package `name` (of `major`), when rebuilding one."""
+        if self.manifest is None:
+            return None
+        for toolchain in self.manifest["node"]["majors"].values():
+            for record in toolchain.values():
+                if record["name"] == name and record["version"].split(".")[0] == str(major):
+                    return dict(record)
+        raise ImageBuildError(f"the manifest records no {name}@{major}")
 
     def recipe(self, arch: Arch) -> str:
         """What decides a build's content, besides the mirrors' updates: a current build with
@@ -171,7 +192,7 @@ async def build_rootfs(options: BuildOptions, progress: Progress | None = None) 
     try:
         with store.lock():
             current = store.current()
-            fresh = options.force or options.refresh
+            fresh = options.force or options.refresh or options.manifest is not None
             up_to_date = current is not None and current.manifest.get("recipe") == options.recipe(
                 arch
             )
@@ -191,6 +212,8 @@ async def _build(
     try:
         parts = await _gather_parts(arch, scratch / "root", store, options, progress)
         await _assemble(parts, progress)
+        if options.manifest is not None:
+            await asyncio.to_thread(_check_pins, parts.root, options.manifest)
         tools = await _verify_rootfs(parts.root, progress)
         manifest = await asyncio.to_thread(_manifest, parts, tools, arch, options)
         build = await asyncio.to_thread(store.commit, scratch, manifest)
@@ -217,7 +240,14 @@ async def _gather_parts(
     fetched: dict[str, tuple[npm.Package, Path]] = {}
 
     async def fetch(name: str, major: int) -> None:
-        package = await npm.resolve(client, options.npm_registry, name, major)
+        pinned = options.pinned(name, major)
+        exact = pinned["version"] if pinned else None
+        package = await npm.resolve(client, options.npm_registry, name, major, exact)
+        if pinned and package.integrity != pinned["integrity"]:
+            raise DownloadFailed(
+                f"{name}@{exact} in the registry is not the tarball the manifest records "
+                f"(sha512 {package.integrity[:20]}... against {pinned['integrity'][:20]}...)"
+            )
         path = await npm.fetch(
             client, package, store.cache_dir / "npm", progress, refresh=options.refresh
         )
@@ -309,6 +339,25 @@ async def _verify_rootfs(root: Path, progress: Progress) -> dict[str, str]:
         task.advance(1)
     task.done()
     return versions
+
+
+def _check_pins(root: Path, manifest: Mapping[str, Any]) -> None:
+    """A rebuild holds exactly the packages the manifest records, at its versions."""
+    wanted: Mapping[str, str] = manifest["debian"]["packages"]
+    got = rootfs.debian_record(root)["packages"]
+    assert isinstance(got, dict)
+    differ = sorted(
+        f"{name} {wanted.get(name, 'absent')} -> {got.get(name, 'absent')}"
+        for name in set(wanted) | set(got)
+        if wanted.get(name) != got.get(name)
+    )
+    if differ:
+        shown = "; ".join(differ[:8]) + ("; ..." if len(differ) > 8 else "")
+        raise VerificationFailed(
+            f"the rebuild differs from the manifest in {len(differ)} packages ({shown}): point "
+            "--debian-mirror and --security-mirror at snapshot.debian.org archives of the "
+            "manifest's release dates"
+        )
 
 
 async def _output(argv: list[str | Path]) -> tuple[int, str]:

@@ -49,8 +49,11 @@ def registry_client(ca_bundle: Path | None) -> httpx.AsyncClient:
     return httpx.AsyncClient(verify=context, timeout=timeout, follow_redirects=True)
 
 
-async def resolve(client: httpx.AsyncClient, registry: str, name: str, major: int) -> Package:
-    """The newest release (no pre-release) of `name` with major version `major`."""
+async def resolve(
+    client: httpx.AsyncClient, registry: str, name: str, major: int, exact: str | None = None
+) -> Package:
+    """The newest release (no pre-release) of `name` with major version `major`, or the
+    release `exact` (a rebuild from a manifest)."""
     url = f"{registry.rstrip('/')}/{name}"
     try:
         response = await client.get(url, headers={"Accept": _ABBREVIATED})
@@ -67,6 +70,10 @@ async def resolve(client: httpx.AsyncClient, registry: str, name: str, major: in
     if not releases:
         raise DownloadFailed(f"the npm registry has no release {major}.x of {name}")
     version = max(releases)[1]
+    if exact is not None:
+        if exact not in versions:
+            raise DownloadFailed(f"the npm registry has no {name}@{exact}")
+        version = exact
     dist = versions[version].get("dist", {})
     if not dist.get("tarball") or not str(dist.get("integrity", "")).startswith("sha512-"):
         raise DownloadFailed(f"{name}@{version} has no tarball with a sha512 integrity")

@@ -64,11 +64,13 @@ class DebianBase:
     suite: str = "bookworm"
     variant: str = "minbase"
     packages: tuple[str, ...] = DEBIAN_PACKAGES
+    # A rebuild from a manifest: every package at the version it records ("name=version").
+    pins: tuple[str, ...] = ()
 
     @property
     def cache_name(self) -> str:
         key = "|".join([self.suite, self.variant, self.arch, self.mirror, self.security_mirror,
-                        *sorted(self.packages)])  # fmt: skip
+                        *sorted(self.packages), *sorted(self.pins)])  # fmt: skip
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
         return f"debian-{self.suite}-{self.variant}-{self.arch}-{digest}.tar"
 
@@ -116,10 +118,14 @@ class DebianBase:
             if line.startswith(("Get:", "Unpacking ", "Setting up ")):
                 task.detail(f"{line[:100]} ({unpacked} unpacked)")
 
-        script = (
-            "apt-get update -q && apt-get -y -q -o Dpkg::Options::=--force-confold upgrade"
-            " && apt-get install -y -q --no-install-recommends " + " ".join(self.packages)
-        )
+        if self.pins:  # exactly these versions, older or newer than what debootstrap took
+            install = "apt-get install -y -q --no-install-recommends --allow-downgrades "
+            script = "apt-get update -q && " + install + " ".join(self.pins)
+        else:
+            script = (
+                "apt-get update -q && apt-get -y -q -o Dpkg::Options::=--force-confold upgrade"
+                " && apt-get install -y -q --no-install-recommends " + " ".join(self.packages)
+            )
         # /proc and /dev for the packages' scripts, mounted in a mount namespace of the build's
         # own: they vanish with it, even when the build is killed.
         await run(
