@@ -12,12 +12,22 @@ from importlib import resources
 
 import pytest
 
+from cloudcontainer.images.toolchains import DEFAULT_NODE, NODE_MAJORS
 from cloudcontainer.sandbox.templates import TEMPLATES, Template, template_files
 from tests.conftest import Api, TestUser
 from tests.sandbox_helpers import ExecResult, new_container, sh
 
 INSTALL_SECONDS = 600  # real registries: an upper bound, never a measured timing
 SERVE_SECONDS = 90  # from the dev command's start to its page (Next compiles on first request)
+
+# Every template on the default Node.js, and the npm ones on each other major too.
+CASES = [pytest.param(template, None, id=name) for name, template in TEMPLATES.items()] + [
+    pytest.param(template, major, id=f"{name}-node{major}")
+    for name, template in TEMPLATES.items()
+    if template.install[0] == "npm"
+    for major in NODE_MAJORS
+    if major != DEFAULT_NODE
+]
 
 # -- the metadata, without a sandbox ------------------------------------------------------------
 
@@ -83,13 +93,16 @@ def serves(template: Template, path: str) -> str:
 
 
 @pytest.mark.timeout(INSTALL_SECONDS + 3 * SERVE_SECONDS + 120)
-@pytest.mark.parametrize("template", TEMPLATES.values(), ids=list(TEMPLATES))
+@pytest.mark.parametrize(("template", "node"), CASES)
 async def test_template_installs_and_its_dev_command_serves_its_page(
-    sandbox_api_factory: Callable[..., Awaitable[Api]], template: Template
+    sandbox_api_factory: Callable[..., Awaitable[Api]], template: Template, node: str | None
 ) -> None:
     api = await sandbox_api_factory()
     user = await api.user()
-    container = await new_container(api, user, template.name)
+    toolchain = {} if node is None else {"toolchain": {"node": node}}
+    container = await new_container(api, user, template.name, **toolchain)
+    version = await sh(api, user, container["id"], "node --version")
+    assert version.stdout.startswith(f"v{node or DEFAULT_NODE}."), version
 
     installed = await run_long(api, user, container["id"], template.install, INSTALL_SECONDS)
     assert installed.code == 0, installed
