@@ -1,12 +1,12 @@
 import express from 'express';
 
+const port = 3000;
 const app = express();
-const port = Number(process.env.PORT ?? 3000);
 
 app.get('/', (_req, res) => {
-  res.send('Hello from Express');
+  res.send('<!doctype html><title>Express</title><h1>Hello from Express</h1>');
 });
 
-app.listen(port, () => {
+app.listen(port, '0.0.0.0', () => {
   console.log(`Listening on http://localhost:${port}`);
 });

@@ -1,7 +1,7 @@
 export default function Home() {
   return (
     <main>
-      <h1>Next.js</h1>
+      <h1>Hello from Next.js</h1>
       <p>Edit app/page.js and save to see it update.</p>
     </main>
   );
