@@ -399,9 +399,15 @@ def image_build(
             image = await load_into_docker(result.build, docker_tag, docker_host, progress)
         return result, image
 
+    async def build_and_prune() -> tuple[BuildResult, ImageResult | None]:
+        result, image = await build()
+        if result.built or (image is not None and image.loaded):
+            await _prune(settings, docker_host)  # what the new build replaced, unless in use
+        return result, image
+
     with _BuildProgress(console) as progress:
         try:
-            result, image = asyncio.run(_cancelled_by_sigterm(build()))
+            result, image = asyncio.run(_cancelled_by_sigterm(build_and_prune()))
         except ImageBuildError as exc:
             progress.fail()
             _print_build_error(exc)
@@ -460,32 +466,36 @@ def image_prune(
     ] = "unix:///var/run/docker.sock",
 ) -> None:
     """Remove the builds (and their Docker images) no sandbox uses and that are not current."""
-    from cloudcontainer.images import ImageBuildError, RootfsStore, prune_images
-    from cloudcontainer.images.rootfs import remove_tree
+    from cloudcontainer.images import ImageBuildError
 
     settings = _settings(config, data_dir=data_dir)
-    store = RootfsStore(settings.rootfs_path)
-
-    async def prune() -> tuple[list[str], list[str]]:
-        with store.lock(wait=False):
-            unused = store.unused(await _rootfs_in_use(settings))
-            for path in unused:
-                await remove_tree(path)
-        current = store.current()
-        images = await prune_images(docker_host, current.id if current else None)
-        return [path.name for path in unused], images
-
     try:
-        builds, images = asyncio.run(prune())
+        removed = asyncio.run(_prune(settings, docker_host))
     except ImageBuildError as exc:
         console.print(f"[red]Prune failed:[/red] {escape(exc.message)}")
         raise typer.Exit(1) from None
-    for name in builds:
-        console.print(f"removed build {name}")
-    for name in images:
-        console.print(f"removed Docker image {name}")
-    if not builds and not images:
+    if not removed:
         console.print("Nothing to remove.")
+
+
+async def _prune(settings: Settings, docker_host: str) -> list[str]:
+    """Remove the builds that are neither current nor used by a running local sandbox of this
+    data directory, then the Docker images of builds other than the current one that no
+    container uses; print and return what went."""
+    from cloudcontainer.images import RootfsStore, prune_images
+    from cloudcontainer.images.rootfs import remove_tree
+
+    store = RootfsStore(settings.rootfs_path)
+    with store.lock(wait=False):
+        unused = store.unused(await _rootfs_in_use(settings))
+        for path in unused:
+            await remove_tree(path)
+    current = store.current()
+    images = await prune_images(docker_host, current.id if current else None)
+    removed = [f"build {path.name}" for path in unused] + [f"Docker image {tag}" for tag in images]
+    for name in removed:
+        console.print(f"Removed {name}.")
+    return removed
 
 
 async def _rootfs_in_use(settings: Settings) -> set[str]:
