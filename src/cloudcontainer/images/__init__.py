@@ -6,15 +6,8 @@ sandboxes from (images/store.py keeps the builds); `load_into_docker` makes it t
 runtime's image. The CLI's `cloudcontainer image build|list|prune` drives them with rich.
 """
 
-from cloudcontainer.images.build import (
-    DEFAULT_TAG,
-    BuildOptions,
-    BuildResult,
-    ImageResult,
-    build_rootfs,
-    load_into_docker,
-    prune_images,
-)
+from cloudcontainer.images.build import BuildOptions, BuildResult, build_rootfs
+from cloudcontainer.images.docker import DEFAULT_TAG, ImageResult, load_into_docker, prune_images
 from cloudcontainer.images.errors import CommandFailed, ImageBuildError, InvalidTag
 from cloudcontainer.images.progress import Progress, SilentProgress, Task
 from cloudcontainer.images.store import Build, RootfsStore, StoreError

@@ -1,5 +1,5 @@
 """`build_rootfs`: the sandbox root filesystem from Debian and the npm registry, no registry
-of images needed; `load_into_docker`: the same tree as the docker runtime's image.
+of images needed (images/docker.py makes the docker runtime's image of the same tree).
 
 The steps (see docs/runtimes.md, "The sandbox root filesystem"):
 
@@ -9,11 +9,10 @@ The steps (see docs/runtimes.md, "The sandbox root filesystem"):
    registry, checked against the registry's sha512 integrity (cached);
 3. add user `user` (1000:1000) and /home/project, lay out /opt/node/<major>, lift Debian's pip
    guard;
-4. run every tool in the new tree as uid 1000 without network (bubblewrap, as `local` sandboxes
-   run) and fail if one is missing or of the wrong version;
+4. run every tool in the new tree as uid 1000 without network (images/checks.py) and fail if
+   one is missing or of the wrong version;
 5. write the manifest (what went in, to the package version and tarball hash) and move the
-   build into place, making it current (images/store.py);
-6. for the docker runtime, tar that same tree into one image layer and `docker load` it.
+   build into place, making it current (images/store.py).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,37 +29,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiodocker
-from aiodocker.exceptions import DockerError
-
 from cloudcontainer import __version__
-from cloudcontainer.images import engine, npm, rootfs, toolchains
-from cloudcontainer.images.archive import ImageArchive, pack_layer
-from cloudcontainer.images.errors import (
-    DockerUnavailable,
-    DownloadFailed,
-    HostNotSupported,
-    ImageBuildError,
-    VerificationFailed,
-)
+from cloudcontainer.images import checks, npm, rootfs, toolchains
+from cloudcontainer.images.errors import DownloadFailed, HostNotSupported, ImageBuildError
 from cloudcontainer.images.progress import Progress, SilentProgress
 from cloudcontainer.images.store import MANIFEST_FORMAT, Build, RootfsStore
 
-__all__ = [
-    "DEFAULT_TAG",
-    "BuildOptions",
-    "BuildResult",
-    "ImageResult",
-    "build_rootfs",
-    "load_into_docker",
-    "prune_images",
-]
+__all__ = ["BuildOptions", "BuildResult", "build_rootfs"]
 
-DEFAULT_TAG = "cloudcontainer/sandbox:latest"
-IMAGE_REPOSITORY = "cloudcontainer/sandbox"
-BUILD_LABEL = "io.cloudcontainer.rootfs"
-IMAGE_ENV = (f"PATH={toolchains.BASE_PATH}", "LANG=C.UTF-8")
-WORKDIR = "/home/project"
 # Bumped whenever the builder would lay the tree out differently: a current build made by an
 # older recipe is rebuilt by the next `image build`.
 RECIPE_VERSION = 2
@@ -133,52 +108,6 @@ class BuildResult:
     seconds: float = 0.0
 
 
-@dataclass(frozen=True)
-class ImageResult:
-    tag: str
-    image_id: str
-    loaded: bool  # False: Docker had this build already
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class _Check:
-    name: str
-    argv: tuple[str, ...]
-    expect: str  # a regular expression the output must start with
-    node: str = toolchains.DEFAULT_NODE  # whose PATH it runs with
-
-    def passes(self, output: str) -> bool:
-        return re.match(self.expect, output.strip()) is not None
-
-
-def _node_checks(release: toolchains.NodeRelease) -> list[_Check]:
-    major = release.major
-    return [
-        _Check(f"node{major}", ("node", "--version"), rf"v{major}\.", major),
-        _Check(f"npm{major}", ("npm", "--version"), rf"{release.npm_major}\.", major),
-        _Check(f"corepack{major}", ("corepack", "--version"), r"0\.", major),
-    ]
-
-
-CHECKS = (
-    *(check for release in toolchains.NODE_MAJORS.values() for check in _node_checks(release)),
-    _Check("python3", ("python3", "--version"), r"Python 3\.(9|[1-9][0-9])\b"),
-    _Check("pip", ("pip", "--version"), r"pip \d"),
-    _Check("gcc", ("gcc", "--version"), r"gcc \(Debian"),
-    _Check("make", ("make", "--version"), r"GNU Make \d"),
-    _Check("git", ("git", "--version"), r"git version \d"),
-    _Check("ssh", ("ssh", "-V"), r"OpenSSH_\d"),
-    _Check("curl", ("curl", "--version"), r"curl \d"),
-    _Check("jq", ("jq", "--version"), r"jq-\d"),
-    _Check("sqlite3", ("sqlite3", "--version"), r"3\.\d"),
-    _Check("ripgrep", ("rg", "--version"), r"ripgrep \d"),
-    _Check("unzip", ("unzip", "-v"), r"UnZip \d"),
-    _Check("user", ("id", "user"), r"uid=1000\(user\) gid=1000\(user\)"),
-    _Check("workdir", ("stat", "-c", "%u:%g %n", WORKDIR), rf"1000:1000 {WORKDIR}$"),
-)
-
-
 # -- the root filesystem -----------------------------------------------------------------------
 
 
@@ -213,8 +142,8 @@ async def _build(
         parts = await _gather_parts(arch, scratch / "root", store, options, progress)
         await _assemble(parts, progress)
         if options.manifest is not None:
-            await asyncio.to_thread(_check_pins, parts.root, options.manifest)
-        tools = await _verify_rootfs(parts.root, progress)
+            await asyncio.to_thread(checks.check_pins, parts.root, options.manifest)
+        tools = await checks.verify_rootfs(parts.root, progress)
         manifest = await asyncio.to_thread(_manifest, parts, tools, arch, options)
         build = await asyncio.to_thread(store.commit, scratch, manifest)
     except BaseException:
@@ -307,75 +236,6 @@ def _first_leaf(group: BaseExceptionGroup[Exception]) -> Exception:
     return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
-async def _verify_rootfs(root: Path, progress: Progress) -> dict[str, str]:
-    """Run each check in the tree as a sandbox does (bubblewrap, uid 1000, read-only, no
-    network); the first line of each answer is what the manifest records."""
-    task = progress.task("Verify the root filesystem", total=len(CHECKS), unit="items")
-    versions: dict[str, str] = {}
-    for check in CHECKS:
-        command = " ".join(check.argv)
-        task.detail(command)
-        env = {"HOME": "/home", "LANG": "C.UTF-8", **toolchains.toolchain_env(check.node)}
-        # The tree bound on /mnt by root in a mount namespace of its own (the store may sit
-        # under a directory only root may enter), then uid 1000 outside too: the user's files
-        # in the tree are owned by the host's 1000.
-        argv: list[str | Path] = [
-            "unshare", "--mount", "--propagation", "private",
-            "sh", "-c", 'mount --bind "$1" /mnt && shift && exec "$@"', "sh", root,
-            "setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
-            "bwrap", "--ro-bind", "/mnt", "/", "--proc", "/proc", "--dev", "/dev",
-            "--tmpfs", "/tmp", "--unshare-all", "--uid", "1000", "--gid", "1000",  # noqa: S108
-            "--clearenv", "--chdir", "/",
-        ]  # fmt: skip
-        for key, value in env.items():
-            argv += ["--setenv", key, value]
-        code, output = await _output([*argv, *check.argv])
-        if code != 0 or not check.passes(output):
-            raise VerificationFailed(
-                f"`{command}` in the new root filesystem answered {output.strip()[:300]!r} "
-                f"(exit status {code}); expected output matching {check.expect!r}"
-            )
-        versions[check.name] = output.strip().splitlines()[0]
-        task.advance(1)
-    task.done()
-    return versions
-
-
-def _check_pins(root: Path, manifest: Mapping[str, Any]) -> None:
-    """A rebuild holds exactly the packages the manifest records, at its versions."""
-    wanted: Mapping[str, str] = manifest["debian"]["packages"]
-    got = rootfs.debian_record(root)["packages"]
-    assert isinstance(got, dict)
-    differ = sorted(
-        f"{name} {wanted.get(name, 'absent')} -> {got.get(name, 'absent')}"
-        for name in set(wanted) | set(got)
-        if wanted.get(name) != got.get(name)
-    )
-    if differ:
-        shown = "; ".join(differ[:8]) + ("; ..." if len(differ) > 8 else "")
-        raise VerificationFailed(
-            f"the rebuild differs from the manifest in {len(differ)} packages ({shown}): point "
-            "--debian-mirror and --security-mirror at snapshot.debian.org archives of the "
-            "manifest's release dates"
-        )
-
-
-async def _output(argv: list[str | Path]) -> tuple[int, str]:
-    """Exit status and whole output (stdout, then stderr) of a short command."""
-    process = await asyncio.create_subprocess_exec(
-        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise VerificationFailed(f"`{argv[-1]}` did not finish within 60 s") from None
-    assert process.returncode is not None
-    return process.returncode, (out + err).decode(errors="replace")
-
-
 def _manifest(
     parts: _Parts, tools: Mapping[str, str], arch: Arch, options: BuildOptions
 ) -> dict[str, Any]:
@@ -421,101 +281,6 @@ def _package_record(parts: _Parts, tarball: Path) -> dict[str, str]:
         "tarball": package.tarball,
         "integrity": package.integrity,
     }
-
-
-# -- the docker image --------------------------------------------------------------------------
-
-
-async def load_into_docker(
-    build: Build, tag: str, docker_url: str, progress: Progress | None = None
-) -> ImageResult:
-    """The build as a one-layer image tagged `cloudcontainer/sandbox:<build id>` and `tag`;
-    loaded only when Docker does not have it yet. Containers keep the image they were
-    created from, so retagging never disturbs a running sandbox."""
-    progress = progress or SilentProgress()
-    started = time.monotonic()
-    tag = engine.normalize_tag(tag)
-    own_tag = f"{IMAGE_REPOSITORY}:{build.id}"
-    try:
-        async with engine.connect(docker_url) as docker:
-            existing = await engine.find_image(docker, own_tag)
-            loaded = existing is None
-            if loaded:
-                await _load(docker, build, own_tag, progress)
-                await _verify_image(docker, own_tag, build, progress)
-            repository, _, name = tag.rpartition(":")
-            if tag != own_tag:
-                await docker.images.tag(own_tag, repository, tag=name)
-            image_id = (await docker.images.inspect(own_tag))["Id"]
-    except OSError as exc:
-        raise ImageBuildError(f"host error: {exc}") from exc
-    except DockerError as exc:
-        raise DockerUnavailable(f"the Docker Engine failed: {exc.message}") from exc
-    return ImageResult(tag, image_id, loaded, time.monotonic() - started)
-
-
-async def _load(docker: aiodocker.Docker, build: Build, tag: str, progress: Progress) -> None:
-    work = build.path / "docker"
-    await asyncio.to_thread(work.mkdir, exist_ok=True)
-    try:
-        task = progress.task("Pack the image layer", unit="bytes")
-        task.set_total(await asyncio.to_thread(rootfs.tree_size, build.root))
-        layer = await pack_layer(build.root, work / "layer.tar", task)
-        task.done(f"{layer.size / 1e6:.0f} MB")
-        labels = {
-            "org.opencontainers.image.title": "cloudcontainer sandbox",
-            "io.cloudcontainer.builder": __version__,
-            BUILD_LABEL: build.id,
-        }
-        architecture = str(build.manifest["arch"])
-        archive = ImageArchive(layer, tag, architecture, IMAGE_ENV, WORKDIR, ("/bin/bash",), labels)
-        task = progress.task(f"Load into Docker as {tag}", total=archive.size(), unit="bytes")
-        await engine.load(docker, archive, task)
-        task.done()
-    finally:
-        await rootfs.remove_tree(work)
-
-
-async def _verify_image(
-    docker: aiodocker.Docker, tag: str, build: Build, progress: Progress
-) -> None:
-    """The image runs the default Node.js and Python the manifest recorded, as uid 1000."""
-    task = progress.task("Verify the image")
-    tools = build.manifest["tools"]
-    for argv, expected in ((("node", "--version"), tools[f"node{toolchains.DEFAULT_NODE}"]),
-                           (("python3", "--version"), tools["python3"])):  # fmt: skip
-        try:
-            code, output = await engine.run_in_image(docker, tag, argv, user="1000:1000")
-        except DockerError as exc:
-            raise VerificationFailed(
-                f"`{' '.join(argv)}` does not run in {tag}: {exc.message}"
-            ) from exc
-        if code != 0 or output.strip().splitlines()[0] != expected:
-            raise VerificationFailed(
-                f"`{' '.join(argv)}` in {tag} answered {output.strip()[:300]!r} (exit status "
-                f"{code}); the root filesystem answered {expected!r}"
-            )
-    task.done()
-
-
-async def prune_images(docker_url: str, current: str | None) -> list[str]:
-    """Remove the Docker images of builds other than `current` that no container uses; the
-    tags removed. Nothing when no Docker Engine answers (a `local`-only host)."""
-    removed: list[str] = []
-    try:
-        async with engine.connect(docker_url) as docker:
-            images = await docker.images.list(filters={"label": [BUILD_LABEL]})
-            for image in images:
-                if (image.get("Labels") or {}).get(BUILD_LABEL) == current:
-                    continue
-                for tag in image.get("RepoTags") or []:
-                    if await engine.remove_image(docker, tag):
-                        removed.append(tag)
-    except DockerUnavailable:
-        return removed
-    except DockerError as exc:
-        raise DockerUnavailable(f"the Docker Engine failed: {exc.message}") from exc
-    return removed
 
 
 def _host_arch() -> Arch:
