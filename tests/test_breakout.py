@@ -20,6 +20,7 @@ from cloudcontainer.runtimes.base import SANDBOX_UID, open_files_limit
 from cloudcontainer.runtimes.egress import METADATA_ADDRESS
 from tests.conftest import Api, TestUser, make_settings, running_api
 from tests.sandbox_helpers import new_container, run, sh, until_listening
+from tests.support.image import BuiltRootfs
 from tests.support.net import free_port
 from tests.support.netns import private_host
 from tests.support.smtp import Mailbox
@@ -340,7 +341,9 @@ async def test_each_local_sandbox_has_its_own_host_uid(sandbox_api: Api) -> None
     assert first <= min(a, b) <= max(a, b) <= last, uids
 
 
-async def test_local_refuses_to_run_without_cgroup_limits(tmp_path: Path) -> None:
+async def test_local_refuses_to_run_without_cgroup_limits(
+    tmp_path: Path, built_rootfs: BuiltRootfs
+) -> None:
     """Fail closed: a host whose cgroups cannot limit sandboxes runs none, unless the operator
     says so (and then the gateway says loudly what that means)."""
     from cloudcontainer.runtimes.base import RuntimeOptions, RuntimeUnavailable
@@ -350,14 +353,15 @@ async def test_local_refuses_to_run_without_cgroup_limits(tmp_path: Path) -> Non
     not_a_tree = tmp_path / "cgroup"
     not_a_tree.write_text("")  # nothing can be made under a file
     options = RuntimeOptions(data_dir=tmp_path / "data", agent_zipapp=tmp_path / "a.pyz",
-                             ca_bundle=None)  # fmt: skip
+                             ca_bundle=None, rootfs_dir=built_rootfs.directory)  # fmt: skip
     runtime = LocalRuntime(options)
     runtime.cgroups = CgroupLimits(root=not_a_tree)
     with pytest.raises(RuntimeUnavailable, match="cgroups cannot limit sandboxes"):
         await runtime.check()
     allowed = LocalRuntime(
         RuntimeOptions(data_dir=tmp_path / "data", agent_zipapp=tmp_path / "a.pyz",
-                       ca_bundle=None, local_allow_without_cgroups=True)
+                       ca_bundle=None, local_allow_without_cgroups=True,
+                       rootfs_dir=built_rootfs.directory)
     )  # fmt: skip
     allowed.cgroups = CgroupLimits(root=not_a_tree)
     await allowed.check()

@@ -120,6 +120,22 @@ def test_loading_again_reuses_the_image(built_image: BuiltImage) -> None:
     assert built_image.inspect()["Id"] == before
 
 
+def test_another_stores_prune_leaves_this_stores_image(
+    built_image: BuiltImage, tmp_path: Path
+) -> None:
+    """Gateways (or test sessions) with their own stores may share one Docker Engine."""
+    import subprocess
+
+    env = cli_env(rootfs_dir=str(tmp_path / "other"), data_dir=str(tmp_path / "data"))
+    result = subprocess.run(
+        [*CLI, "image", "prune", "--docker-host", built_image.docker_url],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Nothing to remove" in result.stdout + result.stderr
+    assert built_image.inspect()["Config"]
+
+
 @pytest.mark.parametrize("tag", ["Not A Tag!!", "Upper:x", "name:tag:tag", "a/b:" + "t" * 200])
 def test_bad_tag_fails_clearly_before_any_work(tmp_path: Path, tag: str) -> None:
     result = build("--docker", "--tag", tag, rootfs_dir=tmp_path, docker_url="unix:///x")

@@ -490,8 +490,7 @@ async def _prune(settings: Settings, docker_host: str) -> list[str]:
         unused = store.unused(await _rootfs_in_use(settings))
         for path in unused:
             await remove_tree(path)
-    current = store.current()
-    images = await prune_images(docker_host, current.id if current else None)
+    images = await prune_images(docker_host, store)
     removed = [f"build {path.name}" for path in unused] + [f"Docker image {tag}" for tag in images]
     for name in removed:
         console.print(f"Removed {name}.")

@@ -20,13 +20,14 @@ from cloudcontainer.images.archive import ImageArchive, pack_layer
 from cloudcontainer.images.checks import WORKDIR
 from cloudcontainer.images.errors import DockerUnavailable, ImageBuildError, VerificationFailed
 from cloudcontainer.images.progress import Progress, SilentProgress
-from cloudcontainer.images.store import Build
+from cloudcontainer.images.store import Build, RootfsStore
 
 __all__ = ["BUILD_LABEL", "DEFAULT_TAG", "ImageResult", "load_into_docker", "prune_images"]
 
 DEFAULT_TAG = "cloudcontainer/sandbox:latest"
 IMAGE_REPOSITORY = "cloudcontainer/sandbox"
 BUILD_LABEL = "io.cloudcontainer.rootfs"
+STORE_LABEL = "io.cloudcontainer.rootfs-store"
 IMAGE_ENV = (f"PATH={toolchains.BASE_PATH}", "LANG=C.UTF-8")
 
 
@@ -78,6 +79,7 @@ async def _load(docker: aiodocker.Docker, build: Build, tag: str, progress: Prog
             "org.opencontainers.image.title": "cloudcontainer sandbox",
             "io.cloudcontainer.builder": __version__,
             BUILD_LABEL: build.id,
+            STORE_LABEL: build.store.id,
         }
         architecture = str(build.manifest["arch"])
         archive = ImageArchive(layer, tag, architecture, IMAGE_ENV, WORKDIR, ("/bin/bash",), labels)
@@ -110,13 +112,16 @@ async def _verify_image(
     task.done()
 
 
-async def prune_images(docker_url: str, current: str | None) -> list[str]:
-    """Remove the Docker images of builds other than `current` that no container uses; the
-    tags removed. Nothing when no Docker Engine answers (a `local`-only host)."""
+async def prune_images(docker_url: str, store: RootfsStore) -> list[str]:
+    """Remove the Docker images loaded from `store`'s builds other than its current one that no
+    container uses; the tags removed. Nothing when no Docker Engine answers (a `local`-only
+    host). Images of other stores (another gateway's, a test session's) are never touched."""
+    current_build = store.current()
+    current = current_build.id if current_build is not None else None
     removed: list[str] = []
     try:
         async with engine.connect(docker_url) as docker:
-            images = await docker.images.list(filters={"label": [BUILD_LABEL]})
+            images = await docker.images.list(filters={"label": [f"{STORE_LABEL}={store.id}"]})
             for image in images:
                 if (image.get("Labels") or {}).get(BUILD_LABEL) == current:
                     continue

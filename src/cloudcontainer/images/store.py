@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -49,6 +50,10 @@ class Build:
     def root(self) -> Path:
         return self.path / "root"
 
+    @property
+    def store(self) -> RootfsStore:
+        return RootfsStore(self.path.parent.parent)
+
 
 class RootfsStore:
     def __init__(self, directory: Path) -> None:
@@ -56,6 +61,12 @@ class RootfsStore:
         self.builds_dir = directory / "builds"
         self.cache_dir = directory / "cache"
         self._current = directory / "current"
+
+    @property
+    def id(self) -> str:
+        """Which store a Docker image was loaded from (its label): stores sharing one Docker
+        Engine each prune only their own images."""
+        return hashlib.sha256(str(self.directory.resolve()).encode()).hexdigest()[:16]
 
     # -- reading ----------------------------------------------------------------------------
 
