@@ -221,9 +221,8 @@ def main() -> None:
         )  # fmt: skip
     if want("IMG-BUILD"):
         warm_samples = 1 if args.quick else 3
-        console.print(
-            f"IMG-build: image build{'' if args.quick else ' cold, then'} warm, {warm_samples} times …"
-        )
+        first = "" if args.quick else " cold, then"
+        console.print(f"IMG-build: image build{first} warm, {warm_samples} times …")
         built = images.build_times(cold=not args.quick, warm_samples=warm_samples)
         report["results"]["IMG-build"] = built
         if "cold" in built:

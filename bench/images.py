@@ -122,4 +122,4 @@ def build_times(cold: bool, warm_samples: int) -> dict[str, Any]:
     return result
 
 
-__all__ = ["IMAGE", "build_times", "current_root", "ensure_rootfs", "sizes"]
+__all__ = ["IMAGE", "ROOTFS_DIR", "build_times", "current_root", "ensure_rootfs", "sizes"]
