@@ -2,6 +2,10 @@
 
 Prints one table (each figure beside its floor from the same run and its goal) and writes
 every sample to bench/results/<time>.json, with the commit, the machine and the settings.
+
+Every server starts its sandboxes from one rootfs store, built (or found up to date) at the
+start with `cloudcontainer image build` (`--docker` too when a docker figure is wanted): the
+repo's `.cloudcontainer/rootfs`, as `make run` uses, or CLOUDCONTAINER_ROOTFS_DIR when set.
 """
 
 from __future__ import annotations
