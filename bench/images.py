@@ -101,6 +101,8 @@ def build_times(cold: bool, warm_samples: int) -> dict[str, Any]:
     tarballs): the same work as a warm rebuild, and the shared store is left alone."""
     result: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="cc-bench-img-") as tmp:
+        # The build verifies its tree as uid 1000 (bubblewrap), which must reach it.
+        os.chmod(tmp, 0o755)
         store, data = Path(tmp) / "rootfs", Path(tmp) / "data"
         if cold:
             seconds = _image_build(store, "--no-docker", data=data)
