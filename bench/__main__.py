@@ -2,6 +2,10 @@
 
 Prints one table (each figure beside its floor from the same run and its goal) and writes
 every sample to bench/results/<time>.json, with the commit, the machine and the settings.
+
+Every server starts its sandboxes from one rootfs store, built (or found up to date) at the
+start with `cloudcontainer image build` (`--docker` too when a docker figure is wanted): the
+repo's `.cloudcontainer/rootfs`, as `make run` uses, or CLOUDCONTAINER_ROOTFS_DIR when set.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from rich.table import Table
 from bench import (
     boltshell,
     files,
+    images,
     many_terminals,
     neighbours,
+    npm,
     sandboxes,
     snapshots,
     terminals,
@@ -50,8 +56,13 @@ def main() -> None:
     }  # fmt: skip
 
     def want(name: str) -> bool:
-        return not wanted or name in wanted
+        return not wanted or name in wanted or name.split("-")[0] in wanted
 
+    # One rootfs store for every server of this run, built (or found up to date) now; loaded
+    # into Docker too when a docker figure is wanted and an engine answers.
+    docker = sandboxes.docker_engine() and any(want(n) for n in ("P2", "BOLT", "ISO", "IMG"))
+    console.print(f"rootfs: image build{' --docker' if docker else ''} in {images.ROOTFS_DIR} …")
+    report["environment"]["rootfs"] = images.ensure_rootfs(docker)
     for name, runtime, floor_of, floor_name, goal in (
         ("P1", "local", sandboxes.bwrap_floor, "bwrap true", "p50 ≤ 150 ms, p95 ≤ 300 ms"),
         ("P2", "docker", sandboxes.docker_floor, "docker run --rm true", "p50 ≤ 600 ms"),
@@ -198,6 +209,47 @@ def main() -> None:
             f"new container restored in {shots['create_with_restore_s']:.2f} s",
             "—", "delta uploads only changed files",
         )  # fmt: skip
+    if want("IMG-SIZE"):
+        console.print("IMG-size: the root filesystem on disk and in Docker …")
+        size = images.sizes(sandboxes.docker_available())
+        report["results"]["IMG-size"] = size
+        docker_text = (
+            f"; Docker image {_gb(size['docker_bytes'])} ({size['docker_tag']})"
+            if "docker_bytes" in size
+            else ""
+        )
+        table.add_row(
+            "IMG-size", f"root filesystem {size['build_id']} (du -sb of its root)",
+            f"{_gb(size['root_bytes'])}{docker_text}",
+            f"store cache {_gb(size['cache_bytes'] or 0)} (Debian base, npm tarballs)", "measure",
+        )  # fmt: skip
+    if want("IMG-BUILD"):
+        warm_samples = 1 if args.quick else 3
+        first = "" if args.quick else " cold, then"
+        console.print(f"IMG-build: image build{first} warm, {warm_samples} times …")
+        built = images.build_times(cold=not args.quick, warm_samples=warm_samples)
+        report["results"]["IMG-build"] = built
+        if "cold" in built:
+            table.add_row(
+                "IMG-build", "image build, empty store (cold: debootstrap, apt, npm registry)",
+                _s(built["cold"]), "—", "measure",
+            )  # fmt: skip
+        table.add_row(
+            "IMG-build", "image build --force, caches filled (warm)", _s(built["warm"]), "—",
+            "measure",
+        )  # fmt: skip
+    if want("NPM"):
+        runs = 2 if args.quick else 5
+        console.print(f"NPM: npm install of vite-react, sandbox against host, {runs} times each …")
+        install = npm.install_ratio(runs)
+        report["results"]["NPM"] = install
+        sandbox, host = install["sandbox"], install["host"]
+        table.add_row(
+            "NPM", "npm install (vite-react from main), clean node_modules and cache, local "
+            f"sandbox (Node {sandbox['node']}, npm {sandbox['npm']})",
+            f"{_s(sandbox)}; {install['ratio_p50']:.2f} times the host",
+            f"{_s(host)} host npm install (Node {host['node']}, npm {host['npm']})", "measure",
+        )  # fmt: skip
     if want("ISO"):
         for runtime in ("local", "docker"):
             if runtime == "docker" and not sandboxes.docker_available():
@@ -213,6 +265,7 @@ def main() -> None:
                     f"quiet: {_ms(quiet['gateway'])}; {_ms(quiet['neighbour'])}",
                     "both keep answering",
                 )  # fmt: skip
+    report["environment"]["machine"]["load_average_at_end"] = os.getloadavg()
     console.print(table)
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / time.strftime("%Y%m%d-%H%M%S.json")
@@ -253,8 +306,10 @@ PACKAGES = ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "websocket
             "sqlalchemy", "aiosqlite", "asyncpg")  # fmt: skip
 TOOLS = {
     "wrk": ["wrk", "-v"], "bwrap": ["bwrap", "--version"], "docker": ["docker", "--version"],
-    "agent_python": ["/usr/bin/python3", "-V"], "node": ["node", "-v"],
+    "node": ["node", "-v"], "npm": ["npm", "-v"],
 }  # fmt: skip
+# What runs inside a sandbox (the agent's python, the sandbox's Node.js) is the rootfs's:
+# environment["rootfs"]["tools"], from the build's manifest.
 
 
 def _version(package: str) -> str | None:
@@ -288,6 +343,17 @@ def _warn_if_busy(console: Console) -> None:
             f"[bold yellow]The machine is busy (load average {load:.1f} on {cpus} CPUs):[/] "
             "figures will be lower than on a quiet machine; the load is recorded with them."
         )
+
+
+def _gb(size: int) -> str:
+    return f"{size / 1e9:.2f} GB"
+
+
+def _s(result: dict[str, Any]) -> str:
+    s = result["summary"]
+    if s["n"] == 1:
+        return f"{s['p50']:.1f} s"
+    return f"p50 {s['p50']:.1f} s, max {max(result['samples_s']):.1f} s (n={s['n']})"
 
 
 def _ms(result: dict[str, Any], p99: bool = False) -> str:

@@ -12,10 +12,9 @@ from typing import Any
 
 import httpx
 
+from bench.images import IMAGE, current_root
 from bench.server import running_server
 from bench.stats import Summary
-
-IMAGE = "cloudcontainer/sandbox:node20"
 
 
 def _create_then_run(client: httpx.Client, project_id: str) -> tuple[float, str]:
@@ -57,10 +56,10 @@ def create_to_first_command(runtime: str, samples: int, pool: int) -> dict[str, 
 
 
 def bwrap_floor(samples: int) -> dict[str, Any]:
-    """Bare `bwrap ... true` with the namespaces a local sandbox uses."""
+    """Bare `bwrap ... true` with the namespaces a local sandbox uses, on the root filesystem
+    it uses: the shared store's current build bound read-only as / (runtimes/local.py)."""
     argv = [
-        "bwrap", "--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib",
-        "--symlink", "usr/lib64", "/lib64", "--symlink", "usr/bin", "/bin", "--proc", "/proc",
+        "bwrap", "--unshare-all", "--ro-bind", str(current_root()), "/", "--proc", "/proc",
         "--dev", "/dev", "--uid", "1000", "--gid", "1000", "/usr/bin/true",
     ]  # fmt: skip
     return _time_command(argv, samples)
@@ -158,7 +157,15 @@ def idle_density(count: int) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def docker_engine() -> bool:
+    """A Docker Engine answers: the bench loads the rootfs into it and runs the docker ones."""
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
 def docker_available() -> bool:
+    """Docker runs can start: an engine answers and has the image the bench loaded into it."""
     if shutil.which("docker") is None:
         return False
     return (
@@ -167,5 +174,6 @@ def docker_available() -> bool:
 
 
 __all__ = [
-    "bwrap_floor", "create_to_first_command", "docker_available", "docker_floor", "idle_density",
+    "bwrap_floor", "create_to_first_command", "docker_available", "docker_engine", "docker_floor",
+    "idle_density",
 ]  # fmt: skip

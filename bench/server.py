@@ -18,6 +18,13 @@ from pathlib import Path
 import httpx
 
 PASSWORD = "benchmark password"
+REPO = Path(__file__).resolve().parent.parent
+# The one rootfs store every benchmark's server starts sandboxes from, built once by `python -m
+# bench` at its start: the repo's default, as `make run` uses (CLOUDCONTAINER_ROOTFS_DIR, when
+# set, names another, e.g. a store kept between machines' runs).
+ROOTFS_DIR = Path(
+    os.environ.get("CLOUDCONTAINER_ROOTFS_DIR") or REPO / ".cloudcontainer" / "rootfs"
+).absolute()
 
 
 def free_port() -> int:
@@ -35,7 +42,9 @@ class Server:
 
 @contextmanager
 def running_server(**settings: str) -> Iterator[Server]:
-    """Start a server on a fresh data dir, with a user logged in."""
+    """Start a server on a fresh data dir, with a user logged in, its sandboxes started
+    from the shared rootfs store (ROOTFS_DIR)."""
+    settings = {"rootfs_dir": str(ROOTFS_DIR), **settings}
     with tempfile.TemporaryDirectory(prefix="cc-bench-") as tmp:
         data = Path(tmp) / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDCONTAINER_")}
