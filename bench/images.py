@@ -16,7 +16,7 @@ from typing import Any
 
 from bench.server import ROOTFS_DIR
 from bench.stats import Summary
-from cloudcontainer.images.build import DEFAULT_TAG
+from cloudcontainer.images.docker import DEFAULT_TAG
 from cloudcontainer.images.store import RootfsStore
 
 # The tag `image build --docker` loads (the `sandbox_image` setting's default): what the
