@@ -51,11 +51,12 @@ async def new_container(
 
 
 async def run(api: Api, user: TestUser, container_id: str, *argv: str, **body: Any) -> ExecResult:
+    """`exec` to completion; the client waits as long as the command may run (`timeout`)."""
     response = await api.client.post(
         f"/api/containers/{container_id}/exec",
         json={"command": argv[0], "args": list(argv[1:]), **body},
         headers=user.headers,
-        timeout=120,
+        timeout=max(120, body.get("timeout", 60) + 30),
     )
     assert response.status_code == 200, response.text
     lines = [json.loads(line) for line in response.text.splitlines()]

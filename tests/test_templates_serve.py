@@ -14,8 +14,8 @@ import pytest
 
 from cloudcontainer.images.toolchains import DEFAULT_NODE, NODE_MAJORS
 from cloudcontainer.sandbox.templates import TEMPLATES, Template, template_files
-from tests.conftest import Api, TestUser
-from tests.sandbox_helpers import ExecResult, new_container, sh
+from tests.conftest import Api
+from tests.sandbox_helpers import new_container, run, sh
 
 INSTALL_SECONDS = 600  # real registries: an upper bound, never a measured timing
 SERVE_SECONDS = 90  # from the dev command's start to its page (Next compiles on first request)
@@ -58,25 +58,6 @@ def test_template_files_show_its_marker_and_fix_its_port(template: Template) -> 
 # -- installed and served, in a sandbox -------------------------------------------------------
 
 
-async def run_long(
-    api: Api, user: TestUser, container_id: str, argv: tuple[str, ...], timeout: float
-) -> ExecResult:
-    """`exec` with a long timeout: `run`'s client gives up on a silent command after 120 s."""
-    response = await api.client.post(
-        f"/api/containers/{container_id}/exec",
-        json={"command": argv[0], "args": list(argv[1:]), "timeout": timeout},
-        headers=user.headers,
-        timeout=timeout + 30,
-    )
-    assert response.status_code == 200, response.text
-    lines = [json.loads(line) for line in response.text.splitlines()]
-    out = "".join(line["data"] for line in lines if line["type"] == "stdout")
-    err = "".join(line["data"] for line in lines if line["type"] == "stderr")
-    last = lines[-1]
-    assert last["type"] == "exit", lines
-    return ExecResult(out, err, last["code"], last.get("timed_out", False))
-
-
 def serves(template: Template, path: str) -> str:
     """A script that waits until the dev server answers `path` with the marker."""
     url = shlex.quote(f"http://127.0.0.1:{template.port}{path}")
@@ -104,7 +85,7 @@ async def test_template_installs_and_its_dev_command_serves_its_page(
     version = await sh(api, user, container["id"], "node --version")
     assert version.stdout.startswith(f"v{node or DEFAULT_NODE}."), version
 
-    installed = await run_long(api, user, container["id"], template.install, INSTALL_SECONDS)
+    installed = await run(api, user, container["id"], *template.install, timeout=INSTALL_SECONDS)
     assert installed.code == 0, installed
 
     # Its own session, output to a file: the server outlives this `exec`, whose group is killed.
@@ -114,5 +95,5 @@ async def test_template_installs_and_its_dev_command_serves_its_page(
 
     for path in template.paths:
         script = ("sh", "-c", serves(template, path))
-        answered = await run_long(api, user, container["id"], script, SERVE_SECONDS + 30)
+        answered = await run(api, user, container["id"], *script, timeout=SERVE_SECONDS + 30)
         assert answered.code == 0, f"{template.name} never served {path}:\n{answered.stdout}"
