@@ -7,6 +7,7 @@ installs talk to the real npm registry and PyPI.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -43,6 +44,11 @@ async def test_the_same_toolchain_on_every_runtime(
         sandbox_api, user, cid, "for c in pnpm yarn corepack; do command -v $c; done"
     )
     node_bin = f"{toolchains.node_prefix(toolchains.DEFAULT_NODE)}/bin"
+    # corepack fetches pnpm from the npm registry on first use, without asking (bolt.diy's own
+    # templates use pnpm); the tree is read-only, so it lands in the home directory.
+    pnpm = await sh(sandbox_api, user, cid, "pnpm --version && ls ~/.cache/node/corepack")
+    assert pnpm.code == 0, pnpm
+    assert re.match(r"\d+\.\d+\.\d+\n", pnpm.stdout), pnpm
     assert corepack.stdout.split() == [
         f"{node_bin}/pnpm",
         f"{node_bin}/yarn",
