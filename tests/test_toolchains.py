@@ -265,3 +265,25 @@ async def test_a_half_built_tree_is_never_started(
     )
     assert response.status_code == 503, response.text
     assert "cloudcontainer image build" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("runtime_name", ["local"])
+async def test_a_root_filesystem_built_while_the_server_runs_is_taken_up(
+    sandbox_api_factory: ApiFactory, built_rootfs: BuiltRootfs, tmp_path: Path,
+    runtime_name: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """No restart needed after the first `image build`: the next request checks again."""
+    from cloudcontainer.sandbox import service
+
+    monkeypatch.setattr(service, "RECHECK_SECONDS", 0.0)
+    store = RootfsStore(tmp_path / "store")
+    api = await sandbox_api_factory(rootfs_dir=store.directory)
+    user = await api.user()
+    project_id = await new_project(api, user)
+    refused = await api.client.post(
+        "/api/containers", json={"project_id": project_id}, headers=user.headers
+    )
+    assert refused.status_code == 503, refused.text
+    _linked_build(store, built_rootfs.current.root, "20260101T000000Z-aaaaaaaa", "built")
+    container = await new_container(api, user, project_id=project_id)
+    assert (await run(api, user, container["id"], "cat", "/etc/cc-build")).stdout == "built"

@@ -137,12 +137,21 @@ async def open_services(
             database=database, containers=containers, events=events, tasks=tasks,
             default_ttl_seconds=settings.lock_default_ttl_seconds,
         )  # fmt: skip
-        if supervise and containers.runtime_problem is None:
+
+        async def supervise_sandboxes() -> None:
+            nonlocal supervisor, periodic
             supervisor = Supervisor(containers)
             await supervisor.start()
             if settings.snapshot_interval_seconds > 0:
                 # Not in `tasks`: it never ends by itself, and `tasks` is drained at shutdown.
                 periodic = asyncio.create_task(snapshots.run_periodically(), name="snapshots")
+
+        if supervise and containers.runtime_problem is None:
+            await supervise_sandboxes()
+        elif supervise:
+            # Fixed while the server runs (the root filesystem built, dockerd started): the
+            # next container request finds out, and supervision starts then.
+            containers.on_runtime_ready = supervise_sandboxes
         principals = PrincipalCache(settings.auth_cache_seconds)
         projects = ProjectService(database)
         sockets = SocketRegistry(database, revalidate_seconds=settings.ws_revalidate_seconds)

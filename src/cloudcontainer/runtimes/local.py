@@ -179,8 +179,7 @@ class LocalRuntime:
         if build is None:
             raise RuntimeUnavailable(
                 f"no sandbox root filesystem in {directory}: build it with `cloudcontainer "
-                "image build` (`make run` does this first; a few minutes the first time), then "
-                "start the server again"
+                "image build` (`make run` does this first; a few minutes the first time)"
             )
         return build
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 
 import structlog
@@ -40,6 +40,8 @@ __all__ = ["ContainerService", "LifecycleHooks", "Resources", "Status"]
 log = structlog.get_logger(__name__)
 
 SETTLE_SECONDS = 120.0
+# How often a runtime that could not work is checked again, on container requests.
+RECHECK_SECONDS = 5.0
 
 
 class ContainerService:
@@ -68,8 +70,12 @@ class ContainerService:
             ),
             start_slots=start_slots,
         )  # fmt: skip
-        # Set when the runtime cannot work on this host; creating containers then says why.
+        # Set when the runtime cannot work on this host; creating containers then says why,
+        # after checking again (at most every RECHECK_SECONDS): the operator may have fixed it.
         self.runtime_problem: str | None = None
+        self.on_runtime_ready: Callable[[], Awaitable[None]] | None = None
+        self._rechecked = 0.0
+        self._recheck_lock = asyncio.Lock()
 
     @property
     def hooks(self) -> LifecycleHooks:
@@ -113,6 +119,7 @@ class ContainerService:
         resources: Resources | None,
         node: str | None = None,
     ) -> Container:
+        await self._recheck_runtime()
         if self.runtime_problem:
             raise RuntimeUnavailable(self.runtime_problem)
         if template not in TEMPLATES:
@@ -157,6 +164,25 @@ class ContainerService:
             return container
         await self.lifecycle.claim(container, warm.link)
         return await self.get(owner_id, container.id)
+
+    async def _recheck_runtime(self) -> None:
+        """Check a runtime that could not work at start again, at most every RECHECK_SECONDS;
+        once it works, supervision starts and containers can be created."""
+        if self.runtime_problem is None:
+            return
+        async with self._recheck_lock:
+            if self.runtime_problem is None or time.monotonic() - self._rechecked < RECHECK_SECONDS:
+                return
+            self._rechecked = time.monotonic()
+            try:
+                await self.runtime.check()
+            except RuntimeUnavailable as exc:
+                self.runtime_problem = exc.message
+                return
+            log.info("the sandbox runtime works now", runtime=self.runtime.name)
+            self.runtime_problem = None
+            if self.on_runtime_ready is not None:
+                await self.on_runtime_ready()
 
     async def start(self, owner_id: str, container_id: str) -> Container:
         container = await self.get(owner_id, container_id)
