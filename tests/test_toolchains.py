@@ -248,35 +248,19 @@ async def test_a_rebuild_waits_for_each_sandboxs_next_start_and_prune_keeps_what
 
 
 @pytest.mark.parametrize("runtime_name", ["local"])
-async def test_a_half_built_tree_is_never_started(
-    sandbox_api_factory: ApiFactory, tmp_path: Path, runtime_name: str
-) -> None:
-    """A build without its manifest (an interrupted `image build`) is not a root filesystem:
-    the server says what to run instead of starting sandboxes on it."""
-    store = RootfsStore(tmp_path / "store")
-    half = store.builds_dir / "20260101T000000Z-aaaaaaaa"
-    (half / "root").mkdir(parents=True)
-    (store.directory / "current").symlink_to("builds/20260101T000000Z-aaaaaaaa")
-    api = await sandbox_api_factory(rootfs_dir=store.directory)
-    user = await api.user()
-    project_id = await new_project(api, user)
-    response = await api.client.post(
-        "/api/containers", json={"project_id": project_id}, headers=user.headers
-    )
-    assert response.status_code == 503, response.text
-    assert "cloudcontainer image build" in response.json()["error"]["message"]
-
-
-@pytest.mark.parametrize("runtime_name", ["local"])
-async def test_a_root_filesystem_built_while_the_server_runs_is_taken_up(
+async def test_a_half_built_tree_is_never_started_and_a_finished_build_is_taken_up(
     sandbox_api_factory: ApiFactory, built_rootfs: BuiltRootfs, tmp_path: Path,
     runtime_name: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    """No restart needed after the first `image build`: the next request checks again."""
+    """A build without its manifest (an interrupted `image build`) is not a root filesystem:
+    the server says what to run instead of starting sandboxes on it. Once a build is
+    finished, the next request checks again and takes it up, no restart needed."""
     from cloudcontainer.sandbox import service
 
     monkeypatch.setattr(service, "RECHECK_SECONDS", 0.0)
     store = RootfsStore(tmp_path / "store")
+    (store.builds_dir / "20260101T000000Z-aaaaaaaa/root").mkdir(parents=True)
+    (store.directory / "current").symlink_to("builds/20260101T000000Z-aaaaaaaa")
     api = await sandbox_api_factory(rootfs_dir=store.directory)
     user = await api.user()
     project_id = await new_project(api, user)
@@ -284,6 +268,7 @@ async def test_a_root_filesystem_built_while_the_server_runs_is_taken_up(
         "/api/containers", json={"project_id": project_id}, headers=user.headers
     )
     assert refused.status_code == 503, refused.text
-    _linked_build(store, built_rootfs.current.root, "20260101T000000Z-aaaaaaaa", "built")
+    assert "cloudcontainer image build" in refused.json()["error"]["message"]
+    _linked_build(store, built_rootfs.current.root, "20260102T000000Z-bbbbbbbb", "built")
     container = await new_container(api, user, project_id=project_id)
     assert (await run(api, user, container["id"], "cat", "/etc/cc-build")).stdout == "built"
