@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -158,7 +158,7 @@ class _Parts:
     reused_base: bool
     base: rootfs.DebianBase
     node: Mapping[str, rootfs.NodeTarballs]
-    packages: Mapping[str, npm.Package] = field(default_factory=dict)  # by file name
+    packages: Mapping[str, npm.Package]  # the npm tarballs by file name
 
 
 async def _gather_parts(
