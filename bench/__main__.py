@@ -31,6 +31,7 @@ from bench import (
     many_terminals,
     neighbours,
     npm,
+    previews,
     sandboxes,
     snapshots,
     terminals,
@@ -165,6 +166,59 @@ def main() -> None:
         table.add_row(
             "P5", "PUT 1 KiB → its watch event at a WS client (local)", _ms(figure),
             f"{_ms(floor, p99=True)} inotify in-process", "p95 ≤ 100 ms",
+        )  # fmt: skip
+    if want("P8") or want("DL"):
+        seconds = 3.0 if args.quick else 10.0
+        console.print("P8/DL: preview proxy against the dev server in the sandbox …")
+        proxied = previews.proxy_overhead(samples, seconds)
+        report["results"]["P8"], report["results"]["DL"] = proxied["P8"], proxied["DL"]
+        p8, dl = proxied["P8"], proxied["DL"]
+        rate = p8["throughput"]
+        table.add_row(
+            "P8", "small GET through the preview URL, one keep-alive connection (local)",
+            f"{_ms(p8['latency']['proxied'], p99=True)}; "
+            f"added p50 {p8['added_p50_s'] * 1000:.2f} ms",
+            f"{_ms(p8['latency']['direct'], p99=True)} straight to the dev server (in sandbox)",
+            "p50 ≤ 1 ms added",
+        )  # fmt: skip
+        table.add_row(
+            "P8", f"req/s, {p8['connections']} keep-alive connections ({p8['throughput_tool']})",
+            f"{rate['proxied']['requests_per_s']:,.0f} req/s through the proxy; gateway CPU "
+            f"{_median([r['gateway_cpu_ms_per_request'] for r in rate['proxied']['runs']]):.2f}"
+            " ms/req, agent CPU "
+            f"{_median([r['agent_cpu_ms_per_request'] for r in rate['proxied']['runs']]):.2f}"
+            " ms/req",
+            f"{rate['direct']['requests_per_s']:,.0f} req/s straight (in sandbox); machine "
+            f"busy {_median([r['machine_busy_fraction'] for r in rate['proxied']['runs']]):.0%}"
+            " of its CPUs during the proxied runs",
+            "≥ 3,000 req/s",
+        )  # fmt: skip
+        table.add_row(
+            "DL", f"{dl['mib']} MiB download through the preview URL",
+            f"{dl['proxied']['mb_per_s']:.0f} MB/s",
+            f"{dl['direct']['mb_per_s']:.0f} MB/s straight (in sandbox)", "measure",
+        )  # fmt: skip
+    if want("P9"):
+        count = max(30, samples * 3)
+        console.print(f"P9: port open → port event, {count} ports …")
+        opened = previews.port_to_event(count)
+        report["results"]["P9"] = opened
+        table.add_row(
+            "P9", "listen() in the sandbox → `port` event at an events WS client (local)",
+            _ms(opened), "— (agent polls every 100 ms)", "p95 ≤ 300 ms",
+        )  # fmt: skip
+    if want("L3"):
+        changes = samples * 3
+        console.print(f"L3: 100 HMR WebSocket clients through the proxy, {changes} saves …")
+        hmr = previews.hmr_clients(100, changes)
+        report["results"]["L3"] = hmr
+        table.add_row(
+            "L3", f"{hmr['clients']} WS clients through the proxy, {hmr['changes']} saves "
+            "via the file API",
+            f"{hmr['errors']} errors; {hmr['delivered']}/{hmr['expected']} delivered "
+            f"({hmr['duplicates']} twice); "
+            f"PUT → update {_ms(hmr['latency'])}",
+            "—", "100 clients, 0 errors",
         )  # fmt: skip
     if want("WATCH-NPM"):
         console.print("WATCH-NPM: npm install of a Vite React app, watched as bolt.diy does …")
@@ -343,6 +397,10 @@ def _warn_if_busy(console: Console) -> None:
             f"[bold yellow]The machine is busy (load average {load:.1f} on {cpus} CPUs):[/] "
             "figures will be lower than on a quiet machine; the load is recorded with them."
         )
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def _gb(size: int) -> str:

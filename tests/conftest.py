@@ -29,6 +29,9 @@ from tests.support.s3 import S3Server, s3_server
 from tests.support.server import SESSION_ROOTFS_DIR
 from tests.support.smtp import Mailbox, smtp_server
 
+# The browser fixtures (`browser`, `page`) and the hook that snaps a failing test's page.
+pytest_plugins = ["tests.support.browser"]
+
 PASSWORD = "correct horse battery staple"
 
 

@@ -255,5 +255,7 @@ async def test_containers_created_and_deleted_are_recorded(sandbox_api_factory: 
         (actions.CONTAINER_DELETED, container["id"]),
         (actions.CONTAINER_CREATED, container["id"]),
     ]
-    assert events[1]["detail"] == {"project_id": container["project_id"], "template": "node"}
+    assert events[1]["detail"] == {
+        "project_id": container["project_id"], "template": "node", "ephemeral": False,
+    }  # fmt: skip
     assert all(e["actor_email"] == ada.email and e["source_ip"] == "127.0.0.1" for e in events)

@@ -10,6 +10,7 @@ Real server, real sandboxes, both runtimes.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import string
@@ -34,11 +35,11 @@ PARAM = re.compile(r"{(\w+)(?::\w+)?}")
 # What each path parameter names, owned by A; a new kind of resource gets a line here.
 RESOURCES = {
     "project_id", "container_id", "terminal_id", "snapshot_id", "version_id", "lock_id",
-    "key_id", "path",
+    "key_id", "path", "port", "name",
 }  # fmt: skip
 # Parameters that name something inside a container (or project): tried with B's own container
 # too, so that an id of A's is refused even under a parent B owns.
-CHILDREN = {"terminal_id", "snapshot_id", "version_id", "lock_id"}
+CHILDREN = {"terminal_id", "snapshot_id", "version_id", "lock_id", "port", "name"}
 # Routes with path parameters this test does not exercise, each with the reason. None today.
 EXEMPT: dict[tuple[str, str], str] = {}
 # Values for required query parameters, by name.
@@ -66,6 +67,13 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("POST", "/api/containers/{container_id}/terminals"): {"json": {}},
     ("PUT", "/api/containers/{container_id}/files/{path}"): {"content": b"overwritten by b"},
+    ("PATCH", "/api/containers/{container_id}/previews/{port}"): {"json": {"public": True}},
+    ("POST", "/api/containers/{container_id}/services"): {
+        "json": {"name": "stolen", "command": "sleep", "args": ["600"]}
+    },
+    ("PUT", "/api/containers/{container_id}/previews:script"): {
+        "json": {"script": "alert(1)", "forward_errors": True}
+    },
 }
 
 
@@ -104,6 +112,10 @@ def made_up(value: str) -> str:
     """An id shaped like `value` that names nothing."""
     if value.endswith(".txt"):
         return "no-such-file.txt"
+    if value.isdigit():  # a port
+        return "9999"
+    if value.startswith("svc-"):  # a service name: letters
+        return "svc-" + "".join(secrets.choice(string.ascii_lowercase) for _ in range(8))
     if "-" in value and "_" not in value:  # a terminal id: agent boot, process number
         return "1-999999"
     prefix, _, rest = value.rpartition("_")
@@ -154,6 +166,16 @@ async def build_world(api: Api) -> World:
         f"{base}/locks", json={"path": "secret.txt", "owner": "a"}, headers=headers
     )
     key = await client.post("/api/auth/keys", json={"name": "a's key"}, headers=headers)
+    service = await client.post(f"{base}/services", headers=headers,
+                                json={"name": "svc-a", "command": "sleep", "args": ["600"]})  # fmt: skip
+    assert service.status_code == 201, service.text
+    async with api.services.events.subscribe(container) as queue:  # a preview of port 8123
+        link = await api.services.containers.agent(a.id, container)
+        await link.call("proc.spawn", command="python3",
+                        args=["-m", "http.server", "--bind", "127.0.0.1", "8123"])  # fmt: skip
+        async with asyncio.timeout(60):
+            while (await queue.get()).get("type") != "port":
+                pass
     versions = await client.get(f"{base}/versions", params={"path": "secret.txt"}, headers=headers)
     for response in (terminal, snapshot, lock, key, versions):
         assert response.is_success, response.text
@@ -161,6 +183,7 @@ async def build_world(api: Api) -> World:
         "project_id": project, "container_id": container, "terminal_id": terminal.json()["id"],
         "snapshot_id": snapshot.json()["id"], "version_id": versions.json()[0]["id"],
         "lock_id": lock.json()["id"], "key_id": key.json()["id"], "path": "secret.txt",
+        "port": "8123", "name": "svc-a",
     }  # fmt: skip
     b_container = (await new_container(api, b))["id"]
     return World(api, a, b, owned, b_container)
@@ -183,6 +206,10 @@ async def still_as_a_left_them(world: World) -> None:
     snapshots = await client.get(f"/api/projects/{owned['project_id']}/snapshots", headers=headers)
     assert owned["snapshot_id"] in [snapshot["id"] for snapshot in snapshots.json()]
     assert (await client.get("/api/auth/me", headers=headers)).status_code == 200
+    services = await client.get(f"{base}/services", headers=headers)
+    assert [(s["name"], s["desired"]) for s in services.json()] == [("svc-a", "running")]
+    previews = await client.get(f"{base}/previews", headers=headers)
+    assert [(p["port"], p["public"]) for p in previews.json()] == [(8123, False)]
 
 
 async def test_every_route_hides_one_users_resources_from_another(sandbox_api: Api) -> None:
@@ -233,8 +260,8 @@ async def test_every_route_hides_one_users_resources_from_another(sandbox_api: A
     for listing in ("/api/projects", "/api/containers", "/api/auth/keys"):
         response = await api.client.get(listing, headers=b.headers)
         assert response.status_code == 200
-        for value in world.owned.values():
-            if value != "secret.txt":
+        for name, value in world.owned.items():
+            if name not in ("path", "port", "name"):  # a file, a number, a name: not ids
                 assert value not in response.text, (listing, value)
         learns_nothing(world, response, listing)
 

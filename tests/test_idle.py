@@ -126,3 +126,40 @@ async def test_terminal_input_and_output_are_activity(sandbox_api_factory: ApiFa
             assert containers.last_active[cid] == clock()
             assert containers.held(cid)
         await released(api, cid)
+
+
+async def test_an_ephemeral_container_starts_blank_and_goes_with_its_client(
+    sandbox_api_factory: ApiFactory,
+) -> None:
+    """What `@cloudcontainer/api`'s boot makes (PARITY.md: one container per page load, ended
+    when the tab is gone): nothing of the project's saved workspace comes into it, nothing of
+    it is saved, and it is deleted once no client has been connected for the grace period."""
+    api, clock, supervisor = await idle_app(sandbox_api_factory)
+    grace = api.services.settings.ephemeral_grace_seconds
+    user = await api.user()
+    kept = await new_container(api, user)  # a project's own container, with a snapshot
+    shot = await api.client.post(f"/api/containers/{kept['id']}/snapshots", headers=user.headers)
+    assert shot.status_code == 201, shot.text
+    session = await new_container(api, user, "blank", kept["project_id"], ephemeral=True)
+    assert session["ephemeral"] is True
+    assert session["template"] == "blank"
+    cid = session["id"]
+    listing = await api.client.get(f"/api/containers/{cid}/files", headers=user.headers)
+    assert listing.json()["entries"] == []  # not the project's snapshot, not a template
+    path = f"/api/containers/{cid}/events"
+    async with live_server(api) as base:
+        async with connect(f"{base}{path}?ticket={await ticket(api, user, path)}") as socket:
+            assert json.loads(await socket.recv())["status"] == "running"
+            await idle_pass_after(clock, supervisor, 4 * grace)
+            assert await status(api, user, cid) == "running"  # its client is connected
+        await released(api, cid)
+        await idle_pass_after(clock, supervisor, grace - 1)
+        assert await status(api, user, cid) == "running"  # the tab may come back
+        await idle_pass_after(clock, supervisor, 1)
+        gone = await api.client.get(f"/api/containers/{cid}", headers=user.headers)
+        assert gone.status_code == 404
+    snapshots = await api.client.get(
+        f"/api/projects/{kept['project_id']}/snapshots", headers=user.headers
+    )
+    assert [s["container_id"] for s in snapshots.json()] == [kept["id"]]
+    assert await status(api, user, kept["id"]) == "running"  # the project's own: untouched

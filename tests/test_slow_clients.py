@@ -6,13 +6,8 @@ liveness bounds."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import socket
-import struct
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +16,7 @@ import httpx
 
 from tests.conftest import Api, TestUser
 from tests.sandbox_helpers import events_socket_url, live_server, new_container, sh
+from tests.support.rawws import read_head, stalled, text_frame, upgrade
 from tests.test_terminals import attached, create, read_until
 
 WAIT = 60.0  # an upper bound for things that must happen, never a measured timing
@@ -34,50 +30,6 @@ def rss() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise AssertionError("no VmRSS")
-
-
-@asynccontextmanager
-async def stalled(url: str, request: bytes) -> AsyncIterator[socket.socket]:
-    """A socket to the server of `url` with a tiny receive buffer; `request` is sent, the
-    answer's head is read (for a WebSocket, the 101), and then nothing more is read."""
-    parts = urlsplit(url)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.setblocking(False)
-    loop = asyncio.get_running_loop()
-    try:
-        await loop.sock_connect(sock, (parts.hostname, parts.port))
-        await loop.sock_sendall(sock, request)
-        yield sock
-    finally:
-        sock.close()
-
-
-async def read_head(sock: socket.socket) -> bytes:
-    loop, head = asyncio.get_running_loop(), b""
-    async with asyncio.timeout(WAIT):
-        while b"\r\n\r\n" not in head:
-            chunk = await loop.sock_recv(sock, 1)
-            assert chunk, head
-            head += chunk
-    return head
-
-
-def upgrade(url: str) -> bytes:
-    parts = urlsplit(url)
-    key = base64.b64encode(os.urandom(16)).decode()
-    return (
-        f"GET {parts.path}?{parts.query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-        f"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n"
-    ).encode()
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A masked client text frame (payloads under 126 bytes)."""
-    mask = os.urandom(4)
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return struct.pack("!BB", 0x81, 0x80 | len(payload)) + mask + masked
 
 
 async def wait_dropped(sock: socket.socket) -> None:

@@ -16,6 +16,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from cloudcontainer.terminals.limits import InputRate
 from tests.conftest import Api, TestUser
 from tests.sandbox_helpers import live_server, new_container
+from tests.support.rawws import ServerFrames, read_head, stalled, upgrade
 
 WAIT = 30.0  # an upper bound for things that must happen, never a measured timing
 
@@ -50,14 +51,17 @@ async def attached(
 
 
 async def read_until(socket: ClientConnection, needle: bytes) -> bytes:
-    """Terminal bytes until `needle` shows (control messages are kept out)."""
-    seen = b""
+    """Terminal bytes until `needle` shows (control messages are kept out). Only the new
+    bytes are searched: a reader of 64 MB must not spend its time re-reading them."""
+    seen = bytearray()
     async with asyncio.timeout(WAIT):
-        while needle not in seen:
+        while True:
             frame = await socket.recv()
             if isinstance(frame, bytes):
+                start = max(0, len(seen) - len(needle))
                 seen += frame
-    return seen
+                if seen.find(needle, start) >= 0:
+                    return bytes(seen)
 
 
 async def control(socket: ClientConnection, kind: str) -> dict[str, Any]:
@@ -178,32 +182,42 @@ async def test_missing_programs_and_others_terminals(sandbox_api: Api) -> None:
 async def test_a_client_that_does_not_read_is_resynchronised_not_buffered(
     sandbox_api: Api,
 ) -> None:
-    """A client that stops reading while the terminal prints 64 MB costs the gateway at most its
-    queue bound: it gets `lagged`, then the scrollback, and the end. Output is not paced by its
-    readers (a sleeping tab must not freeze a dev server), so a reader may be resynchronised
-    too; it still sees the end."""
+    """A client that stops reading while the terminal prints 64 MB costs the gateway at most
+    its queue bound: it gets `lagged`, then the scrollback, and the end. The other client,
+    which reads, gets every byte (the agent paces the output to what the gateway takes, and
+    the gateway drops nothing for a reader that keeps up)."""
     user, cid = await setup(sandbox_api)
     terminal = await create(sandbox_api, user, cid)
     tid = terminal["id"]
-    async with (
-        live_server(sandbox_api) as base,
-        # It buffers one message; loopback socket buffers may still hold several MB, so the
-        # output is far larger than anything between the gateway and this client.
-        attached(sandbox_api, user, base, cid, tid, max_queue=1) as (idle, _),
-        attached(sandbox_api, user, base, cid, tid) as (reader, _),
-    ):
-        await reader.send(b"head -c 64000000 /dev/zero | tr '\\0' x; echo; echo end-$((6*7))\n")
-        await read_until(reader, b"end-42\r\n")
-        received, lagged = b"", False
-        async with asyncio.timeout(WAIT):
-            while b"end-42\r\n" not in received:
-                frame = await idle.recv()
-                if isinstance(frame, bytes):
-                    received += frame
-                else:
-                    lagged = lagged or json.loads(frame)["type"] == "lagged"
-        assert lagged
-        assert len(received) < 64_000_000  # dropped, then replayed from the ring buffer
+    loop = asyncio.get_running_loop()
+    async with live_server(sandbox_api) as base:
+        path = f"/api/containers/{cid}/terminals/{tid}"
+        ticket = (await sandbox_api.client.post(
+            "/api/auth/ws-ticket", json={"path": path}, headers=user.headers
+        )).json()["ticket"]  # fmt: skip
+        url = f"{base}{path}?ticket={ticket}"
+        # A socket with a tiny buffer that reads nothing after the 101 until the end.
+        async with stalled(url, upgrade(url)) as idle, attached(
+            sandbox_api, user, base, cid, tid
+        ) as (reader, _):  # fmt: skip
+            assert b" 101 " in await read_head(idle)
+            command = b"head -c 64000000 /dev/zero | tr '\\0' x; echo; echo end-$((6*7))\n"
+            await reader.send(command)
+            everything = await read_until(reader, b"end-42\r\n")
+            assert everything.count(b"x") - command.count(b"x") == 64_000_000  # the echo too
+            frames, received, tail, lagged = ServerFrames(), 0, b"", False
+            async with asyncio.timeout(WAIT):
+                while b"end-42\r\n" not in tail:
+                    data = await loop.sock_recv(idle, 1 << 20)
+                    assert data, "the gateway closed the idle client instead"
+                    for opcode, payload in frames.feed(data):
+                        if opcode == 2:
+                            received += len(payload)
+                            tail = (tail + payload)[-64:]
+                        elif opcode == 1:
+                            lagged = lagged or json.loads(payload)["type"] == "lagged"
+    assert lagged
+    assert received < 64_000_000  # dropped, then replayed from the ring buffer
 
 
 async def test_scrollback_is_bounded_and_garbage_input_is_just_bytes(
@@ -281,3 +295,32 @@ async def test_input_rate_lets_a_burst_through_then_paces(
     await rate.take(1024)
     await rate.take(512)
     assert waits[2:] == [0.125]
+
+
+async def test_attach_says_where_its_scrollback_starts(sandbox_api_factory: Any) -> None:
+    """`offset` places the scrollback in the whole output: a client that comes back after
+    N bytes skips N - offset of the replay and has every byte once (clients/js does so)."""
+    api: Api = await sandbox_api_factory(terminal_scrollback_bytes=4096)
+    user, cid = await setup(api)
+    program = "printf start; head -c 10000 /dev/zero | tr '\\0' y; printf end; sleep 60"
+    tid = (await create(api, user, cid, command="sh", args=["-c", program]))["id"]
+    path = f"/api/containers/{cid}/terminals/{tid}"
+    async with live_server(api) as base:
+        ticket = (
+            await api.client.post("/api/auth/ws-ticket", json={"path": path}, headers=user.headers)
+        ).json()["ticket"]
+        async with connect(f"{base}{path}?ticket={ticket}", max_size=None) as socket:
+            hello = json.loads(await socket.recv())
+            assert hello["type"] == "attached"
+            first = await read_until(socket, b"end")
+        total = hello["offset"] + len(first)
+        assert total == len("start") + 10000 + len("end")
+        ticket = (
+            await api.client.post("/api/auth/ws-ticket", json={"path": path}, headers=user.headers)
+        ).json()["ticket"]
+        async with connect(f"{base}{path}?ticket={ticket}", max_size=None) as socket:
+            again = json.loads(await socket.recv())
+            replay = await read_until(socket, b"end")
+        assert again["offset"] == total - len(replay)
+        assert len(replay) <= 4096  # the scrollback's bound: the start is gone
+        assert first.endswith(replay)

@@ -18,8 +18,10 @@ from cloudcontainer.api import (
     history,
     locks,
     ops,
+    previews,
     projects,
     search,
+    services,
     snapshots,
     terminals,
     toolchains,
@@ -75,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     hot_routes = [route for route in files.hot_router.routes if isinstance(route, HandParsedRoute)]
     app.router.routes[0:0] = hot_routes
     for module in (ops, auth, projects, containers, files, locks, search, archives, history,
-                   snapshots, terminals, audit, toolchains):  # fmt: skip
+                   snapshots, terminals, audit, toolchains, previews, services):  # fmt: skip
         app.include_router(module.router)
     app.add_middleware(HotRoutesMiddleware, routes=hot_routes)  # added first: innermost
     app.add_middleware(

@@ -90,6 +90,25 @@ class Settings(BaseSettings):
     preview_ports: str = Field(
         "40000-40999", description="Port range for preview listeners, as FIRST-LAST."
     )
+    preview_host: str = Field(
+        "", description="Address the preview listeners bind; empty: the same as HOST."
+    )
+    preview_rate_limit: float = Field(
+        200.0, ge=0, description="Preview requests per second per client address; 0: no limit."
+    )
+    preview_rate_burst: int = Field(
+        2000, ge=1, description="Preview requests a client may make at once (a first page load)."
+    )
+    preview_coep: Literal["credentialless", "require-corp", "none"] = Field(
+        "credentialless",
+        description="Cross-Origin-Embedder-Policy on preview documents (boot({coep})).",
+    )
+    preview_tls_cert: Path | None = Field(
+        None, description="Certificate (PEM chain) for TLS on the preview listeners."
+    )
+    preview_tls_key: Path | None = Field(
+        None, description="Private key (PEM) for TLS on the preview listeners."
+    )
     root_path: str = Field("", description="ASGI root_path when served under a prefix.")
     trusted_proxies: str = Field(
         "",
@@ -280,6 +299,12 @@ class Settings(BaseSettings):
     idle_timeout_seconds: float = Field(
         1800, gt=0, description="Stop a container after this long without activity."
     )
+    ephemeral_grace_seconds: float = Field(
+        60,
+        gt=0,
+        description="Delete an ephemeral container (`@cloudcontainer/api`'s boot) once no client "
+        "has been connected to it this long.",
+    )
     health_interval_seconds: float = Field(5.0, gt=0)
     warm_pool_size: int = Field(
         2, ge=0, le=64, description="Sandboxes kept started ahead of demand (0: none)."
@@ -329,7 +354,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
-    @field_validator("sandbox_ca_bundle", mode="before")
+    @field_validator("sandbox_ca_bundle", "preview_tls_cert", "preview_tls_key", mode="before")
     @classmethod
     def _empty_means_none(cls, value: object) -> object:
         return None if value in ("", None) else value

@@ -27,6 +27,8 @@ from cloudcontainer.files.locks import LockService
 from cloudcontainer.files.ordering import Sequencer
 from cloudcontainer.files.service import FileService
 from cloudcontainer.observability.metrics import Metrics
+from cloudcontainer.preview.service import PreviewService
+from cloudcontainer.preview.services import ServiceManager
 from cloudcontainer.projects.service import ProjectService
 from cloudcontainer.runtimes import load_runtime
 from cloudcontainer.runtimes.base import Runtime, RuntimeOptions, RuntimeUnavailable
@@ -70,6 +72,8 @@ class Services:
     terminals: TerminalService
     exec: ExecService
     removal: Removal
+    previews: PreviewService
+    services: ServiceManager
 
 
 def build_runtime(settings: Settings) -> Runtime:
@@ -106,6 +110,8 @@ async def open_services(
     supervisor: Supervisor | None = None
     locks: LockService | None = None
     periodic: asyncio.Task[None] | None = None
+    previews: PreviewService | None = None
+    service_manager: ServiceManager | None = None
     revalidating: asyncio.Task[None] | None = None
     audit = AuditLog(database, retention_days=settings.audit_retention_days)
     try:
@@ -137,6 +143,20 @@ async def open_services(
             database=database, containers=containers, events=events, tasks=tasks,
             default_ttl_seconds=settings.lock_default_ttl_seconds,
         )  # fmt: skip
+
+        previews = PreviewService(
+            settings=settings, database=database, containers=containers, events=events,
+            tasks=tasks, signing_key=settings.signing_key(),
+        )  # fmt: skip
+        service_manager = ServiceManager(
+            database=database, containers=containers, previews=previews, events=events,
+            tasks=tasks,
+        )  # fmt: skip
+        if supervise:
+            # Before any container is adopted: its ports are followed from its first event,
+            # and its services are started with it.
+            await previews.start()
+            await service_manager.start()
 
         async def supervise_sandboxes() -> None:
             nonlocal supervisor, periodic
@@ -209,6 +229,8 @@ async def open_services(
                 database=database, containers=containers, projects=projects,
                 snapshots=snapshots, principals=principals, sockets=sockets, audit=audit,
             ),
+            previews=previews,
+            services=service_manager,
         )  # fmt: skip
     finally:
         for task in (periodic, revalidating):
@@ -220,6 +242,10 @@ async def open_services(
             locks.aclose()
         if supervisor is not None:
             await supervisor.aclose()
+        if service_manager is not None:
+            service_manager.close()
+        if previews is not None:
+            await previews.close()
         await tasks.aclose()
         await audit.aclose()  # after the tasks: what they recorded is written too
         await runtime.aclose()

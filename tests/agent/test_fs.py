@@ -226,3 +226,19 @@ async def test_stat_reports_type_size_and_mode(agent: RunningAgent, client: Agen
     entry = await client.call("fs.stat", path="/s.txt")
     assert (entry["type"], entry["size"], entry["mode"]) == ("file", 5, 0o644)
     assert entry["ino"] == Path(agent.workspace / "s.txt").stat().st_ino
+
+
+async def test_a_fifo_or_a_device_is_refused_without_blocking_the_agent(
+    agent: RunningAgent, client: AgentClient
+) -> None:
+    """A FIFO's open waits for a writer, for ever; a link to /dev/zero never ends. The
+    sandbox can put either where a file was: reading one is EINVAL at once, and the agent
+    (its loop and its file thread) keeps answering."""
+    os.mkfifo(agent.workspace / "pipe")
+    (agent.workspace / "zero").symlink_to("/dev/zero")
+    for path in ("/pipe", "/zero"):
+        assert (await failure(client, "fs.read", path=path)).errno == "EINVAL"
+        assert (await failure(client, "fs.read", path=path, length=1 << 20)).errno == "EINVAL"
+    assert (await client.call("ping"))["time"] > 0
+    await write(client, "/after.txt", b"still here")
+    assert await read(client, "/after.txt") == b"still here"

@@ -127,3 +127,20 @@ async def test_agents_own_tcp_port_is_never_reported(agent_factory: Any) -> None
     await events.wait("port", port=server_port, state="open")
     assert port not in {entry["port"] for entry in await client.call("ports.list")}
     assert not events.matching("port", port=port)
+
+
+async def test_a_server_left_running_by_an_ended_command_is_announced(
+    client: AgentClient,
+) -> None:
+    """`setsid server &` from a command that has ended: no process of the agent lives when
+    the server starts listening, two seconds later; it is found all the same."""
+    events = Events(client)
+    port = free_port()
+    server = (
+        f"import socket, time; time.sleep(2); s = socket.socket(); "
+        f"s.bind(('127.0.0.1', {port})); s.listen(); time.sleep(60)"
+    )
+    script = f'setsid {SYSTEM_PYTHON} -c "$0" </dev/null >/dev/null 2>&1 &'
+    await client.call("proc.run", command="sh", args=["-c", script, server])
+    await until_true(lambda: idle(client), "the fast polling to end")
+    await events.wait("port", port=port, state="open")

@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.asyncio.client import unix_connect
 
 from cloudcontainer.agent.messages_proc import AttachReply, ExitEvent, ProcessInfo, RunReply
-from cloudcontainer.agent.protocol import PROC_OUTPUT, PROC_STDERR
+from cloudcontainer.agent.protocol import AUTH_HEADER, PROC_OUTPUT, PROC_STDERR, unpack_frame
 from cloudcontainer.agentlink import procs
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
 from cloudcontainer.agentlink.schema import PROCESS_FIELDS
-from tests.agent.conftest import Events, RunningAgent, listen, until
+from tests.agent.conftest import SECRET, WAIT_SECONDS, Events, RunningAgent, listen, until
 
 
 async def spawn(client: AgentClient, command: str, *args: str, **options: Any) -> dict[str, Any]:
@@ -279,3 +281,35 @@ async def test_answers_and_events_have_the_shapes_the_gateway_is_typed_for(
     ran = await procs.run(client, {"command": "echo", "args": ["hi"], "timeout_seconds": 5})
     assert set(ran) == keys(RunReply)
     assert (ran["code"], base64.b64decode(ran["stdout"])) == (0, b"hi\n")
+
+
+@pytest.mark.parametrize("pty", [False, True])
+async def test_output_a_session_cannot_take_yet_waits_instead_of_being_dropped(
+    agent: RunningAgent, pty: bool
+) -> None:
+    """A session that stops reading makes the process wait (as a slow terminal would), not
+    lose output: 24 MB written while nobody reads all arrive, in order, with no `lagged`."""
+    assert agent.address.unix_path is not None
+    headers = {AUTH_HEADER: f"Bearer {SECRET}"}
+    count = 3_000_000  # `seq` prints ~21 MB
+    async with unix_connect(
+        agent.address.unix_path, uri="ws://agent/", additional_headers=headers, max_size=None,
+        max_queue=4,
+    ) as ws:  # fmt: skip
+        args = {"command": "seq", "args": ["1", str(count)], "pty": pty}
+        await ws.send(json.dumps({"id": 1, "op": "proc.spawn", "args": args}))
+        await asyncio.sleep(2)  # not reading: the agent's queue for us fills up
+        output, events = bytearray(), []
+        while not any(name == "proc.exit" for name, _ in events):
+            message = await asyncio.wait_for(ws.recv(), WAIT_SECONDS)
+            if isinstance(message, bytes):
+                kind, _, payload = unpack_frame(message)
+                assert kind == PROC_OUTPUT
+                output.extend(payload)
+            elif "event" in (parsed := json.loads(message)):
+                events.append((parsed["event"], parsed["data"]))
+    expected = "".join(f"{n}\n" for n in range(1, count + 1)).encode()
+    if pty:
+        expected = expected.replace(b"\n", b"\r\n")
+    assert not [name for name, _ in events if name == "proc.lagged"]
+    assert bytes(output) == expected

@@ -1,11 +1,15 @@
-"""TCP tunnels to servers inside the sandbox: bytes both ways, half-close, refusal, backpressure."""
+"""TCP tunnels to servers inside the sandbox, through the gateway's transport
+(agentlink/tunnels.py): bytes both ways, half-close, refusal, and flow control that keeps a
+slow reader at either end from holding up anything but its own tunnel."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,14 +19,27 @@ from websockets.asyncio.client import unix_connect
 
 from cloudcontainer.agent.protocol import (
     AUTH_HEADER,
+    PROC_OUTPUT,
+    TUNNEL_ACK,
     TUNNEL_DATA,
-    TUNNEL_EOF,
+    TUNNEL_WINDOW,
     pack_frame,
     unpack_frame,
 )
+from cloudcontainer.agentlink import tunnels
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.errors import AgentOpError
-from tests.agent.conftest import SECRET, SYSTEM_PYTHON, Events, RunningAgent, Stream, listen, until
+from cloudcontainer.agentlink.tunnels import TunnelTransport
+from tests.agent.conftest import (
+    SECRET,
+    SYSTEM_PYTHON,
+    WAIT_SECONDS,
+    Events,
+    RunningAgent,
+    Stream,
+    listen,
+    until,
+)
 from tests.support.net import free_port
 
 SERVE = (
@@ -54,17 +71,46 @@ async def http_server(client: AgentClient, agent: RunningAgent) -> int:
     return port
 
 
-async def open_tunnel(client: AgentClient, port: int, **options: Any) -> tuple[int, Stream]:
-    tunnel_id: int = (await client.call("tunnel.open", port=port, **options))["tunnel_id"]
-    return tunnel_id, listen(client, TUNNEL_DATA, tunnel_id, eof_kind=TUNNEL_EOF)
+class Collector(Stream, asyncio.Protocol):
+    """What the preview proxy would be: records a tunnel's bytes, EOF and end."""
+
+    def __init__(self) -> None:
+        Stream.__init__(self)
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+        self.paused_writing = False
+
+    def data_received(self, data: bytes) -> None:
+        self.data.extend(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def pause_writing(self) -> None:
+        self.paused_writing = True
+
+    def resume_writing(self) -> None:
+        self.paused_writing = False
+
+
+async def open_tunnel(
+    client: AgentClient, port: int, **options: Any
+) -> tuple[TunnelTransport, Collector]:
+    """A tunnel through the gateway's own transport (agentlink/tunnels.py)."""
+    transport, protocol = await tunnels.open_tunnel(client, port, Collector, **options)
+    assert isinstance(protocol, Collector)
+    return transport, protocol
 
 
 async def http_get(client: AgentClient, port: int, path: str) -> bytes:
-    tunnel_id, stream = await open_tunnel(client, port)
-    request = f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode()
-    await client.send_stream(TUNNEL_DATA, tunnel_id, request)
+    transport, stream = await open_tunnel(client, port)
+    transport.write(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
     response = await stream.wait_eof()
-    await client.send_stream(TUNNEL_EOF, tunnel_id, b"")
+    transport.write_eof()
     return response
 
 
@@ -92,7 +138,7 @@ async def test_many_concurrent_tunnels_each_get_their_own_response(
 
 async def test_tunnel_to_a_closed_port_is_econnrefused(client: AgentClient) -> None:
     with pytest.raises(AgentOpError) as caught:
-        await client.call("tunnel.open", port=free_port())
+        await open_tunnel(client, free_port())
     assert caught.value.errno == "ECONNREFUSED"
 
 
@@ -139,8 +185,8 @@ async def test_tunnel_to_a_loopback_address_connects(
     client: AgentClient, bind: str, host: str
 ) -> None:
     async with tcp_server(echo, host=bind) as port:
-        tunnel_id, stream = await open_tunnel(client, port, host=host)
-        await client.send_stream(TUNNEL_DATA, tunnel_id, b"ping")
+        transport, stream = await open_tunnel(client, port, host=host)
+        transport.write(b"ping")
         await stream.wait_for(b"ping")
 
 
@@ -160,8 +206,8 @@ async def test_tunnel_to_the_sandboxs_own_address_connects(client: AgentClient) 
     if address is None:
         pytest.skip("this host has no non-loopback address")
     async with tcp_server(echo, host=address) as port:
-        tunnel_id, stream = await open_tunnel(client, port, host=address)
-        await client.send_stream(TUNNEL_DATA, tunnel_id, b"hello own address")
+        transport, stream = await open_tunnel(client, port, host=address)
+        transport.write(b"hello own address")
         await stream.wait_for(b"hello own address")
 
 
@@ -170,21 +216,21 @@ async def test_half_close_lets_the_server_finish_then_the_tunnel_closes(
 ) -> None:
     events = Events(client)
     async with tcp_server(echo) as port:
-        tunnel_id, stream = await open_tunnel(client, port)
-        await client.send_stream(TUNNEL_DATA, tunnel_id, b"last words")
-        await client.send_stream(TUNNEL_EOF, tunnel_id, b"")
+        transport, stream = await open_tunnel(client, port)
+        transport.write(b"last words")
+        transport.write_eof()
         assert await stream.wait_eof() == b"last words"
-        closed = await events.wait("tunnel.closed", tunnel_id=tunnel_id)
+        closed = await events.wait("tunnel.closed", tunnel_id=transport.tunnel_id)
+        assert await stream.lost is None
     assert closed["reason"] == "eof"
 
 
 async def test_large_payloads_cross_both_ways_intact(client: AgentClient) -> None:
     payload = os.urandom(8 * 1024 * 1024)
     async with tcp_server(echo) as port:
-        tunnel_id, stream = await open_tunnel(client, port)
-        for offset in range(0, len(payload), 65536):
-            await client.send_stream(TUNNEL_DATA, tunnel_id, payload[offset : offset + 65536])
-        await client.send_stream(TUNNEL_EOF, tunnel_id, b"")
+        transport, stream = await open_tunnel(client, port)
+        transport.write(payload)  # buffered by the transport, sent a window at a time
+        transport.write_eof()
         assert await stream.wait_eof() == payload
 
 
@@ -210,13 +256,14 @@ async def test_tunnel_close_ends_the_connection_and_announces_it(client: AgentCl
         writer.close()
 
     async with tcp_server(wait_for_eof) as port:
-        tunnel_id, _ = await open_tunnel(client, port)
-        await client.call("tunnel.close", tunnel_id=tunnel_id)
+        transport, stream = await open_tunnel(client, port)
+        transport.close()
         await until(ended.is_set, "the server to see the connection end")
-        closed = await events.wait("tunnel.closed", tunnel_id=tunnel_id)
+        closed = await events.wait("tunnel.closed", tunnel_id=transport.tunnel_id)
+        assert await stream.lost is None
     assert closed["reason"] == "closed"
     with pytest.raises(AgentOpError) as caught:
-        await client.call("tunnel.close", tunnel_id=tunnel_id)
+        await client.call("tunnel.close", tunnel_id=transport.tunnel_id)
     assert caught.value.errno == "ENOENT"
 
 
@@ -228,12 +275,30 @@ async def test_server_closing_first_still_needs_the_clients_eof(client: AgentCli
         writer.close()
 
     async with tcp_server(hang_up) as port:
-        tunnel_id, stream = await open_tunnel(client, port)
+        transport, stream = await open_tunnel(client, port)
         assert await stream.wait_eof() == b"bye"
         await client.call("ping")
         assert not events.matching("tunnel.closed")
-        await client.send_stream(TUNNEL_EOF, tunnel_id, b"")
-        await events.wait("tunnel.closed", tunnel_id=tunnel_id)
+        assert not stream.lost.done()
+        transport.write_eof()
+        await events.wait("tunnel.closed", tunnel_id=transport.tunnel_id)
+        assert await stream.lost is None
+
+
+async def test_a_server_resetting_the_connection_reaches_the_protocol_as_an_error(
+    client: AgentClient,
+) -> None:
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(4)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async with tcp_server(reset) as port:
+        transport, stream = await open_tunnel(client, port)
+        transport.write(b"boom")
+        error = await asyncio.wait_for(stream.lost, WAIT_SECONDS)
+    assert isinstance(error, ConnectionResetError)
 
 
 async def test_a_session_cannot_use_another_sessions_tunnel(agent: RunningAgent) -> None:
@@ -246,12 +311,14 @@ async def test_a_session_cannot_use_another_sessions_tunnel(agent: RunningAgent)
         writer.close()
 
     async with tcp_server(record) as port:
-        tunnel_id, _ = await open_tunnel(owner, port)
+        transport, _ = await open_tunnel(owner, port)
+        tunnel_id = transport.tunnel_id
         await other.send_stream(TUNNEL_DATA, tunnel_id, b"intruder")
+        await other.send_stream(TUNNEL_ACK, tunnel_id, (1 << 30).to_bytes(4, "big"))
         with pytest.raises(AgentOpError) as caught:
             await other.call("tunnel.close", tunnel_id=tunnel_id)
-        await owner.send_stream(TUNNEL_DATA, tunnel_id, b"owner")
-        await owner.send_stream(TUNNEL_EOF, tunnel_id, b"")
+        transport.write(b"owner")
+        transport.write_eof()
         await until(lambda: received == b"owner", "the owner's bytes")
     assert caught.value.errno == "ENOENT"
 
@@ -266,62 +333,149 @@ async def test_tunnels_close_when_their_session_disconnects(agent: RunningAgent)
         writer.close()
 
     async with tcp_server(wait_for_eof) as port:
-        await open_tunnel(client, port)
+        _, stream = await open_tunnel(client, port)
         await client.aclose()
         await until(ended.is_set, "the server to see the connection end")
+        assert isinstance(await stream.lost, ConnectionResetError)
 
 
-async def test_tunnel_stops_reading_the_server_while_the_session_is_congested(
-    agent: RunningAgent,
-) -> None:
-    """A gateway that stops reading must not make the agent buffer a flood without bound."""
-    sent = 0
-    stop = asyncio.Event()
+# -- flow control: a slow reader at either end holds up its own tunnel and nothing else ----
 
+
+@asynccontextmanager
+async def raw_session(agent: RunningAgent) -> AsyncIterator[Any]:
+    """A WebSocket to the agent that speaks the protocol by hand (and acknowledges nothing
+    unless told to)."""
+    assert agent.address.unix_path is not None
+    headers = {AUTH_HEADER: f"Bearer {SECRET}"}
+    async with unix_connect(
+        agent.address.unix_path, uri="ws://agent/", additional_headers=headers, max_size=None,
+    ) as ws:  # fmt: skip
+        yield ws
+
+
+def flood_server(stop: asyncio.Event, counter: list[int]) -> Handler:
     async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        nonlocal sent
         chunk = b"x" * 65536
         while not stop.is_set():
             writer.write(chunk)
             await writer.drain()
-            sent += len(chunk)
+            counter[0] += len(chunk)
         writer.close()
 
-    assert agent.address.unix_path is not None
-    headers = {AUTH_HEADER: f"Bearer {SECRET}"}
-    async with (
-        tcp_server(flood) as port,
-        unix_connect(
-            agent.address.unix_path,
-            uri="ws://agent/",
-            additional_headers=headers,
-            max_size=None,
-            max_queue=4,
-        ) as ws,  # fmt: skip
-    ):
+    return flood
+
+
+async def recv_until(ws: Any, want: Callable[[Any], bool]) -> tuple[int, Any]:
+    """(tunnel bytes received meanwhile, the first message `want` accepts)."""
+    received = 0
+    while True:
+        message = await asyncio.wait_for(ws.recv(), WAIT_SECONDS)
+        if isinstance(message, bytes):
+            kind, _, payload = unpack_frame(message)
+            if kind == TUNNEL_DATA:
+                received += len(payload)
+        if want(message):
+            return received, message
+
+
+def answer_to(request_id: int) -> Callable[[Any], bool]:
+    return lambda message: isinstance(message, str) and f'"id":{request_id},' in message
+
+
+async def test_the_agent_sends_no_more_than_a_window_the_gateway_has_not_acknowledged(
+    agent: RunningAgent,
+) -> None:
+    stop, sent = asyncio.Event(), [0]
+    async with tcp_server(flood_server(stop, sent)) as port, raw_session(agent) as ws:
         await ws.send(json.dumps({"id": 1, "op": "tunnel.open", "args": {"port": port}}))
-        reply = json.loads(await ws.recv())
-        tunnel_id = reply["result"]["tunnel_id"]
-        # Stop reading the WebSocket until the flood stalls (nothing sent for a while).
-        last = -1
-        while sent != last:
-            last = sent
-            await asyncio.sleep(0.5)
-        assert 0 < sent < 64 * 1024 * 1024
-        stop.set()
-        # Reading again drains everything, in order and without loss.
-        await ws.send(json.dumps({"id": 2, "op": "ping", "args": {}}))
-        received = 0
-        while True:
-            message = await ws.recv()
-            if isinstance(message, str):
-                continue
-            kind, channel, payload = unpack_frame(message)
-            assert channel == tunnel_id
-            if kind == TUNNEL_EOF:
+        received, reply = await recv_until(ws, answer_to(1))
+        tunnel_id = json.loads(reply)["result"]["tunnel_id"]
+        # Ping until a full window has come: the agent is stopped by the window, not by
+        # us, and it still answers at once.
+        for request_id in range(2, 1000):
+            await ws.send(json.dumps({"id": request_id, "op": "ping", "args": {}}))
+            got, _ = await recv_until(ws, answer_to(request_id))
+            received += got
+            if received >= TUNNEL_WINDOW:
                 break
-            assert kind == TUNNEL_DATA
-            assert payload == b"x" * len(payload)
-            received += len(payload)
-        assert received == sent
-        await ws.send(pack_frame(TUNNEL_EOF, tunnel_id, b""))
+        assert received == TUNNEL_WINDOW
+        # Without credit nothing more comes, whatever the server sent meanwhile: its bytes
+        # wait in its socket, not in the agent.
+        await until(lambda: sent[0] > 2 * TUNNEL_WINDOW, "the server to have sent more")
+        await ws.send(json.dumps({"id": 5000, "op": "ping", "args": {}}))
+        got, _ = await recv_until(ws, answer_to(5000))
+        assert got == 0
+        # Credit for half a window lets exactly half a window more through.
+        await ws.send(pack_frame(TUNNEL_ACK, tunnel_id, (TUNNEL_WINDOW // 2).to_bytes(4, "big")))
+        received = 0
+        while received < TUNNEL_WINDOW // 2:
+            got, _ = await recv_until(ws, lambda message: isinstance(message, bytes))
+            received += got
+        await ws.send(json.dumps({"id": 5001, "op": "ping", "args": {}}))
+        got, _ = await recv_until(ws, answer_to(5001))
+        assert received + got == TUNNEL_WINDOW // 2
+        stop.set()
+
+
+async def test_a_server_that_never_reads_holds_up_only_its_own_tunnel(
+    agent: RunningAgent, client: AgentClient
+) -> None:
+    """The gateway sends a window, then buffers: the agent's session keeps serving file
+    calls, terminal input and other tunnels, and the stalled tunnel is not aborted."""
+    release = asyncio.Event()
+    taken = bytearray()
+
+    async def deaf(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        while data := await reader.read(1 << 20):
+            taken.extend(data)
+        writer.close()
+
+    payload = os.urandom(100 * 1024 * 1024)
+    async with tcp_server(deaf) as deaf_port, tcp_server(echo) as echo_port:
+        stalled, stalled_stream = await open_tunnel(client, deaf_port)
+        stalled.write(payload)
+        assert stalled_stream.paused_writing  # the proxy would stop reading its browser
+        shell = await client.call("proc.spawn", command="cat", pty=True)
+        typed = listen(client, PROC_OUTPUT, shell["proc_id"])
+        other, other_stream = await open_tunnel(client, echo_port)
+        for round_trip in range(20):
+            word = f"keystroke-{round_trip}".encode()
+            await client.send_input(shell["proc_id"], word)
+            await typed.wait_for(word)
+            other.write(b"hmr-" + word)
+            await other_stream.wait_for(b"hmr-" + word)
+            (agent.workspace / "file.txt").write_bytes(word)
+            chunk = await client.call("fs.read", path="/file.txt")
+            assert base64.b64decode(chunk["data"]) == word
+        assert not stalled_stream.lost.done()
+        # Once the server reads, every byte arrives, in order.
+        release.set()
+        stalled.write_eof()
+        await until(lambda: len(taken) == len(payload), "the whole payload", timeout=60)
+        assert taken == payload
+        assert not stalled_stream.paused_writing
+
+
+async def test_a_browser_that_stops_reading_a_download_stalls_only_that_download(
+    agent: RunningAgent, client: AgentClient
+) -> None:
+    """The proxy pauses a tunnel's reading when its browser is slow: the agent then stops
+    reading the dev server after a window, and everything else keeps moving."""
+    stop, sent = asyncio.Event(), [0]
+    async with tcp_server(flood_server(stop, sent)) as flood_port, tcp_server(echo) as echo_port:
+        download, download_stream = await open_tunnel(client, flood_port)
+        await download_stream.wait_for(b"x")
+        download.pause_reading()
+        delivered = len(download_stream.data)
+        other, other_stream = await open_tunnel(client, echo_port)
+        for round_trip in range(20):
+            message = f"hmr-update-{round_trip}".encode()
+            other.write(message)
+            await other_stream.wait_for(message)
+        assert len(download_stream.data) == delivered  # nothing reaches a paused protocol
+        assert download.held_bytes() <= TUNNEL_WINDOW  # and the gateway holds one window
+        download.resume_reading()
+        await until(lambda: len(download_stream.data) > 8 * TUNNEL_WINDOW, "the download again")
+        stop.set()

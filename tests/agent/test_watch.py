@@ -314,3 +314,13 @@ async def test_a_replaced_folder_is_rescanned(agent: RunningAgent, client: Agent
     (agent.workspace / "app" / "two.js").write_text("2")
     await feed.wait_for("add_file", agent.workspace / "app" / "two.js")
     await feed.wait_for("remove_file", agent.workspace / "app" / "one.js")
+
+
+async def test_a_fifo_appearing_under_a_content_watch_does_not_block_the_agent(
+    agent: RunningAgent, client: AgentClient
+) -> None:
+    feed, _ = await subscribe(client, content=True)
+    os.mkfifo(agent.workspace / "pipe")
+    await client.call("fs.write", path="/after.txt", data=base64.b64encode(b"next").decode())
+    added = await feed.wait_for("add_file", agent.workspace / "after.txt")
+    assert content(added) == b"next"

@@ -7,5 +7,5 @@ the standard library, `websockets` and `inotify_simple`: the gateway ships it as
 imports the gateway.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 __version__ = "0.1.0"

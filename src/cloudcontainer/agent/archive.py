@@ -9,8 +9,9 @@ the gateway with backpressure both ways:
   credit as its HTTP client takes the bytes, so a slow client slows the worker down instead
   of filling the gateway's memory. ARCHIVE_END says how it ended.
 - upload: `archive.extract` answers `{stream_id}`; ARCHIVE_DATA frames from the gateway are
-  written to the worker's stdin (the session stops reading while the worker catches up, for
-  at most STALL_SECONDS); `archive.finish` ends the input and answers the worker's result.
+  written to the worker's stdin in order with the session's requests (its file work waits
+  while the worker catches up, for at most STALL_SECONDS; terminal input and tunnels do not);
+  `archive.finish` ends the input and answers the worker's result.
   Its staging folder is removed however the upload ended.
 """
 
@@ -317,12 +318,12 @@ def register(registry: Registry, archives: Archives) -> None:
     async def on_data(session: Session, channel: int, payload: bytes) -> None:
         await archives.write(session, channel, payload)
 
-    async def on_ack(session: Session, channel: int, payload: bytes) -> None:
+    def on_ack(session: Session, channel: int, payload: bytes) -> None:
         archives.ack(session, channel, payload)
 
     registry.add("archive.create", create)
     registry.add("archive.extract", extract)
     registry.add("archive.finish", finish, concurrent=True)
     registry.add("archive.cancel", cancel)
-    registry.binary[ARCHIVE_DATA] = on_data
+    registry.ordered_binary[ARCHIVE_DATA] = on_data  # all bytes in before archive.finish
     registry.binary[ARCHIVE_ACK] = on_ack

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
 from cloudcontainer.agent.fs import Files, _previous, _remove_tree, kept
 from cloudcontainer.agent.protocol import AgentError
-from cloudcontainer.agent.server import Registry, Session, os_error
+from cloudcontainer.agent.server import OFF_LOOP_BYTES, Registry, Session, off_loop, os_error
 
 if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
     from cloudcontainer.agent.messages import BatchReply, Error, StepDone, StepFailed
@@ -291,6 +291,20 @@ def register(registry: Registry, files: Files) -> None:
     async def batch(session: Session, args: Dict[str, Any]) -> BatchReply:
         keep = args.get("keep_previous", 0)
         keep = keep if isinstance(keep, int) and not isinstance(keep, bool) else 0
-        return run(files, args["operations"], bool(args.get("atomic", True)), keep)
+        operations, atomic = args["operations"], bool(args.get("atomic", True))
+        if _heavy(operations):
+            return await off_loop(run, files, operations, atomic, keep)
+        return run(files, operations, atomic, keep)
 
     registry.add("fs.batch", batch)
+
+
+def _heavy(operations: Any) -> bool:
+    """A batch worth the file thread: many operations, or many bytes to write."""
+    if not isinstance(operations, list):
+        return False
+    if len(operations) > 64:
+        return True
+    size = sum(len(o.get("data") or "") for o in operations if isinstance(o, dict)
+               and isinstance(o.get("data"), str))  # fmt: skip
+    return size > OFF_LOOP_BYTES

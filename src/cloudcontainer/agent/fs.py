@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import hashlib
 import os
 import posixpath
 import stat
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, BinaryIO, Dict, List, Optional
 
 from cloudcontainer.agent.paths import workdir_rooted
 from cloudcontainer.agent.protocol import READ_CHUNK_BYTES, AgentError
-from cloudcontainer.agent.server import Registry, Session
+from cloudcontainer.agent.server import OFF_LOOP_BYTES, Registry, Session, off_loop
 
 if TYPE_CHECKING:  # the replies' types, for the checker only: no memory in the sandbox
     from cloudcontainer.agent.messages import (
@@ -109,10 +110,8 @@ class Files:
         if length is not None and (not isinstance(length, int) or isinstance(length, bool)
                                    or length < 1):  # fmt: skip
             raise AgentError("EINVAL", "length must be a positive integer")
-        with open(absolute, "rb") as handle:
+        with open_regular(absolute) as handle:
             st = os.fstat(handle.fileno())
-            if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(21, "Is a directory", absolute)
             if offset:
                 handle.seek(offset)
             if length is None:
@@ -340,15 +339,31 @@ def _remove_tree(path: str) -> None:
     os.rmdir(path)
 
 
+def open_regular(absolute: str) -> BinaryIO:
+    """Open a file to read it without ever blocking on the open: the sandbox can put a FIFO
+    (whose open waits for a writer, forever) or a link to a device where a file was, even
+    between a check and the open. Anything but a regular file is refused: a folder with
+    EISDIR, the rest with EINVAL."""
+    fd = os.open(absolute, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", absolute)
+        if not stat.S_ISREG(mode):
+            raise OSError(errno.EINVAL, "Not a regular file", absolute)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
 def _sha256_of(path: str) -> str:
     """The file's SHA-256, or "" when there is no file."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:
             return hashlib.sha256(handle.read()).hexdigest()
     except FileNotFoundError:
         return ""
-    except IsADirectoryError:
-        raise IsADirectoryError(21, "Is a directory", path) from None
 
 
 def _previous(path: str, limit: Any) -> Optional[Kept]:
@@ -366,7 +381,7 @@ def _previous(path: str, limit: Any) -> Optional[Kept]:
         return None
     if st.st_size > limit:
         return {"path": path, "size": st.st_size}
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:
         return {"path": path, "size": len(data)}
@@ -406,7 +421,10 @@ def register(registry: Registry, files: Files) -> None:
         return files.stat(args["path"])
 
     async def read(session: Session, args: Dict[str, Any]) -> Chunk:
-        return files.read(args["path"], args.get("offset", 0), args.get("length"))
+        path, offset, length = args["path"], args.get("offset", 0), args.get("length")
+        if _large_read(files, path, length):
+            return await off_loop(files.read, path, offset, length)
+        return files.read(path, offset, length)
 
     def uploads_of(session: Session) -> Dict[str, Upload]:
         uploads: Optional[Dict[str, Upload]] = session.state.get("fs.uploads")
@@ -421,14 +439,20 @@ def register(registry: Registry, files: Files) -> None:
             staged = uploads_of(session).pop(str(args["upload"]), None)
             if staged is None:
                 raise AgentError("EINVAL", "no such upload: %s" % (args["upload"],))
-        return files.write(
-            args["path"], args["data"], bool(args.get("mkdirs", False)), args.get("expect_sha256"),
-            args.get("keep_previous", 0), staged,
+        call = (
+            files.write, args["path"], args["data"], bool(args.get("mkdirs", False)),
+            args.get("expect_sha256"), args.get("keep_previous", 0), staged,
         )  # fmt: skip
+        if staged is not None or _large(args["data"]):
+            return await off_loop(*call)
+        return call[0](*call[1:])
 
     async def write_part(session: Session, args: Dict[str, Any]) -> PartWritten:
-        return files.write_part(uploads_of(session), str(args["upload"]), args["path"],
-                                args["data"], bool(args.get("mkdirs", False)))  # fmt: skip
+        call = (files.write_part, uploads_of(session), str(args["upload"]), args["path"],
+                args["data"], bool(args.get("mkdirs", False)))  # fmt: skip
+        if _large(args["data"]):
+            return await off_loop(*call)
+        return call[0](*call[1:])
 
     async def write_abort(session: Session, args: Dict[str, Any]) -> None:
         upload = uploads_of(session).pop(str(args["upload"]), None)
@@ -437,16 +461,22 @@ def register(registry: Registry, files: Files) -> None:
         return None
 
     async def listdir(session: Session, args: Dict[str, Any]) -> List[Entry]:
-        return files.listdir(args.get("path", "/"), bool(args.get("recursive", False)))
+        path, recursive = args.get("path", "/"), bool(args.get("recursive", False))
+        if recursive:  # a whole tree: node_modules is 100k entries
+            return await off_loop(files.listdir, path, recursive)
+        return files.listdir(path, recursive)
 
     async def mkdir(session: Session, args: Dict[str, Any]) -> Entry:
         return files.mkdir(args["path"], bool(args.get("recursive", False)))
 
     async def remove(session: Session, args: Dict[str, Any]) -> Optional[Replaced]:
-        return files.remove(
-            args["path"], bool(args.get("recursive", False)), bool(args.get("force", False)),
-            args.get("keep_previous", 0),
+        call = (
+            files.remove, args["path"], bool(args.get("recursive", False)),
+            bool(args.get("force", False)), args.get("keep_previous", 0),
         )  # fmt: skip
+        if call[2]:  # a whole tree
+            return await off_loop(*call)
+        return call[0](*call[1:])
 
     async def rename(session: Session, args: Dict[str, Any]) -> Moved:
         return files.rename(args["source"], args["target"], args.get("keep_previous", 0))
@@ -460,3 +490,18 @@ def register(registry: Registry, files: Files) -> None:
         ("fs.statfs", statfs), ("fs.write.part", write_part), ("fs.write.abort", write_abort),
     ):  # fmt: skip
         registry.add(name, handler)
+
+
+def _large(data: Any) -> bool:
+    return isinstance(data, str) and len(data) > OFF_LOOP_BYTES
+
+
+def _large_read(files: Files, path: Any, length: Any) -> bool:
+    """Whether reading would move more than OFF_LOOP_BYTES (what the answer asks for, else
+    the file's size); a path that cannot be stat'ed is read on the loop, to fail there."""
+    if isinstance(length, int) and not isinstance(length, bool) and length <= OFF_LOOP_BYTES:
+        return False
+    try:
+        return os.stat(files.resolve(path)).st_size > OFF_LOOP_BYTES
+    except (OSError, AgentError):
+        return False

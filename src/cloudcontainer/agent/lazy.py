@@ -16,16 +16,16 @@ from cloudcontainer.agent.fs import Files
 from cloudcontainer.agent.protocol import ARCHIVE_ACK, ARCHIVE_DATA
 from cloudcontainer.agent.server import Agent, Handler, Registry, Session
 
-# module -> (service class, {op: concurrent}, binary frame kinds it handles)
+# module -> (service class, {op: concurrent}, {binary frame kind it handles: ordered})
 FEATURES: Dict[str, Any] = {
     "cloudcontainer.agent.search": (
-        "Searches", {"search.text": True, "search.cancel": False}, (),
+        "Searches", {"search.text": True, "search.cancel": False}, {},
     ),
     "cloudcontainer.agent.archive": (
         "Archives",
         {"archive.create": False, "archive.extract": False, "archive.finish": True,
          "archive.cancel": False},
-        (ARCHIVE_DATA, ARCHIVE_ACK),
+        {ARCHIVE_DATA: True, ARCHIVE_ACK: False},
     ),
 }  # fmt: skip
 
@@ -39,8 +39,11 @@ class Feature:
         _, ops, kinds = FEATURES[module]
         for op, concurrent in ops.items():
             agent.registry.add(op, self._forward(op), concurrent=concurrent)
-        for kind in kinds:
-            agent.registry.binary[kind] = self._forward_binary(kind)
+        for kind, ordered in kinds.items():
+            if ordered:
+                agent.registry.ordered_binary[kind] = self._forward_ordered(kind)
+            else:
+                agent.registry.binary[kind] = self._forward_binary(kind)
 
     def load(self) -> Registry:
         if self.loaded is None:
@@ -60,10 +63,18 @@ class Feature:
 
         return forward
 
-    def _forward_binary(self, kind: int) -> Callable[[Session, int, bytes], Any]:
+    # Frames for a stream exist only once it was opened: before that, they are dropped.
+    def _forward_binary(self, kind: int) -> Callable[[Session, int, bytes], None]:
+        def forward(session: Session, channel: int, payload: bytes) -> None:
+            if self.loaded is not None:
+                self.loaded.binary[kind](session, channel, payload)
+
+        return forward
+
+    def _forward_ordered(self, kind: int) -> Callable[[Session, int, bytes], Any]:
         async def forward(session: Session, channel: int, payload: bytes) -> None:
-            if self.loaded is not None:  # frames for a stream exist only once it was opened
-                await self.loaded.binary[kind](session, channel, payload)
+            if self.loaded is not None:
+                await self.loaded.ordered_binary[kind](session, channel, payload)
 
         return forward
 

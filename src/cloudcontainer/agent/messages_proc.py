@@ -88,6 +88,9 @@ class ProcessInfo(TypedDict):
 
 class AttachReply(ProcessInfo):
     scrollback: str  # base64: the kept output; live output follows the answer
+    # Where the scrollback starts in all the output the process ever sent: a client that
+    # re-attaches skips what it already has, and knows what it missed.
+    scrollback_offset: int
 
 
 class WaitReply(TypedDict):

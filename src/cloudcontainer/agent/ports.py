@@ -2,20 +2,34 @@
 
 Every TCP socket in LISTEN state counts, whatever it is bound to (127.0.0.1 and ::1
 included: the gateway reaches those through a tunnel), except the agent's own port. The
-watcher polls every 100 ms, but only while the sandbox has live processes: a spawn wakes it,
-and it keeps scanning for a short linger after the last exit (a killed process group's
-grandchildren close their sockets a moment after its leader is reaped) so closes are
-reported; then it sleeps, and an idle sandbox costs nothing. Python >= 3.9, stdlib only.
+watcher polls every 100 ms while the agent's processes live: a spawn wakes it, and it keeps
+scanning for a short linger after the last exit (a killed process group's grandchildren close
+their sockets a moment after its leader is reaped) so closes are reported. Then, while other
+processes still live in the sandbox (a server started with `setsid … &` by a command that has
+ended), it scans every second; when nothing but the agent is left, it sleeps until the next
+spawn, and an idle sandbox costs nothing. Python >= 3.9, stdlib only.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    FrozenSet,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Tuple,
+)
 
 from cloudcontainer.agent.server import Registry, Session
 
@@ -24,6 +38,7 @@ if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
 
 POLL_SECONDS = 0.1
 LINGER_SECONDS = 1.0
+IDLE_POLL_SECONDS = 1.0  # while only processes the agent did not start live
 LISTEN = "0A"
 TABLES = (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6))
 
@@ -114,6 +129,10 @@ class PortWatcher:
         self._uid = os.getuid() if tables is TABLES else None
         self.ports: Dict[int, str] = {}
         self._task: Optional[asyncio.Future[None]] = None
+        self._fast = False
+        # Made on first use, inside the running loop (python 3.9 binds an Event at creation).
+        self._woken: Optional[asyncio.Event] = None
+        self._ancestors = _ancestors()
 
     def scan(self) -> Dict[int, str]:
         found: Dict[int, str] = {}
@@ -153,10 +172,13 @@ class PortWatcher:
 
     @property
     def polling(self) -> bool:
-        return self._task is not None
+        """Scanning every POLL_SECONDS (the agent's processes live, or just ended)."""
+        return self._task is not None and self._fast
 
     def wake(self) -> None:
-        """Start polling if it is not running (called whenever a process starts or exits)."""
+        """Poll fast (called whenever a process starts or exits)."""
+        self._fast = True
+        self._wakeup().set()
         if self._task is None:
             self._task = asyncio.ensure_future(self._poll())
 
@@ -164,16 +186,55 @@ class PortWatcher:
         idle_since: Optional[float] = None
         try:
             while True:
-                self.refresh()
+                if self._fast or self._others_alive():
+                    self.refresh()
                 if self._live() > 0:
-                    idle_since = None
+                    idle_since, self._fast = None, True
                 elif idle_since is None:
                     idle_since = time.monotonic()
                 elif time.monotonic() - idle_since >= LINGER_SECONDS:
-                    return
-                await asyncio.sleep(POLL_SECONDS)
+                    self._fast = False
+                if self._fast:
+                    await asyncio.sleep(POLL_SECONDS)
+                    continue
+                woken = self._wakeup()
+                woken.clear()
+                if self._others_alive():
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(woken.wait(), IDLE_POLL_SECONDS)
+                else:  # nothing but the agent: nothing can listen until it spawns again
+                    await woken.wait()
+                idle_since = None if self._fast else idle_since
         finally:
             self._task = None
+
+    def _wakeup(self) -> asyncio.Event:
+        if self._woken is None:
+            self._woken = asyncio.Event()
+        return self._woken
+
+    def _others_alive(self) -> bool:
+        """Whether a process the agent is not waiting for lives in the sandbox (its
+        ancestors, the runtime's init, do not count)."""
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return True
+        return any(name.isdigit() and int(name) not in self._ancestors for name in names)
+
+
+def _ancestors() -> FrozenSet[int]:
+    """This process and its parents, up to the namespace's init."""
+    found = {os.getpid()}
+    pid = os.getppid()
+    while pid > 0 and pid not in found:
+        found.add(pid)
+        try:
+            with open("/proc/%d/stat" % pid) as handle:
+                pid = int(handle.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return frozenset(found)
 
 
 def register(registry: Registry, watcher: PortWatcher) -> None:

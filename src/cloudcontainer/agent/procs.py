@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
 from cloudcontainer.agent import jsh
 from cloudcontainer.agent.protocol import PROC_INPUT, PROC_OUTPUT, PROC_STDERR, AgentError
-from cloudcontainer.agent.server import Registry, Session
+from cloudcontainer.agent.server import (
+    OUTPUT_PAUSE_BYTES,
+    OUTPUT_RESUME_BYTES,
+    Registry,
+    Session,
+)
 
 if TYPE_CHECKING:  # the checker's only: a sandbox's agent never loads the message types
     from cloudcontainer.agent.messages_proc import (
@@ -77,6 +82,7 @@ class Process:
         self.lagging: Set[Session] = set()
         self.buffer = bytearray()
         self.buffer_limit = scrollback
+        self.output_total = 0  # bytes of output ever sent: the buffer is the last of them
         self.master_fd: Optional[int] = None
         self.stdin: Optional[asyncio.StreamWriter] = None
         self.pending_input = bytearray()
@@ -86,6 +92,7 @@ class Process:
         self.framer: Optional[jsh.OutputFramer] = None  # a jsh's output goes through it
         self.gate: Optional[jsh.InputGate] = None  # a bolt shell's input goes through it
         self.reaper: Optional[asyncio.Future[None]] = None  # a task needs a strong reference
+        self.reader_paused: Optional[asyncio.Future[None]] = None  # waits for sessions to drain
 
     @property
     def running(self) -> bool:
@@ -102,6 +109,7 @@ class Process:
     def output(self, data: bytes, kind: int = PROC_OUTPUT) -> None:
         if self.sink is not None:
             self.sink(data, kind)
+        self.output_total += len(data)
         self.buffer += data
         excess = len(self.buffer) - self.buffer_limit
         if excess > 0:
@@ -115,6 +123,15 @@ class Process:
                     session.event("proc.lagged", {"proc_id": self.proc_id})
             else:
                 self.lagging.discard(session)
+
+    def congested(self) -> bool:
+        """A session this process writes to has so much output queued that reading more
+        would only pile it up (or drop it): the reader waits for `drained` instead."""
+        return any(s.urgent_bytes() > OUTPUT_PAUSE_BYTES for s in self.subscribers if not s.closed)
+
+    async def drained(self) -> None:
+        for session in list(self.subscribers):
+            await session.drained(OUTPUT_RESUME_BYTES, urgent=True)
 
 
 class ProcessTable:
@@ -264,10 +281,24 @@ class ProcessTable:
             data = b""
         if not data:
             self._close_pty(proc)
-        elif proc.framer is not None:
+            return
+        if proc.framer is not None:
             proc.framer.feed(data)
         else:
             proc.output(data)
+        if proc.congested():
+            asyncio.get_event_loop().remove_reader(proc.master_fd)
+            proc.reader_paused = asyncio.ensure_future(self._resume_pty(proc))
+
+    async def _resume_pty(self, proc: Process) -> None:
+        """Read the PTY again once its sessions caught up (the process meanwhile blocks on
+        a full terminal, which is how a slow terminal slows a program down)."""
+        try:
+            await proc.drained()
+        finally:
+            proc.reader_paused = None
+            if proc.master_fd is not None:
+                asyncio.get_event_loop().add_reader(proc.master_fd, self._pty_readable, proc)
 
     def _close_pty(self, proc: Process) -> None:
         if proc.master_fd is None:
@@ -288,14 +319,21 @@ class ProcessTable:
             if not data:
                 return
             proc.output(data, kind)
+            if proc.congested():
+                await proc.drained()
 
     async def _reap(self, proc: Process, child: asyncio.subprocess.Process) -> None:
         returncode = await child.wait()
         if proc.pty:
             # Let output already written drain before reporting the exit; a background job
             # that keeps the PTY open must not hold the exit back for long.
+            # While the reader waits for a slow session, the rest of the output is still to
+            # be read: the deadline counts from when it reads again.
             deadline = time.monotonic() + 0.5
             while proc.master_fd is not None and time.monotonic() < deadline:
+                if proc.reader_paused is not None:
+                    await asyncio.shield(proc.reader_paused)
+                    deadline = time.monotonic() + 0.5
                 await asyncio.sleep(0.01)
             self._close_pty(proc)
         else:
@@ -385,7 +423,10 @@ def register(registry: Registry, table: ProcessTable) -> None:
         proc.lagging.discard(session)
         # At most the last MAX_REPLAY_BYTES: the answer stays under the message limit.
         replay = proc.buffer[-MAX_REPLAY_BYTES:]
-        return {**proc.describe(), "scrollback": base64.b64encode(replay).decode()}
+        return {
+            **proc.describe(), "scrollback": base64.b64encode(replay).decode(),
+            "scrollback_offset": proc.output_total - len(replay),
+        }  # fmt: skip
 
     async def detach(session: Session, args: Dict[str, Any]) -> None:
         table.get(args["proc_id"]).subscribers.discard(session)
@@ -445,7 +486,7 @@ def register(registry: Registry, table: ProcessTable) -> None:
             "stderr": base64.b64encode(bytes(stderr)).decode(),
         }
 
-    async def on_input(session: Session, channel: int, payload: bytes) -> None:
+    def on_input(session: Session, channel: int, payload: bytes) -> None:
         proc = table.procs.get(channel)
         if proc is not None:
             table.write(proc, payload)

@@ -31,6 +31,17 @@ PROC_STDERR = 5  # agent -> gateway: stderr of a process without a PTY
 ARCHIVE_DATA = 6  # both ways: archive bytes of a download (agent ->) or an upload (-> agent)
 ARCHIVE_END = 7  # agent -> gateway: a download ended; payload {"ok": true|false, "error"?}
 ARCHIVE_ACK = 8  # gateway -> agent: payload 4-byte big-endian count of download bytes consumed
+TUNNEL_ACK = 9  # both ways: payload 4-byte big-endian count of tunnel bytes the receiver passed on
+
+# Each direction of a tunnel may have this many bytes sent and not yet acknowledged (TUNNEL_ACK):
+# a stream whose reader is slow holds at most this much on the link and in the receiver, so a
+# 100 MB download can neither fill a queue that a keystroke or an HMR message waits behind nor
+# make either end buffer without bound.
+TUNNEL_WINDOW = 256 * 1024
+# A receiver acknowledges once it owes this much, not after every frame: a sender still has
+# three quarters of its window to go on with, and a small request and its answer cost two
+# frames on the link instead of four.
+TUNNEL_ACK_EVERY = TUNNEL_WINDOW // 4
 
 # The largest message an agent may send, and the gateway takes (issue 9: the agent is the
 # tenant's, and the gateway holds one link per sandbox, so this is what one hostile sandbox can

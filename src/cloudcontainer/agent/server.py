@@ -2,20 +2,27 @@
 
 One `Agent` per sandbox holds the services (files, processes, ports, tunnels). Each
 connection is a `Session`. Requests from one session run in the order they arrive (fs
-operations keep a client's FIFO order); ops marked concurrent (waiting for a process, dialing
-a port) run as tasks so they do not hold up the session. Python >= 3.9, stdlib + websockets.
+operations keep a client's FIFO order) on the session's worker task; ops marked concurrent
+(waiting for a process, dialing a port) run as tasks of their own. The receive loop itself
+never waits on an op or a stream: terminal input and tunnel bytes are handed over the moment
+they arrive, whatever file work is queued, and file work big enough to matter runs on one
+thread (`off_loop`) so it never stalls the event loop. Outbound, answers, events and process
+output go before bulk stream bytes (tunnels, archives), taking turns when both wait.
+Python >= 3.9, stdlib + websockets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import hmac
 import json
 import logging
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Awaitable, Callable, Deque, Dict, List, Optional, Set, Tuple, TypeVar, Union
 
 from websockets.asyncio.server import ServerConnection, serve, unix_serve
 from websockets.exceptions import ConnectionClosed
@@ -34,11 +41,41 @@ from cloudcontainer.agent.protocol import (
 log = logging.getLogger("cloudcontainer.agent")
 
 Handler = Callable[["Session", Dict[str, Any]], Awaitable[Any]]
-BinaryHandler = Callable[["Session", int, bytes], Awaitable[None]]
+# Handed a frame the moment it arrives; must not block (flow control is the stream's own).
+BinaryHandler = Callable[["Session", int, bytes], None]
+# Run in order with the session's requests (an upload's bytes before the op that finishes it).
+OrderedBinaryHandler = Callable[["Session", int, bytes], Awaitable[None]]
+T = TypeVar("T")
 
-# A session whose socket does not drain stops receiving droppable stream bytes past this much
-# queued data; it still gets every response and event, and re-attaching replays scrollback.
+# Process output stops being read while a session has this much urgent data queued (the
+# process then blocks on its terminal, as on a slow real one) and is read again below
+# OUTPUT_RESUME_BYTES; a session past SESSION_QUEUE_BYTES (several processes writing at
+# once) loses droppable output, says so with `proc.lagged`, and re-attaching replays
+# scrollback. Answers and events are never dropped.
+OUTPUT_PAUSE_BYTES = 1024 * 1024
+OUTPUT_RESUME_BYTES = 256 * 1024
 SESSION_QUEUE_BYTES = 4 * 1024 * 1024
+# Requests and ordered frames queued for the session's worker: past either bound the receive
+# loop waits for room (the gateway is trusted, but memory is the sandbox's).
+INBOUND_QUEUE_ITEMS = 4096
+INBOUND_QUEUE_BYTES = 64 * 1024 * 1024
+# File work on more bytes than this goes to the file thread.
+OFF_LOOP_BYTES = 256 * 1024
+
+_file_thread: Optional[ThreadPoolExecutor] = None
+
+
+async def off_loop(function: Callable[..., T], *args: Any) -> T:
+    """Run blocking file work on the agent's one file thread: the event loop keeps echoing
+    keystrokes and moving tunnel bytes meanwhile. One thread, so file operations still run
+    one at a time, in order, as they did on the loop."""
+    global _file_thread
+    if _file_thread is None:
+        _file_thread = ThreadPoolExecutor(1, thread_name_prefix="files")
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_file_thread, functools.partial(function, *args))
+
+
 # What this agent takes from the gateway, which is trusted: file writes come in parts of 8 MiB
 # (protocol.WRITE_CHUNK_BYTES), but a snapshot restore sends a file of up to 64 MiB in one
 # fs.apply. What the agent sends is capped at protocol.MAX_MESSAGE_BYTES (send_json).
@@ -51,6 +88,7 @@ class Registry:
     def __init__(self) -> None:
         self.handlers: Dict[str, Tuple[Handler, bool]] = {}
         self.binary: Dict[int, BinaryHandler] = {}
+        self.ordered_binary: Dict[int, OrderedBinaryHandler] = {}
 
     def op(self, name: str, *, concurrent: bool = False) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -64,15 +102,21 @@ class Registry:
 
 
 class Session:
-    """One gateway connection: an ordered outbound queue and the request loop."""
+    """One gateway connection: two outbound queues, the receive loop and the ordered worker."""
 
     def __init__(self, agent: Agent, ws: ServerConnection) -> None:
         self.agent = agent
         self.ws = ws
-        self._queue: Deque[Union[str, bytes]] = collections.deque()
-        self._queued_bytes = 0
+        self._urgent: Deque[Union[str, bytes]] = collections.deque()
+        self._bulk: Deque[Union[str, bytes]] = collections.deque()
+        self._urgent_bytes = 0
+        self._bulk_bytes = 0
         self._wakeup = asyncio.Event()
         self._sent = asyncio.Event()  # set after each send, so producers can wait for a drain
+        self._inbound: Deque[Tuple[Any, ...]] = collections.deque()
+        self._inbound_bytes = 0
+        self._inbound_ready = asyncio.Event()
+        self._inbound_room = asyncio.Event()
         self._tasks: Set[asyncio.Task[None]] = set()
         self.closed = False
         self.state: Dict[str, Any] = {}  # what ops keep per connection (unfinished uploads)
@@ -80,12 +124,18 @@ class Session:
 
     # -- sending --------------------------------------------------------------------------
 
-    def _enqueue(self, message: Union[str, bytes]) -> None:
-        self._queue.append(message)
-        self._queued_bytes += len(message)
+    def _enqueue(self, message: Union[str, bytes], bulk: bool = False) -> None:
+        if bulk:
+            self._bulk.append(message)
+            self._bulk_bytes += len(message)
+        else:
+            self._urgent.append(message)
+            self._urgent_bytes += len(message)
         self._wakeup.set()
 
-    def send_json(self, message: Dict[str, Any]) -> None:
+    def send_json(self, message: Dict[str, Any], bulk: bool = False) -> None:
+        """Queue a message; `bulk` keeps it behind the bulk stream bytes queued before it
+        (a tunnel's `tunnel.closed` after its last bytes)."""
         if self.closed:
             return
         text = json.dumps(message, separators=(",", ":"))  # ASCII: as many bytes as chars
@@ -94,36 +144,56 @@ class Session:
             if replacement is None:
                 return
             text = replacement
-        self._enqueue(text)
+        self._enqueue(text, bulk)
 
-    def event(self, name: str, data: Dict[str, Any]) -> None:
-        self.send_json({"event": name, "data": data})
+    def event(self, name: str, data: Dict[str, Any], bulk: bool = False) -> None:
+        self.send_json({"event": name, "data": data}, bulk)
 
-    def send_stream(self, kind: int, channel: int, payload: bytes, *, droppable: bool) -> bool:
-        """Queue stream bytes; False when dropped because this session is not draining."""
+    def send_stream(self, kind: int, channel: int, payload: bytes, *, droppable: bool,
+                    bulk: bool = False) -> bool:  # fmt: skip
+        """Queue stream bytes; False when dropped because this session is not draining.
+        `bulk` streams (tunnels, archives) are flow-controlled by their own windows and
+        give way to answers, events and process output."""
         if self.closed:
             return False
-        if droppable and self._queued_bytes > SESSION_QUEUE_BYTES:
+        if droppable and self._urgent_bytes > SESSION_QUEUE_BYTES:
             return False
-        self._enqueue(pack_frame(kind, channel, payload))
+        self._enqueue(pack_frame(kind, channel, payload), bulk)
         return True
 
     def queued_bytes(self) -> int:
-        return self._queued_bytes
+        return self._urgent_bytes + self._bulk_bytes
 
-    async def drained(self, limit: int) -> None:
-        """Wait until at most `limit` bytes are queued, or the session closed."""
-        while self._queued_bytes > limit and not self.closed:
+    def urgent_bytes(self) -> int:
+        return self._urgent_bytes
+
+    async def drained(self, limit: int, urgent: bool = False) -> None:
+        """Wait until at most `limit` bytes (of the urgent queue alone when `urgent`) are
+        queued, or the session closed."""
+        while not self.closed and (self.urgent_bytes() if urgent else self.queued_bytes()) > limit:
             self._sent.clear()
             await self._sent.wait()
 
+    def _next_message(self, prefer_bulk: bool) -> Tuple[Union[str, bytes], bool]:
+        """The next message to send, and whether it came from the bulk queue. When both
+        queues wait they take turns, so a keystroke's echo waits behind at most one bulk
+        frame and a download is never starved by a chatty terminal."""
+        if self._bulk and (prefer_bulk or not self._urgent):
+            message = self._bulk.popleft()
+            self._bulk_bytes -= len(message)
+            return message, True
+        message = self._urgent.popleft()
+        self._urgent_bytes -= len(message)
+        return message, False
+
     async def _sender(self) -> None:
+        prefer_bulk = False
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            while self._queue:
-                message = self._queue.popleft()
-                self._queued_bytes -= len(message)
+            while self._urgent or self._bulk:
+                message, was_bulk = self._next_message(prefer_bulk)
+                prefer_bulk = not was_bulk
                 await self.ws.send(message)
                 self._sent.set()
 
@@ -131,33 +201,82 @@ class Session:
 
     async def run(self) -> None:
         sender = asyncio.ensure_future(self._sender())
+        worker = asyncio.ensure_future(self._worker())
         try:
             async for message in self.ws:
                 if isinstance(message, bytes):
-                    await self._on_binary(message)
+                    self._on_binary(message)
                 else:
-                    await self._on_text(message)
+                    self._on_text(message)
+                while (len(self._inbound) >= INBOUND_QUEUE_ITEMS
+                       or self._inbound_bytes >= INBOUND_QUEUE_BYTES):  # fmt: skip
+                    self._inbound_room.clear()
+                    await self._inbound_room.wait()
         except ConnectionClosed:
             pass
         finally:
             self.closed = True
             self._sent.set()
             sender.cancel()
+            worker.cancel()
+            self._inbound.clear()
             for task in list(self._tasks):
                 task.cancel()
             for callback in self.on_close:
                 callback()
 
-    async def _on_binary(self, frame: bytes) -> None:
+    def _queue_inbound(self, job: Tuple[Any, ...], size: int) -> None:
+        self._inbound.append((*job, size))
+        self._inbound_bytes += size
+        self._inbound_ready.set()
+
+    async def _worker(self) -> None:
+        """Runs the session's requests and ordered frames one at a time, in arrival order."""
+        while True:
+            if not self._inbound:
+                self._inbound_ready.clear()
+                await self._inbound_ready.wait()
+                continue
+            job = self._inbound.popleft()
+            self._inbound_bytes -= job[-1]
+            self._inbound_room.set()
+            if job[0] == "op":
+                await self._call(job[1], job[2], job[3])
+            elif job[0] == "task":  # a concurrent op starts after what came before it
+                task = asyncio.ensure_future(self._call(job[1], job[2], job[3]))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+            else:
+                await self._ordered_frame(job[1], job[2], job[3])
+
+    async def _ordered_frame(self, handler: OrderedBinaryHandler, channel: int,
+                             payload: bytes) -> None:  # fmt: skip
+        try:
+            await handler(self, channel, payload)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the agent must outlive any single bad frame
+            log.exception("stream frame failed")
+
+    def _on_binary(self, frame: bytes) -> None:
         try:
             kind, channel, payload = unpack_frame(frame)
         except ValueError:
             return
-        handler = self.agent.registry.binary.get(kind)
-        if handler is not None:
-            await handler(self, channel, payload)
+        registry = self.agent.registry
+        ordered = registry.ordered_binary.get(kind)
+        if ordered is not None:
+            self._queue_inbound(("frame", ordered, channel, payload), len(frame))
+            return
+        handler = registry.binary.get(kind)
+        if handler is None:
+            return
+        try:
+            handler(self, channel, payload)
+        except Exception:  # the agent must outlive any single bad frame
+            log.exception("stream frame failed")
 
-    async def _on_text(self, text: str) -> None:
+    def _on_text(self, text: str) -> None:
         try:
             request = json.loads(text)
             request_id = request["id"]
@@ -179,12 +298,8 @@ class Session:
             self._reply_error(request_id, AgentError("ENOSYS", "unknown op: " + op))
             return
         handler, concurrent = entry
-        if concurrent:
-            task = asyncio.ensure_future(self._call(request_id, handler, args))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        else:
-            await self._call(request_id, handler, args)
+        kind = "task" if concurrent else "op"
+        self._queue_inbound((kind, request_id, handler, args), len(text))
 
     async def _call(self, request_id: Any, handler: Handler, args: Dict[str, Any]) -> None:
         try:

@@ -16,10 +16,10 @@ import posixpath
 import stat
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from cloudcontainer.agent.fs import Files, _remove_tree, _temp_file, _unlink_quietly
+from cloudcontainer.agent.fs import Files, _remove_tree, _temp_file, _unlink_quietly, open_regular
 from cloudcontainer.agent.globs import GlobSet, glob_list
 from cloudcontainer.agent.protocol import AgentError
-from cloudcontainer.agent.server import Registry, Session
+from cloudcontainer.agent.server import Registry, Session, off_loop
 
 if TYPE_CHECKING:  # for the checker only: no memory in the sandbox
     from cloudcontainer.agent.messages import Manifest, ManifestEntry
@@ -74,7 +74,7 @@ class Snapshots:
         if cached is not None and cached[:3] == key:
             return cached[3]
         digest = hashlib.sha256()
-        with open(absolute, "rb") as handle:
+        with open_regular(absolute) as handle:
             while True:
                 chunk = handle.read(CHUNK)
                 if not chunk:
@@ -210,14 +210,15 @@ def _kind(mode: int) -> str:
 
 
 def register(registry: Registry, snapshots: Snapshots) -> None:
+    # Each walks or writes a whole workspace: on the file thread, never on the loop.
     async def manifest(session: Session, args: Dict[str, Any]) -> Manifest:
-        return snapshots.manifest(args.get("exclude"))
+        return await off_loop(snapshots.manifest, args.get("exclude"))
 
     async def prune(session: Session, args: Dict[str, Any]) -> int:
-        return snapshots.prune(args.get("keep"), args.get("exclude"))
+        return await off_loop(snapshots.prune, args.get("keep"), args.get("exclude"))
 
     async def apply(session: Session, args: Dict[str, Any]) -> int:
-        return snapshots.apply(args.get("entries"))
+        return await off_loop(snapshots.apply, args.get("entries"))
 
     registry.add("fs.manifest", manifest)
     registry.add("fs.prune", prune)

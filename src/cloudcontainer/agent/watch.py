@@ -25,10 +25,9 @@ import contextlib
 import logging
 import os
 import posixpath
-import stat
 from typing import TYPE_CHECKING, Any, Deque, Dict, Iterable, List, Optional, Set, Tuple
 
-from cloudcontainer.agent.fs import _type
+from cloudcontainer.agent.fs import _type, open_regular
 from cloudcontainer.agent.globs import PathFilter, glob_list
 from cloudcontainer.agent.paths import covers
 from cloudcontainer.agent.protocol import AgentError
@@ -451,9 +450,9 @@ def _content(path: str) -> Optional[bytes]:
     """The file's current bytes (through a symlink too: it resolves inside the sandbox), or
     None for folders, unreadable and oversized files."""
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # never blocks on a FIFO put there
             st = os.fstat(handle.fileno())
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CONTENT_BYTES:
+            if st.st_size > MAX_CONTENT_BYTES:
                 return None
             return handle.read(MAX_CONTENT_BYTES + 1)[:MAX_CONTENT_BYTES]
     except OSError:

@@ -28,6 +28,7 @@ from cloudcontainer.agent.protocol import (
     PROC_INPUT,
     PROC_OUTPUT,
     PROC_STDERR,
+    TUNNEL_ACK,
     TUNNEL_DATA,
     TUNNEL_EOF,
     pack_frame,
@@ -41,7 +42,7 @@ from cloudcontainer.agentlink.schema import (
     check_event,
     check_result,
 )
-from cloudcontainer.internals.websockets import dispatching_connection
+from cloudcontainer.internals.websockets import DispatchingConnection, dispatching_connection
 
 __all__ = ["REQUEST_SENT", "AgentAddress", "AgentClient"]
 
@@ -57,7 +58,7 @@ ORPHAN_BYTES = 4 * 1024 * 1024
 ORPHAN_FRAMES = 1024
 # Stream kinds an agent may send; anything else is a protocol violation.
 _AGENT_KINDS = frozenset(
-    (PROC_OUTPUT, PROC_STDERR, TUNNEL_DATA, TUNNEL_EOF, ARCHIVE_DATA, ARCHIVE_END)
+    (PROC_OUTPUT, PROC_STDERR, TUNNEL_DATA, TUNNEL_EOF, TUNNEL_ACK, ARCHIVE_DATA, ARCHIVE_END)
 )
 # Violations are counted on the link and logged at most once per this many seconds.
 VIOLATION_LOG_SECONDS = 10.0
@@ -229,6 +230,15 @@ class AgentClient:
             await self._ws.send(pack_frame(kind, channel, payload))
         except ConnectionClosed as exc:
             raise AgentUnavailable("the agent link closed") from exc
+
+    def send_stream_now(self, kind: int, channel: int, payload: bytes) -> None:
+        """Send stream bytes from a plain callback, without waiting for the link to drain:
+        only for a stream that bounds what it has in flight itself (a tunnel's window)."""
+        ws = self._ws
+        if ws is None or self.closed.is_set() or not isinstance(ws, DispatchingConnection):
+            raise AgentUnavailable("the agent link is closed")
+        if not ws.send_now(pack_frame(kind, channel, payload)):
+            raise AgentUnavailable("the agent link closed")
 
     async def send_input(self, proc_id: int, data: bytes) -> None:
         await self.send_stream(PROC_INPUT, proc_id, data)

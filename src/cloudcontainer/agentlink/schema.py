@@ -333,7 +333,7 @@ RESULTS: dict[str, Check] = {
     "fs.apply": COUNT,
     "fs.statfs": obj({"total": SIZE, "used": SIZE, "free": SIZE}),
     "proc.spawn": PROCESS,
-    "proc.attach": obj({**PROCESS_FIELDS, "scrollback": base64_text}),
+    "proc.attach": obj({**PROCESS_FIELDS, "scrollback": base64_text, "scrollback_offset": SIZE}),
     "proc.detach": null,
     "proc.resize": null,
     "proc.kill": null,

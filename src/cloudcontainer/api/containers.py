@@ -20,6 +20,7 @@ from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.agentlink.status import disk_usage, listening_ports
 from cloudcontainer.api import wsio
 from cloudcontainer.api.audit import record
+from cloudcontainer.api.calls import CallCommand, Calls
 from cloudcontainer.api.deps import CurrentPrincipal, ServicesDep
 from cloudcontainer.api.schemas import RequestModel, WholeNumber
 from cloudcontainer.audit import actions
@@ -29,7 +30,7 @@ from cloudcontainer.errors import CloudContainerError, Forbidden
 from cloudcontainer.files.watch import WatchFeed, WatchRequest
 from cloudcontainer.images import toolchains
 from cloudcontainer.sandbox.service import Resources, Status
-from cloudcontainer.sandbox.templates import TEMPLATES
+from cloudcontainer.sandbox.templates import TEMPLATE_NAMES
 from cloudcontainer.state import Services
 from cloudcontainer.tasks import until_first_ends
 from cloudcontainer.terminals.exec import ExecSpec, Execution, Output, OutputOverflow
@@ -79,10 +80,16 @@ class ContainerCreate(RequestModel):
     template: Annotated[
         str,
         # Documented as an enum; the service answers an unknown one with 422 unknown_template.
-        Field(min_length=1, max_length=32, json_schema_extra={"enum": list(TEMPLATES)}),
+        Field(min_length=1, max_length=32, json_schema_extra={"enum": list(TEMPLATE_NAMES)}),
     ] = "node"
     resources: ResourcesIn | None = None
     toolchain: ToolchainIn | None = None
+    ephemeral: bool = Field(
+        False,
+        description="One client session's container (`@cloudcontainer/api`'s boot): no "
+        "snapshot of the project is restored into it or taken of it, and it is deleted once "
+        "no event or terminal WebSocket has been open to it for `ephemeral_grace_seconds`.",
+    )
 
 
 class ToolchainOut(BaseModel):
@@ -117,6 +124,7 @@ class ContainerOut(BaseModel):
     status_reason: str
     runtime: str
     template: str
+    ephemeral: bool
     toolchain: ToolchainOut
     resources: ResourcesOut
     restart_count: int
@@ -152,7 +160,7 @@ async def _describe(services: Services, container: Container) -> ContainerOut:
     return ContainerOut(
         id=container.id, project_id=container.project_id, owner_id=container.owner_id,
         status=container.status, status_reason=container.status_reason,
-        runtime=container.runtime, template=container.template,
+        runtime=container.runtime, template=container.template, ephemeral=container.ephemeral,
         toolchain=ToolchainOut(node=container.node),
         resources=ResourcesOut(cpu=container.cpu, memory_mb=container.memory_mb,
                                pids=container.pids_limit, disk_mb=container.disk_mb),
@@ -181,12 +189,13 @@ async def create_container(
         resources = Resources(given.cpu, given.memory_mb, given.pids, given.disk_mb)
     container = await services.containers.create(
         principal.user_id, body.project_id, body.template, resources,
-        node=body.toolchain.node if body.toolchain else None,
+        node=body.toolchain.node if body.toolchain else None, ephemeral=body.ephemeral,
     )  # fmt: skip
     await record(
         request, actions.CONTAINER_CREATED, principal, target_type="container",
         target_id=container.id, detail={"project_id": container.project_id,
-                                        "template": container.template},
+                                        "template": container.template,
+                                        "ephemeral": container.ephemeral},
     )  # fmt: skip
     if wait:
         container = await services.containers.wait_settled(principal.user_id, container.id)
@@ -324,13 +333,16 @@ class UnwatchCommand(RequestModel):
     id: Annotated[str, Field(min_length=1, max_length=64)]
 
 
-EventCommand = TypeAdapter(Annotated[WatchCommand | UnwatchCommand, Field(discriminator="type")])
+EventCommand = TypeAdapter(
+    Annotated[WatchCommand | UnwatchCommand | CallCommand, Field(discriminator="type")]
+)
 
 
 @router.websocket("/{container_id}/events")
 async def container_events(websocket: WebSocket, container_id: str, ticket: str = "") -> None:
-    """Status changes, agent events (ports, process exits) and file watches, as JSON frames.
-    The client sends `watch`/`unwatch` commands; see docs/api.md for the whole protocol.
+    """Status changes, agent events (ports, process exits), file watches and file calls, as
+    JSON frames. The client sends `watch`/`unwatch` commands and `call`s (api/calls.py); see
+    docs/api.md for the whole protocol.
     `?ticket=` is from POST /api/auth/ws-ticket for this path; the socket is closed with 1008
     when the session or key behind it ends."""
     services: Services = websocket.app.state.services
@@ -355,6 +367,7 @@ async def _serve_events(
         lambda message, size: outbox.put((message, size)), services.metrics,
         max_pending_bytes=services.settings.watch_max_pending_bytes,
     )  # fmt: skip
+    calls = Calls(services, user_id, container.id, lambda answer: outbox.put((answer, 0)))
     timeout = services.settings.client_send_timeout_seconds
     async with services.events.subscribe(container.id) as queue:
         await websocket.accept()
@@ -363,8 +376,9 @@ async def _serve_events(
         try:
             with services.containers.hold(container.id):
                 await until_first_ends(
-                    _send_events(websocket, outbox, feed, timeout),
-                    _read_commands(websocket, feed, outbox), _pump_bus(queue, feed, outbox),
+                    _send_events(websocket, outbox, feed, calls, timeout),
+                    _read_commands(websocket, feed, calls, outbox),
+                    _pump_bus(queue, feed, outbox),
                     outbox.overflowed.wait(), tracked.wait(),
                 )  # fmt: skip
             if outbox.overflowed.is_set():
@@ -373,11 +387,12 @@ async def _serve_events(
                 with contextlib.suppress(WebSocketDisconnect, RuntimeError):
                     await websocket.close(code=WS_POLICY_VIOLATION, reason=tracked.reason)
         finally:
+            await calls.close()
             await feed.close()
 
 
 async def _send_events(
-    websocket: WebSocket, outbox: Outbox, feed: WatchFeed, timeout: float
+    websocket: WebSocket, outbox: Outbox, feed: WatchFeed, calls: Calls, timeout: float
 ) -> None:
     """The only writer of the socket: messages in the order they were queued. A client that
     takes nothing for `timeout` seconds is dropped (api/wsio.py)."""
@@ -391,6 +406,8 @@ async def _send_events(
                 return
             if size:
                 feed.sent(size)
+            if message["type"] == "result":
+                calls.sent()
             if message.get("type") == "status" and message.get("status") == Status.DELETED:
                 await websocket.close(code=1000)
                 return
@@ -409,16 +426,21 @@ async def _pump_bus(queue: asyncio.Queue[dict[str, Any]], feed: WatchFeed, outbo
                 await feed.relink()
 
 
-async def _read_commands(websocket: WebSocket, feed: WatchFeed, outbox: Outbox) -> None:
-    """Client commands, answered in order; returns when the client goes away."""
+async def _read_commands(
+    websocket: WebSocket, feed: WatchFeed, calls: Calls, outbox: Outbox
+) -> None:
+    """Client commands: watches answered in order, calls started in order (their answers
+    come when done); returns when the client goes away."""
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        outbox.put((await _command(feed, message.get("text")), 0))
+        answer = await _command(feed, calls, message.get("text"))
+        if answer is not None:
+            outbox.put((answer, 0))
 
 
-async def _command(feed: WatchFeed, text: str | None) -> dict[str, Any]:
+async def _command(feed: WatchFeed, calls: Calls, text: str | None) -> dict[str, Any] | None:
     if text is None:
         return _command_error(None, "invalid_command", "Commands are JSON text frames.")
     try:
@@ -427,6 +449,9 @@ async def _command(feed: WatchFeed, text: str | None) -> dict[str, Any]:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         return _command_error(None, "invalid_command", f"{where}: {first['msg']}".lstrip(": "))
+    if isinstance(command, CallCommand):
+        await calls.start(command)
+        return None
     try:
         if isinstance(command, WatchCommand):
             request = WatchRequest(

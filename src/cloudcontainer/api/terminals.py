@@ -127,7 +127,8 @@ async def attach_terminal(
             async with attach as (hub, terminal):
                 await websocket.accept()
                 with services.containers.hold(container_id):
-                    await websocket.send_text(_json({"type": "attached", "terminal": terminal}))
+                    attached = {"type": "attached", "terminal": terminal, "offset": client.offset}
+                    await websocket.send_text(_json(attached))
                     if terminal["state"] == "exited":  # its exit event went by before this client
                         client.put({"type": "exit", "code": terminal["exit_code"]})
                     timeout = services.settings.client_send_timeout_seconds

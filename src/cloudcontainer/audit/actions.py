@@ -30,8 +30,7 @@ API_KEY_CREATED: Final = "api_key_created"
 API_KEY_REVOKED: Final = "api_key_revoked"
 CONTAINER_CREATED: Final = "container_created"
 CONTAINER_DELETED: Final = "container_deleted"
-# Reserved: there is no endpoint that makes a preview port public yet; the one that comes
-# records this (issue 9).
+# `PATCH /api/containers/{id}/previews/{port}` with `public: true`.
 PORT_MADE_PUBLIC: Final = "port_made_public"
 # By the account itself (actor_id set) or an operator's CLI (detail.by = "cli").
 ACCOUNT_DELETED: Final = "account_deleted"

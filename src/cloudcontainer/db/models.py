@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -32,8 +33,10 @@ __all__ = [
     "EmailToken",
     "FileLock",
     "FileVersion",
+    "PreviewPort",
     "Project",
     "RefreshToken",
+    "Service",
     "Snapshot",
     "User",
     "WsTicket",
@@ -181,6 +184,9 @@ class Container(Base):
     disk_mb: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # 0: no quota
     # The Node.js major first on its PATH (images/toolchains.py), fixed at creation.
     node: Mapped[str] = mapped_column(String(8), server_default="24")
+    # One client session's (`@cloudcontainer/api`'s boot): starts empty, no snapshot restored
+    # or taken, deleted once no client has been connected for `ephemeral_grace_seconds`.
+    ephemeral: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     agent_secret: Mapped[str] = mapped_column(String(128))
     restart_count: Mapped[int] = mapped_column(Integer, default=0)
     dev_servers: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
@@ -188,6 +194,39 @@ class Container(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     last_active_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PreviewPort(Base):
+    """A port of a container given a preview listener: its external port is stable for the
+    container's life and across gateway restarts, and freed with the container. `secret` is
+    never shown: the URL's token and the cookie are derived from it with the signing key."""
+
+    __tablename__ = "preview_ports"
+
+    container_id: Mapped[str] = mapped_column(
+        ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True
+    )
+    port: Mapped[int] = mapped_column(Integer, primary_key=True)
+    external_port: Mapped[int] = mapped_column(Integer, unique=True)
+    public: Mapped[bool] = mapped_column(Boolean, default=False)
+    secret: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Service(Base):
+    """A named process the gateway keeps running in a container (a dev server, an API):
+    started when the container runs, restarted with backoff when it exits."""
+
+    __tablename__ = "services"
+
+    container_id: Mapped[str] = mapped_column(
+        ForeignKey("containers.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # {command, args, cwd, env, port, restart}: what `POST .../services` was given (or detected)
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    desired: Mapped[str] = mapped_column(String(16), default="running")  # running | stopped
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class FileLock(Base):

@@ -130,12 +130,15 @@ class FileService:
             entries = await fs.list_dir(agent, path, recursive=recursive)
         return [_entry(entry) for entry in entries]
 
-    async def read(self, owner_id: str, container_id: str, path: str) -> FileContent:
+    async def read(
+        self, owner_id: str, container_id: str, path: str, max_bytes: int | None = None
+    ) -> FileContent:
         """The whole file (read in chunks past the link's message size); 413 past
-        `max_file_bytes`."""
+        `max_bytes` (default `max_file_bytes`)."""
         agent = await self._agent(owner_id, container_id)
+        limit = self.max_file_bytes if max_bytes is None else min(max_bytes, self.max_file_bytes)
         with agent_errors():
-            read = await read_file(agent, path, max_bytes=self.max_file_bytes)
+            read = await read_file(agent, path, max_bytes=limit)
         return FileContent(
             path=workdir_path(read.entry["path"]), data=read.data, sha256=read.sha256,
             size=len(read.data), mtime=read.entry["mtime"],

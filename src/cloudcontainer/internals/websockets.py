@@ -9,6 +9,10 @@ Private names used (verified on websockets 15.0.1, `VERIFIED_VERSIONS`):
 - `ClientConnection.connection_made(transport)`: every later write of the connection goes
   through the transport passed here; `transport` is kept as an attribute.
 - `websockets.protocol.Event`, the type of what `process_event` receives.
+- `ClientConnection.protocol` (the sans-I/O `websockets.protocol.Protocol`: `state`,
+  `send_binary`) and `ClientConnection.send_data()`, which writes what the protocol
+  produced to the transport: what `send()` does inside its `send_context`, without the
+  drain that follows it (`send_now`).
 
 `create_connection` (the connection class `connect` builds) is public API.
 """
@@ -22,7 +26,7 @@ from typing import cast
 import structlog
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
-from websockets.protocol import Event
+from websockets.protocol import Event, State
 
 from cloudcontainer.coalesce import CoalescingTransport
 
@@ -65,6 +69,20 @@ class DispatchingConnection(ClientConnection):
         except Exception:
             log.exception("agent link dropped: a message it could not take")
             self.transport.abort()
+
+    def send_now(self, data: bytes) -> bool:
+        """Write one binary message without waiting for the transport to drain: for streams
+        whose flow control is their own (a tunnel's window), sent from plain callbacks.
+        False when the connection is no longer open."""
+        if self.protocol.state is not State.OPEN or self.fragmented_send_waiter is not None:
+            return False
+        self.protocol.send_binary(data)
+        try:
+            self.send_data()
+        except OSError:
+            self.transport.abort()
+            return False
+        return True
 
 
 def dispatching_connection(

@@ -51,6 +51,9 @@ class LifecycleHooks:
     # When the gateway gets a container's agent link: at start, and after a gateway restart.
     # The container is as it was read before this start: `started_at` is None on its first.
     adopted: list[Callable[[Container, AgentClient], None]] = field(default_factory=list)
+    # Processes another service starts again itself (the preview services): not remembered
+    # as dev servers when the container stops, so they are not started twice.
+    managed: list[Callable[[str], set[int]]] = field(default_factory=list)
 
 
 class Lifecycle:
@@ -156,8 +159,10 @@ class Lifecycle:
     async def _fill_workspace(self, container: Container, link: AgentClient) -> None:
         """A new container's workspace: the project's saved workspace if a hook restores one
         (a failure there fails the start rather than hiding the user's files under a fresh
-        template), else the template."""
-        if self.hooks.seed is not None and await self.hooks.seed(container, link):
+        template), else the template. An ephemeral container starts from its template alone,
+        never from the project's files."""
+        seed = None if container.ephemeral else self.hooks.seed
+        if seed is not None and await seed(container, link):
             return
         await apply_template(link, container.template)
 
@@ -194,7 +199,8 @@ class Lifecycle:
             servers: list[SpawnRequest] = []
             if link is not None:
                 if keep_dev_servers:
-                    servers = await _running_processes(link)
+                    managed = {pid for hook in self.hooks.managed for pid in hook(container_id)}
+                    servers = await _running_processes(link, managed)
                 if not destroy:
                     reason = await self._before_stop(container_id, link, reason)
                 await link.aclose()
@@ -234,8 +240,9 @@ class Lifecycle:
         await self.records.set_status(container_id, Status.FAILED, reason)
 
 
-async def _running_processes(link: AgentClient) -> list[SpawnRequest]:
-    """The spawn arguments of every running process, to start them again later."""
+async def _running_processes(link: AgentClient, managed: set[int]) -> list[SpawnRequest]:
+    """The spawn arguments of every running process but the `managed` ones, to start them
+    again later."""
     try:
         processes = await procs.list_processes(link, timeout=5)
     except (AgentUnavailable, AgentOpError):
@@ -250,5 +257,5 @@ async def _running_processes(link: AgentClient) -> list[SpawnRequest]:
             "rows": p["rows"],
         }
         for p in processes
-        if p["state"] == "running"
+        if p["state"] == "running" and p["proc_id"] not in managed
     ]

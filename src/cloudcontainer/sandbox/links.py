@@ -12,9 +12,9 @@ from cloudcontainer.events import EventBus
 
 __all__ = ["PRIVATE_EVENTS", "AgentLinks", "connect_agent"]
 
-# Agent events meant for one subscriber (a file watch, the command log), not for every
-# event-stream client.
-PRIVATE_EVENTS = frozenset({"fs.watch", "proc.command"})
+# Agent events meant for one subscriber (a file watch, the command log, the previews, which
+# publish `port` with its URL), not for every event-stream client.
+PRIVATE_EVENTS = frozenset({"fs.watch", "proc.command", "port"})
 
 
 async def connect_agent(address: AgentAddress, secret: str, timeout: float) -> AgentClient:

@@ -32,7 +32,7 @@ from cloudcontainer.sandbox.links import AgentLinks
 from cloudcontainer.sandbox.pool import WarmPool
 from cloudcontainer.sandbox.quotas import Resources, check_quota, lock_owner
 from cloudcontainer.sandbox.status import SETTLED, ContainerRecords, Status
-from cloudcontainer.sandbox.templates import TEMPLATES
+from cloudcontainer.sandbox.templates import TEMPLATE_NAMES
 from cloudcontainer.tasks import TaskSet
 
 __all__ = ["ContainerService", "LifecycleHooks", "Resources", "Status"]
@@ -118,13 +118,14 @@ class ContainerService:
         template: str,
         resources: Resources | None,
         node: str | None = None,
+        ephemeral: bool = False,
     ) -> Container:
         await self._recheck_runtime()
         if self.runtime_problem:
             raise RuntimeUnavailable(self.runtime_problem)
-        if template not in TEMPLATES:
+        if template not in TEMPLATE_NAMES:
             raise ValidationFailed(
-                f"Unknown template {template!r}; choose one of {', '.join(TEMPLATES)}.",
+                f"Unknown template {template!r}; choose one of {', '.join(TEMPLATE_NAMES)}.",
                 code="unknown_template",
             )
         node = node or toolchains.DEFAULT_NODE
@@ -153,12 +154,13 @@ class ContainerService:
                 project_id=project_id, runtime=self.runtime.name, template=template,
                 status=Status.STARTING if warm else Status.CREATING, desired=Status.RUNNING,
                 cpu=wanted.cpu, memory_mb=wanted.memory_mb, pids_limit=wanted.pids,
-                disk_mb=disk_mb, node=node,
+                disk_mb=disk_mb, node=node, ephemeral=ephemeral,
                 agent_secret=warm.spec.agent_secret if warm else secrets.token_urlsafe(32),
                 dev_servers=[],
             )  # fmt: skip
             session.add(container)
-        log.info("container created", container_id=container.id, template=template, warm=bool(warm))
+        log.info("container created", container_id=container.id, template=template,
+                 warm=bool(warm), ephemeral=ephemeral)  # fmt: skip
         if warm is None:
             self.lifecycle.spawn_bring_up(container.id)
             return container

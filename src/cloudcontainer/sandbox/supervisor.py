@@ -12,6 +12,7 @@ import structlog
 
 from cloudcontainer.agentlink.errors import AgentOpError, AgentUnavailable
 from cloudcontainer.agentlink.status import ping
+from cloudcontainer.db import Container
 from cloudcontainer.errors import NotFound
 from cloudcontainer.runtimes.base import RuntimeUnavailable, SandboxState
 from cloudcontainer.sandbox.service import ContainerService, Status
@@ -44,7 +45,9 @@ class Supervisor:
         await self.reconcile()
         self.service.pool.refill()
         health = self.settings.health_interval_seconds
-        idle = min(60.0, self.settings.idle_timeout_seconds / 4)
+        idle = min(
+            60.0, self.settings.idle_timeout_seconds / 4, self.settings.ephemeral_grace_seconds / 4
+        )
         self._tasks = [
             asyncio.create_task(self._every(health, self.check_health), name="health"),
             asyncio.create_task(self._every(idle, self.stop_idle), name="idle"),
@@ -188,8 +191,14 @@ class Supervisor:
             self.service.touch(container_id)
 
     async def stop_idle(self) -> None:
+        """Stop running containers nobody used for `idle_timeout_seconds`; delete ephemeral
+        ones nobody has been connected to for `ephemeral_grace_seconds` (whatever their
+        state: a tab that is gone does not come back for them)."""
         now = self.service.clock()
         for container in await self.service.list(None):
+            if container.ephemeral:
+                await self._reap_ephemeral(container, now)
+                continue
             if container.status != Status.RUNNING:
                 continue
             if self.service.held(container.id):  # someone is connected to it
@@ -201,3 +210,16 @@ class Supervisor:
                     "stopping idle container", container_id=container.id, idle_seconds=idle_for
                 )
                 await self.service.idle_stop(container.id, f"idle for {int(idle_for)}s")
+
+    async def _reap_ephemeral(self, container: Container, now: float) -> None:
+        if self.service.held(container.id):
+            self.service.touch(container.id)
+            return
+        # Unknown (a gateway restarted since): the grace counts from now, so its client can
+        # come back to it.
+        alone_for = now - self.service.last_active.setdefault(container.id, now)
+        if alone_for >= self.settings.ephemeral_grace_seconds:
+            log.info("deleting ephemeral container", container_id=container.id,
+                     unconnected_seconds=int(alone_for))  # fmt: skip
+            with contextlib.suppress(NotFound):
+                await self.service.delete(None, container.id)

@@ -12,7 +12,7 @@ from importlib import resources
 from cloudcontainer.agentlink.client import AgentClient
 from cloudcontainer.agentlink.files import write_file
 
-__all__ = ["TEMPLATES", "Template", "apply_template"]
+__all__ = ["BLANK", "TEMPLATES", "TEMPLATE_NAMES", "Template", "apply_template"]
 
 NPM_INSTALL = ("npm", "install", "--no-audit", "--no-fund")
 NPM_DEV = ("npm", "run", "dev")
@@ -60,6 +60,11 @@ TEMPLATES: dict[str, Template] = {
 }
 
 
+# An empty workspace, as WebContainer boots: what `@cloudcontainer/api`'s boot() asks for.
+BLANK = "blank"
+TEMPLATE_NAMES = (*TEMPLATES, BLANK)
+
+
 def template_files(name: str) -> dict[str, bytes]:
     """Relative path → bytes of every file in the template."""
     root = resources.files("cloudcontainer.sandbox").joinpath("templates", name)
@@ -80,7 +85,7 @@ def template_files(name: str) -> dict[str, bytes]:
 
 async def apply_template(agent: AgentClient, name: str) -> int:
     """Write the template's files into the workspace (dependencies are installed on request)."""
-    files = template_files(name)
+    files = {} if name == BLANK else template_files(name)
     for path, data in sorted(files.items()):
         await write_file(agent, path, data, mkdirs=True)
     return len(files)

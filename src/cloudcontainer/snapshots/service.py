@@ -153,6 +153,8 @@ class SnapshotService:
         if link.closed.is_set():
             return  # the sandbox is already gone; nothing can be read from it
         container = await self._containers.get(None, container_id)
+        if container.ephemeral:
+            return  # one session's scratch space, never the project's saved workspace
         async with asyncio.timeout(ON_STOP_SECONDS):
             await self._take(container, link, "stop", only_if_changed=True)
 
@@ -165,6 +167,8 @@ class SnapshotService:
                 try:
                     container = await self._containers.get(None, container_id)
                     if container.status != Status.RUNNING or link.closed.is_set():
+                        continue
+                    if container.ephemeral:
                         continue
                     await self._take(container, link, "auto", only_if_changed=True)
                 except (CloudContainerError, TimeoutError, OSError, SQLAlchemyError) as exc:

@@ -83,6 +83,9 @@ class TerminalClient:
     lagged: bool = False
     closed: bool = False
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Where the scrollback it was last sent starts in the process's whole output (the
+    # `attached` and `lagged` messages say so, for a client that resumes).
+    offset: int = 0
 
     def put(self, item: bytes | Control) -> None:
         if self.lagged or self.closed:
@@ -169,7 +172,9 @@ class Hub:
 
     async def _attach(self, client: TerminalClient, notice: Control | None = None) -> AttachReply:
         def start(answer: AttachReply) -> None:
-            client.restart(decode(answer["scrollback"], "proc.attach"), notice)
+            client.offset = answer["scrollback_offset"]
+            told = None if notice is None else {**notice, "offset": client.offset}
+            client.restart(decode(answer["scrollback"], "proc.attach"), told)
             self.clients.add(client)
 
         return await self.process.attach(start)
