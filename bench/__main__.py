@@ -26,6 +26,7 @@ from rich.table import Table
 
 from bench import (
     boltshell,
+    client,
     files,
     images,
     many_terminals,
@@ -158,6 +159,31 @@ def main() -> None:
                 f"echo ok preempting a dev server {_ms(bolt['preempt'])}",
                 f"{_ms(floor, p99=True)} echo typed into bash on a PTY", "all pass, none hangs",
             )  # fmt: skip
+    if want("P12"):
+        console.print("P12: client overhead (clients/js, Node) against raw HTTP/WS …")
+        measured = client.overhead(samples * 10)
+        report["results"]["P12"] = measured
+        write, spawn, command = measured["writeFile"], measured["spawn"], measured["executeCommand"]
+        table.add_row(
+            "P12", "fs.writeFile 10 KiB through @cloudcontainer/api (local)",
+            f"{_ms(write['client'], p99=True)}; added p50 "
+            f"{write['added_p50_over_socket_s'] * 1000:.2f} ms over the raw socket call, "
+            f"{write['added_p50_over_http_s'] * 1000:.2f} ms over a raw PUT",
+            f"raw events-socket call {_ms(write['socket'], p99=True)}; "
+            f"raw HTTP PUT {_ms(write['http'], p99=True)}",
+            "≤ 1 ms added",
+        )  # fmt: skip
+        table.add_row(
+            "P12", "spawn('echo') → exit through @cloudcontainer/api (local)",
+            f"{_ms(spawn['client'], p99=True)}; added p50 "
+            f"{spawn['added_p50_over_raw_s'] * 1000:.2f} ms",
+            f"raw POST + ticket + WS to exit {_ms(spawn['raw'], p99=True)}", "≤ 1 ms added",
+        )  # fmt: skip
+        table.add_row(
+            "P12", "bolt.diy's BoltShell.executeCommand('echo') through the client (local)",
+            _ms(command["client"], p99=True),
+            f"raw WS jsh --osc (Python BoltShell) {_ms(command['raw'], p99=True)}", "measure",
+        )  # fmt: skip
     if want("P5"):
         console.print("P5: write → watch event at the client …")
         figure = watch.write_to_event(samples * 10)

@@ -16,6 +16,8 @@ import os
 import pty
 import select
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from tests.support.boltshell import BoltShell, connected
@@ -62,6 +64,17 @@ async def _sessions(server: Server, container: str, runs: int) -> dict[str, Any]
 async def _session(
     server: Server, container: str, commands: list[float], preempts: list[float]
 ) -> None:
+    async with bolt_shell(server, container) as shell:
+        commands.extend(await echoes(shell, 20))
+        for command, code in (("false", 1), ("nosuch-tool", 127), ("", 0)):
+            assert (await shell.execute(command)).exit_code == code, command
+        preempts.append(await _preempt(shell, TICKER, "tick "))
+        preempts.append(await _preempt(shell, "npx vite --port 5173", "ready in"))
+
+
+@asynccontextmanager
+async def bolt_shell(server: Server, container: str) -> AsyncIterator[BoltShell]:
+    """`/bin/jsh --osc` in a new terminal, driven as bolt.diy drives it; deleted after."""
     created = server.client.post(
         f"/api/containers/{container}/terminals",
         json={"command": "/bin/jsh", "args": ["--osc"], "cols": 80, "rows": 15},
@@ -69,20 +82,22 @@ async def _session(
     path = f"/api/containers/{container}/terminals/{created['id']}"
     ticket = server.client.post("/api/auth/ws-ticket", json={"path": path}).json()["ticket"]
     base = str(server.client.base_url).replace("http", "ws", 1)
-    url = f"{base}{path}?ticket={ticket}"
     try:
-        async with connected(url) as shell:
-            for step in range(20):
-                started = time.perf_counter()
-                result = await shell.execute(f"echo step-{step}")
-                commands.append(time.perf_counter() - started)
-                assert result.exit_code == 0, result
-            for command, code in (("false", 1), ("nosuch-tool", 127), ("", 0)):
-                assert (await shell.execute(command)).exit_code == code, command
-            preempts.append(await _preempt(shell, TICKER, "tick "))
-            preempts.append(await _preempt(shell, "npx vite --port 5173", "ready in"))
+        async with connected(f"{base}{path}?ticket={ticket}") as shell:
+            yield shell
     finally:
-        server.client.delete(f"/api/containers/{container}/terminals/{created['id']}")
+        server.client.delete(path)
+
+
+async def echoes(shell: BoltShell, count: int) -> list[float]:
+    """Seconds of each of `count` `executeCommand("echo …")` round trips."""
+    times = []
+    for step in range(count):
+        started = time.perf_counter()
+        result = await shell.execute(f"echo step-{step}")
+        times.append(time.perf_counter() - started)
+        assert result.exit_code == 0, result
+    return times
 
 
 async def _preempt(shell: BoltShell, command: str, ready: str) -> float:

@@ -13,8 +13,8 @@ import pytest
 
 from tests.conftest import Api
 from tests.sandbox_helpers import live_server
+from tests.support.jsclient import JS, built_js_client
 
-JS = Path(__file__).resolve().parent.parent / "clients" / "js"
 SUITES = sorted(path.name for path in (JS / "test").glob("*.test.mjs"))
 SUITE_SECONDS = 600  # an upper bound, never a timing
 
@@ -22,10 +22,7 @@ SUITE_SECONDS = 600  # an upper bound, never a timing
 @pytest.fixture(scope="session")
 def js_client() -> Path:
     """The package, installed from its lockfile and built (tsc) once per session."""
-    if not (JS / "node_modules" / ".package-lock.json").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=JS, check=True, timeout=600)
-    subprocess.run(["npm", "run", "--silent", "build"], cwd=JS, check=True, timeout=300)
-    return JS
+    return built_js_client()
 
 
 @pytest.mark.timeout(SUITE_SECONDS + 60)

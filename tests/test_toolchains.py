@@ -85,8 +85,9 @@ async def test_node_22_is_chosen_per_container(sandbox_api: Api) -> None:
     container = await new_container(sandbox_api, user, toolchain={"node": "22"})
     assert container["toolchain"] == {"node": "22"}
     versions = await sh(
-        sandbox_api, user, container["id"], "node -v; npm -v; echo $npm_config_nodedir"
-    )
+        sandbox_api, user, container["id"],
+        "node -v; npm -v; echo $npm_package_config_node_gyp_nodedir",
+    )  # fmt: skip
     node, npm, nodedir = versions.stdout.split()
     assert node.startswith("v22.")
     assert npm.startswith("10.")
@@ -166,6 +167,9 @@ async def test_a_native_module_builds_from_source_with_the_images_headers(
     assert built.stdout.strip().splitlines()[-1] == "60606060"
     headers = await sh(sandbox_api, user, cid, "ls ~/.cache/node-gyp 2>&1 || true")
     assert "No such file" in headers.stdout, "node-gyp downloaded headers instead of the image's"
+    # ...and npm says nothing of how: bolt.diy shows every command's output.
+    quiet = await sh(sandbox_api, user, cid, "npm config get registry 2>&1")
+    assert "warn" not in quiet.stdout, quiet
 
 
 @pytest.mark.timeout(INSTALL_TIMEOUT)

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 
-import { WebContainer, ContainerGoneError } from '../dist/index.js';
+import { configure, WebContainer, ContainerGoneError } from '../dist/index.js';
 
 test('one instance at a time, a fresh container per boot, teardown once', async () => {
   await assert.rejects(WebContainer.boot({ workdirName: 'a/b' }), {
@@ -31,4 +31,41 @@ test('concurrent boots are serialised: one wins, the other gets the singleton er
   assert.equal(booted.length, 1);
   assert.equal(refused[0].reason.message, 'Only a single WebContainer instance can be booted');
   booted[0].value.teardown();
+});
+
+/** A new API key of the test's user (made with the key the test setup gave), and its revocation. */
+async function apiKey() {
+  const call = (method, path, body) =>
+    fetch(process.env.CLOUDCONTAINER_URL + path, {
+      method,
+      headers: { authorization: `Bearer ${process.env.CLOUDCONTAINER_TOKEN}`, 'content-type': 'application/json' },
+      body: body && JSON.stringify(body),
+    });
+  const made = await (await call('POST', '/api/auth/keys', { name: 'short-lived' })).json();
+  return { key: made.key, revoke: async () => assert.equal((await call('DELETE', `/api/auth/keys/${made.id}`)).status, 204) };
+}
+
+test('a token revoked mid-session is asked for again; one that stays refused is a clear auth error', async () => {
+  let current = await apiKey();
+  let asked = 0;
+  configure({ token: async () => (asked++, current.key) });
+  try {
+    const wc = await WebContainer.boot();
+    await wc.fs.writeFile('a.txt', 'before');
+    const old = current;
+    current = await apiKey();
+    await old.revoke(); // its sockets close; its requests get 401
+    const echo = await wc.spawn('echo', ['after']);
+    assert.equal(await echo.exit, 0);
+    assert.equal(await wc.fs.readFile('a.txt', 'utf-8'), 'before'); // the socket came back
+    await wc.fs.writeFile('a.txt', 'after');
+    assert.equal(await wc.fs.readFile('a.txt', 'utf-8'), 'after');
+    assert.ok(asked >= 2, `the token function was asked ${asked} times`);
+    wc.teardown();
+
+    await current.revoke();
+    await assert.rejects(WebContainer.boot(), { name: 'ServerError', status: 401 });
+  } finally {
+    configure({ token: undefined });
+  }
 });

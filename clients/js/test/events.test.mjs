@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { boot, until, WORKDIR } from './helpers.mjs';
+import { boot, run, until, WORKDIR } from './helpers.mjs';
 
 let wc;
 before(async () => {
@@ -69,6 +69,33 @@ test('internal.watchPaths with bolt.diy options: initial adds, content, exclusio
   await until(() => find('remove_dir', `${WORKDIR}/app/src`), 'the removal');
   const removals = events.filter((e) => e.type.startsWith('remove')).map((e) => e.path);
   assert.ok(removals.indexOf(`${WORKDIR}/app/src/existing.ts`) < removals.indexOf(`${WORKDIR}/app/src`));
+  stop();
+});
+
+test('internal.watchPaths during a real npm install: package.json seen, node_modules and the lock never', async () => {
+  await wc.fs.mkdir('npm-app', { recursive: true });
+  await wc.fs.writeFile('npm-app/package.json', JSON.stringify({ name: 'npm-app', version: '1.0.0' }));
+  const events = [];
+  const stop = wc.internal.watchPaths(
+    {
+      include: [`${WORKDIR}/npm-app/**`],
+      exclude: ['**/node_modules', '.git', '**/package-lock.json'],
+      includeContent: true,
+    },
+    (batch) => events.push(...batch),
+  );
+  const manifest = `${WORKDIR}/npm-app/package.json`;
+  await until(() => events.some((e) => e.path === manifest), 'the initial add');
+  const install = await run(wc, 'npm', ['install', 'is-number@7', '--no-audit', '--no-fund'], { cwd: 'npm-app' });
+  assert.equal(install.code, 0, install.output);
+  const text = (e) => new TextDecoder().decode(e.buffer);
+  await until(
+    () => events.some((e) => e.type === 'change' && e.path === manifest && text(e).includes('is-number')),
+    "npm's change to package.json",
+  );
+  assert.ok(await wc.fs.readFile('npm-app/node_modules/is-number/package.json', 'utf-8'));
+  const leaked = events.filter((e) => e.path.includes('node_modules') || e.path.endsWith('package-lock.json'));
+  assert.deepEqual(leaked, []);
   stop();
 });
 

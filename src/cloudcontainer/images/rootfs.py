@@ -249,9 +249,9 @@ def install_node(rootfs: Path, tarballs: NodeTarballs) -> None:
     shims = {name: f"dist/{name}.js" for name in ("corepack", *toolchains.COREPACK_SHIMS)}
     _install_package(rootfs, prefix, "corepack", tarballs.corepack, shims)
     # No "new major version" banner in every install's output, nor a registry call to look for
-    # one; node-gyp builds against the headers beside the binary, never downloading them.
+    # one. (node-gyp's headers are set in the environment: toolchains.toolchain_env.)
     (rootfs / prefix / "etc").mkdir(mode=0o755)
-    (rootfs / prefix / "etc/npmrc").write_text(f"update-notifier=false\nnodedir=/{prefix}\n")
+    (rootfs / prefix / "etc/npmrc").write_text("update-notifier=false\n")
 
 
 def _install_package(

@@ -64,15 +64,16 @@ def check_node(major: str) -> str:
 def toolchain_env(node: str) -> dict[str, str]:
     """The environment that selects Node.js `node` for every process of a sandbox.
 
-    npm reads its global config from `<prefix>/etc/npmrc` (nodedir=<prefix>), but node-gyp run
-    on its own, prebuild-install and cmake-js read only `npm_config_nodedir`: with it set, a
-    native module builds against the headers in the image instead of downloading them from
-    nodejs.org, which firewalled servers cannot reach.
+    node-gyp (npm's builder of native modules, also run on its own) takes its options from
+    `npm_package_config_node_gyp_*`: with `nodedir` set there, a native module builds against
+    the headers in the image instead of downloading them from nodejs.org, which firewalled
+    servers cannot reach. Not `npm_config_nodedir` nor `nodedir` in an npmrc: npm 11 no longer
+    knows that setting and warns about it in the output of every command, which bolt.diy shows.
     """
     prefix = node_prefix(check_node(node))
     return {
         "PATH": f"{prefix}/bin:{HOME_BIN}:{BASE_PATH}",
-        "npm_config_nodedir": prefix,
+        "npm_package_config_node_gyp_nodedir": prefix,
         # corepack fetches pnpm or yarn on first use; never stop a script to ask first.
         "COREPACK_ENABLE_DOWNLOAD_PROMPT": "0",
         # ...and trusts them as npm trusts every package it installs: the registry over TLS.
