@@ -129,6 +129,10 @@ class Settings(BaseSettings):
         description="Signs access tokens; default: generated once into DATA_DIR/secret_key.",
     )
     access_token_ttl_seconds: int = Field(900, ge=30, le=86_400)
+    page_token_ttl_seconds: int = Field(
+        600, ge=30, le=86_400,
+        description="Lifetime of a page token (POST /api/auth/page-tokens), in seconds.",
+    )  # fmt: skip
     refresh_token_ttl_seconds: int = Field(30 * 86_400, ge=300)
     email_token_ttl_seconds: int = Field(86_400, ge=60)
     ws_ticket_ttl_seconds: int = Field(60, ge=5, le=3_600)

@@ -200,6 +200,7 @@ async def open_services(
                 database=database,
                 signer=signer,
                 ticket_ttl_seconds=settings.ws_ticket_ttl_seconds,
+                page_token_ttl_seconds=settings.page_token_ttl_seconds,
                 cache=principals,
                 sockets=sockets,
             ),

@@ -9,7 +9,13 @@ from fastapi import APIRouter, Request, Response, status
 from pydantic import BaseModel, Field
 
 from cloudcontainer.api.audit import record
-from cloudcontainer.api.deps import BearerDep, CurrentPrincipal, ServicesDep, client_ip
+from cloudcontainer.api.deps import (
+    BearerDep,
+    CurrentPrincipal,
+    NotPagePrincipal,
+    ServicesDep,
+    client_ip,
+)
 from cloudcontainer.api.schemas import Email, Name, Password, RequestModel, Token, WholeNumber
 from cloudcontainer.audit import actions
 from cloudcontainer.auth.service import TokenPair
@@ -136,6 +142,12 @@ class ApiKeyCreated(ApiKeyOut):
     key: str = Field(description="The secret. Shown only in this answer; store it now.")
 
 
+class PageTokenOut(BaseModel):
+    token: str
+    token_type: Literal["bearer"] = "bearer"  # noqa: S105 (the scheme name, not a secret)
+    expires_in: int = Field(description="Seconds the token stays valid.")
+
+
 class TicketOut(BaseModel):
     ticket: str
     expires_in: int = Field(description="Seconds the ticket stays valid; it works once.")
@@ -245,7 +257,7 @@ async def me(principal: CurrentPrincipal) -> UserOut:
 
 @router.delete("/me", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_account(
-    body: DeleteAccountRequest, request: Request, principal: CurrentPrincipal,
+    body: DeleteAccountRequest, request: Request, principal: NotPagePrincipal,
     services: ServicesDep,
 ) -> Response:  # fmt: skip
     """Delete the account and everything it owns, for good: its containers (sandboxes
@@ -261,7 +273,7 @@ async def delete_account(
 
 @router.post("/keys", status_code=status.HTTP_201_CREATED)
 async def create_api_key(
-    body: ApiKeyRequest, request: Request, principal: CurrentPrincipal, services: ServicesDep
+    body: ApiKeyRequest, request: Request, principal: NotPagePrincipal, services: ServicesDep
 ) -> ApiKeyCreated:
     key, secret = await services.credentials.create_api_key(
         principal.user_id, body.name, body.expires_in_days
@@ -272,7 +284,7 @@ async def create_api_key(
 
 
 @router.get("/keys")
-async def list_api_keys(principal: CurrentPrincipal, services: ServicesDep) -> list[ApiKeyOut]:
+async def list_api_keys(principal: NotPagePrincipal, services: ServicesDep) -> list[ApiKeyOut]:
     return [
         ApiKeyOut.of(key) for key in await services.credentials.list_api_keys(principal.user_id)
     ]
@@ -280,13 +292,25 @@ async def list_api_keys(principal: CurrentPrincipal, services: ServicesDep) -> l
 
 @router.delete("/keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def revoke_api_key(
-    key_id: str, request: Request, principal: CurrentPrincipal, services: ServicesDep
+    key_id: str, request: Request, principal: NotPagePrincipal, services: ServicesDep
 ) -> Response:
     """Revoke a key. Revoking a revoked key is a no-op; another user's key is 404."""
     await services.credentials.revoke_api_key(principal.user_id, key_id)
     await record(request, actions.API_KEY_REVOKED, principal, target_type="api_key",
                  target_id=key_id)  # fmt: skip
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/page-tokens", status_code=status.HTTP_201_CREATED)
+async def create_page_token(principal: CurrentPrincipal, services: ServicesDep) -> PageTokenOut:
+    """A short-lived bearer token for a browser page, e.g. bolt.diy's: its server keeps an
+    API key and asks for one of these whenever its page needs a token, so no long-lived
+    secret reaches the browser. The token works for projects, containers, files, terminals
+    and previews; not for API keys, page tokens, the account or administration (403
+    `page_token_not_allowed`). Revoking the key (or ending the session) that made it ends it
+    and the sockets opened with it."""
+    token, ttl = services.credentials.issue_page_token(principal)
+    return PageTokenOut(token=token, expires_in=ttl)
 
 
 @router.post("/ws-ticket")

@@ -14,7 +14,8 @@ from cloudcontainer.errors import Forbidden, Unauthorized
 from cloudcontainer.state import Services
 
 __all__ = [
-    "AdminPrincipal", "BearerDep", "CurrentPrincipal", "ServicesDep", "caller", "client_ip",
+    "AdminPrincipal", "BearerDep", "CurrentPrincipal", "NotPagePrincipal", "ServicesDep",
+    "caller", "client_ip",
 ]  # fmt: skip
 
 
@@ -64,7 +65,21 @@ async def caller(request: Request) -> tuple[Services, Principal]:
     return services, await _authenticate(services, token)
 
 
-async def admin_principal(principal: CurrentPrincipal) -> Principal:
+async def not_page_principal(principal: CurrentPrincipal) -> Principal:
+    """The caller, unless it holds a page token: a page works with containers, never with
+    the account's credentials, the account itself or administration."""
+    if principal.page:
+        raise Forbidden(
+            "A page token cannot do this; use a login or an API key.",
+            code="page_token_not_allowed",
+        )
+    return principal
+
+
+NotPagePrincipal = Annotated[Principal, Depends(not_page_principal)]
+
+
+async def admin_principal(principal: NotPagePrincipal) -> Principal:
     if not principal.user.is_admin:
         raise Forbidden("This needs an administrator.", code="admin_required")
     return principal

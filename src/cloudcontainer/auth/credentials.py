@@ -13,7 +13,7 @@ from cloudcontainer.auth.sockets import SocketRegistry
 from cloudcontainer.auth.tokens import API_KEY_PREFIX, AccessTokenSigner, digest, new_secret
 from cloudcontainer.db import ApiKey, AuthSession, Database, User, WsTicket
 from cloudcontainer.db.types import new_id, utcnow
-from cloudcontainer.errors import NotFound, Unauthorized
+from cloudcontainer.errors import Forbidden, NotFound, Unauthorized
 
 __all__ = ["CredentialService", "Principal", "PrincipalCache"]
 
@@ -23,11 +23,14 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The authenticated caller. `session_id` is set for access tokens, `api_key_id` for keys."""
+    """The authenticated caller. `session_id` is set for access tokens, `api_key_id` for keys;
+    a page token has the one it was minted under, and `page` set (it may not manage
+    credentials or the account: api/deps.py `NotPagePrincipal`)."""
 
     user: User
     session_id: str | None = None
     api_key_id: str | None = None
+    page: bool = False
 
     @property
     def user_id(self) -> str:
@@ -87,12 +90,13 @@ class PrincipalCache:
 class CredentialService:
     def __init__(
         self, *, database: Database, signer: AccessTokenSigner, ticket_ttl_seconds: int,
-        cache: PrincipalCache, sockets: SocketRegistry,
+        cache: PrincipalCache, sockets: SocketRegistry, page_token_ttl_seconds: int = 600,
     ) -> None:  # fmt: skip
         self._db = database
         self._sockets = sockets
         self._signer = signer
         self._ticket_ttl = timedelta(seconds=ticket_ttl_seconds)
+        self._page_ttl = page_token_ttl_seconds
         self.cache = cache
 
     async def authenticate(self, bearer: str) -> Principal:
@@ -108,17 +112,19 @@ class CredentialService:
         claims = self._signer.decode(bearer)
         async with self._db.session() as session:
             user = await session.scalar(
-                select(User)
-                .join(AuthSession, AuthSession.user_id == User.id)
-                .where(
-                    User.id == claims.user_id,
-                    AuthSession.id == claims.session_id,
-                    AuthSession.revoked_at.is_(None),
-                )
+                _live_user(claims.user_id, claims.session_id, claims.api_key_id, utcnow())
+            )
+        if user is None and claims.api_key_id is not None:
+            raise Unauthorized(
+                "The API key this token was made with is revoked or expired.",
+                code="api_key_revoked",
             )
         if user is None:
             raise Unauthorized("This session has ended.", code="session_revoked")
-        principal = Principal(user=user, session_id=claims.session_id)
+        principal = Principal(
+            user=user, session_id=claims.session_id, api_key_id=claims.api_key_id,
+            page=claims.page,
+        )  # fmt: skip
         self.cache.put(key, principal, claims.expires_at)
         return principal
 
@@ -190,6 +196,23 @@ class CredentialService:
         self.cache.forget(api_key_id=key_id)
         self._sockets.end(api_key_id=key_id, reason="API key revoked")
 
+    # -- page tokens ----------------------------------------------------------------------
+
+    def issue_page_token(self, principal: Principal) -> tuple[str, int]:
+        """A short-lived token for a browser page, bound to the caller's session or API key
+        (revoking that ends it); and its lifetime in seconds. A page token cannot mint
+        another: a page could otherwise keep itself signed in for ever."""
+        if principal.page:
+            raise Forbidden(
+                "A page token cannot make another; ask the server that gave it.",
+                code="page_token_not_allowed",
+            )
+        token = self._signer.issue_page(
+            principal.user_id, session_id=principal.session_id,
+            api_key_id=principal.api_key_id, ttl_seconds=self._page_ttl,
+        )  # fmt: skip
+        return token, self._page_ttl
+
     # -- WebSocket tickets ----------------------------------------------------------------
 
     async def issue_ws_ticket(self, principal: Principal, scope: str) -> tuple[str, int]:
@@ -239,7 +262,7 @@ class CredentialService:
 def _live_user(
     user_id: str, session_id: str | None, api_key_id: str | None, now: datetime
 ) -> Select[User]:
-    """The user, if the session or API key named is still valid."""
+    """The user, if the session or API key named is still valid (of a ticket or a token)."""
     query = select(User).where(User.id == user_id)
     if session_id is not None:
         return query.join(AuthSession, AuthSession.user_id == User.id).where(
@@ -251,4 +274,4 @@ def _live_user(
             ApiKey.revoked_at.is_(None),
             or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
         )
-    return query.where(false())  # every ticket names the credential it was issued under
+    return query.where(false())  # every ticket and token names the credential it came from

@@ -44,13 +44,19 @@ def digest(secret: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class AccessClaims:
+    """An access token's claims. A login's token names its session; a page token names the
+    session or the API key that minted it, one of the two, and `page` is set."""
+
     user_id: str
-    session_id: str
+    session_id: str | None
     expires_at: datetime
+    api_key_id: str | None = None
+    page: bool = False
 
 
 class AccessTokenSigner:
-    """Issues and checks short-lived HS256 access tokens bound to a login session."""
+    """Issues and checks short-lived HS256 access tokens: a login's, bound to its session,
+    and page tokens (`issue_page`), bound to the credential that minted them."""
 
     algorithm = "HS256"
     issuer = "cloudcontainer"
@@ -71,6 +77,23 @@ class AccessTokenSigner:
         }
         return jwt.encode(claims, self._key, algorithm=self.algorithm)
 
+    def issue_page(
+        self, user_id: str, *, session_id: str | None, api_key_id: str | None,
+        ttl_seconds: int, now: datetime | None = None,
+    ) -> str:  # fmt: skip
+        """A token for a browser page: short-lived, and ended with the session or API key that
+        minted it (exactly one of the two), so no long-lived secret need reach the page."""
+        if (session_id is None) == (api_key_id is None):
+            raise ValueError("a page token is bound to a session or to an API key")
+        now = now or datetime.now(UTC)
+        bound = {"sid": session_id} if session_id is not None else {"key": api_key_id}
+        claims = {
+            "sub": user_id, **bound, "iss": self.issuer, "typ": "page",
+            "iat": int(now.timestamp()),
+            "exp": int((now + timedelta(seconds=ttl_seconds)).timestamp()),
+        }  # fmt: skip
+        return jwt.encode(claims, self._key, algorithm=self.algorithm)
+
     def decode(self, token: str) -> AccessClaims:
         try:
             claims = jwt.decode(
@@ -78,18 +101,26 @@ class AccessTokenSigner:
                 self._key,
                 algorithms=[self.algorithm],
                 issuer=self.issuer,
-                options={"require": ["sub", "sid", "exp", "iat"]},
+                options={"require": ["sub", "exp", "iat"]},
             )
         except jwt.ExpiredSignatureError as exc:
             raise Unauthorized("The access token has expired.", code="token_expired") from exc
         except jwt.InvalidTokenError as exc:
             raise Unauthorized("The access token is not valid.", code="invalid_token") from exc
-        if claims.get("typ") != "access" or not all(
-            isinstance(claims[name], str) for name in ("sub", "sid")
+        kind = claims.get("typ")
+        binding = (claims.get("sid"), claims.get("key"))
+        if (
+            kind not in ("access", "page")
+            or not isinstance(claims["sub"], str)
+            or [isinstance(value, str) for value in binding].count(True) != 1
+            or any(value is not None and not isinstance(value, str) for value in binding)
+            or (kind == "access" and binding[0] is None)
         ):
             raise Unauthorized("The access token is not valid.", code="invalid_token")
         return AccessClaims(
             user_id=claims["sub"],
-            session_id=claims["sid"],
+            session_id=binding[0],
             expires_at=datetime.fromtimestamp(claims["exp"], UTC),
+            api_key_id=binding[1],
+            page=kind == "page",
         )
