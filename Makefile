@@ -24,8 +24,8 @@ setup: system-deps-run $(VENV)/.installed
 setup-dev: setup $(VENV)/.installed-dev
 
 lint: setup-dev
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench integrations
+	$(BIN)/ruff format --check src tests bench integrations
 	$(BIN)/mypy src
 	$(BIN)/lint-imports
 
