@@ -108,6 +108,8 @@ class KitError(Exception):
 
 
 def prepare(source: Path, dest: Path) -> None:
+    if not source.exists():
+        raise KitError(f"{source} does not exist: give a bolt.diy checkout or its .tar.gz")
     if dest.exists() and any(dest.iterdir()):
         raise KitError(f"{dest} is not empty: give a new folder (the kit never edits in place)")
     build_client()
