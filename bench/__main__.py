@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench import (
+    bolt_app,
     boltshell,
     client,
     files,
@@ -183,6 +184,24 @@ def main() -> None:
             "P12", "bolt.diy's BoltShell.executeCommand('echo') through the client (local)",
             _ms(command["client"], p99=True),
             f"raw WS jsh --osc (Python BoltShell) {_ms(command['raw'], p99=True)}", "measure",
+        )  # fmt: skip
+    if want("BOLT-APP"):
+        runs = 2 if args.quick else 3
+        console.print(f"BOLT-APP: bolt.diy in Chromium, prompt → app in the preview, {runs} runs …")
+        app = bolt_app.prompt_to_preview(runs)
+        report["results"]["BOLT-APP"] = app
+        floor = app["floor"]
+        table.add_row(
+            "BOLT-APP", "bolt.diy: prompt → the app in its preview (cold container, npm "
+            "install; local)",
+            f"{_s(app['total'])}: answer + files {_s(app['files'])}, npm install "
+            f"{_s(app['install'])}, dev server + page {_s(app['preview'])}",
+            f"host npm install {_s(floor['install'])}; + vite answering {_s(floor['total'])}",
+            "measure",
+        )  # fmt: skip
+        table.add_row(
+            "BOLT-APP", "bolt.diy: Ctrl+S in bolt's editor → the preview shows it (HMR)",
+            _ms(app["save_to_preview"]), "—", "file save < 200 ms",
         )  # fmt: skip
     if want("P5"):
         console.print("P5: write → watch event at the client …")

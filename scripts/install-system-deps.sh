@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install the Debian packages that `make run` (run), `make image` (image), `make test` (test) or
-# `make bench` (bench) needs, if missing.
+# Install the Debian packages that `make run` (run), `make image` (image), `make test` (test),
+# `make bench` (bench) or `make bolt` (bolt) needs, if missing.
 # Idempotent and quiet when everything is present.
 set -euo pipefail
 
@@ -51,7 +51,9 @@ case "${1:-run}" in
     need redis-server; need chromium; need fonts-liberation
     ;;
   bench) run_deps; inotify_limits; image_deps; need wrk ;;  # wrk drives P4 (python -m bench)
-  *) echo "usage: $0 run|image|test|bench" >&2; exit 2 ;;
+  # `make bolt`: bolt.diy's dev server and its pnpm need Node.js with npm (any that is there).
+  bolt) run_deps; inotify_limits; command -v npm >/dev/null || { need nodejs; need npm; } ;;
+  *) echo "usage: $0 run|image|test|bench|bolt" >&2; exit 2 ;;
 esac
 
 [ ${#want[@]} -eq 0 ] && exit 0

@@ -205,8 +205,15 @@ def write_env(dest: Path, server: str, api_key: str, llm: str | None) -> None:
 
 
 def pnpm(dest: Path, *args: str) -> None:
+    """bolt's pnpm: through corepack (the version bolt pins), else npm's npx."""
     env = {**os.environ, "COREPACK_ENABLE_DOWNLOAD_PROMPT": "0"}
-    subprocess.run(["corepack", "pnpm", *args], cwd=dest, env=env, check=True)
+    if shutil.which("corepack"):
+        command = ["corepack", "pnpm"]
+    elif shutil.which("npx"):
+        command = ["npx", "--yes", "pnpm@9"]
+    else:
+        raise KitError("Node.js with npm is needed (https://nodejs.org, or Debian's nodejs npm)")
+    subprocess.run([*command, *args], cwd=dest, env=env, check=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,9 +10,10 @@ deterministic, and nothing leaves the machine.
 A recording is a folder of `turns.json` (`[{"when": "text in the prompt", "answer": "file"}]`)
 and the answer files, plain text as a model would write them (bolt artifacts with file, shell
 and start actions). A chat request gets the answer of the first turn, over every recording,
-whose `when` occurs in its last user message (case-insensitive); bolt's starter-template
-question gets "blank" (the recordings bring their own files). A prompt no turn matches gets an
-answer that says so, listing what the recordings know.
+whose `when` occurs in its last user message (case-insensitive). bolt's own questions get the
+answers bolt parses: "blank" to its starter-template question (the recordings bring their own
+files), the project's files to its context selection, a line to its chat summary. A prompt no
+turn matches gets an answer that says so, listing what the recordings know.
 
 Speaks what bolt's AI SDK sends: `GET /v1/models`, and `POST /v1/chat/completions` streamed
 (server-sent events: `chat.completion.chunk`s, a usage chunk, `[DONE]`) or not.
@@ -38,6 +39,8 @@ MAX_BODY = 16 * 1024 * 1024
 # bolt prefixes every user message with the model and provider it was sent to.
 # bolt asks, before a new chat, which starter template fits; the recordings bring their files.
 BLANK_TEMPLATE = "<selection><templateName>blank</templateName><title>App</title></selection>"
+# ...and, with context optimisation on (its default), a summary of the chat before a follow-up.
+SUMMARY = "The user asked for an app; the recorded answers built it and changed it on request."
 BOLT_PREFIX = re.compile(r"^\[Model: [^\]]*\]\s*\[Provider: [^\]]*\]\s*", re.S)
 
 
@@ -65,14 +68,25 @@ def answer_for(turns: list[Turn], messages: list[dict[str, Any]]) -> str:
     users = [_text(m) for m in messages if m.get("role") == "user"]
     last = BOLT_PREFIX.sub("", users[-1]) if users else ""
     if "<templateName>" in system or "<templateName>" in last:
-        return (
-            "<selection>\n  <templateName>blank</templateName>\n  <title>App</title>\n</selection>"
-        )
+        return BLANK_TEMPLATE
+    if "<updateContextBuffer>" in system:
+        return context_selection(system)
+    if "summary of the chat" in system:
+        return SUMMARY
     for turn in turns:
         if turn.when in last.lower():
             return turn.answer
     known = "; ".join(f"{t.recording}: {t.when!r}" for t in turns)
     return f"This scripted model has no recorded answer for that prompt. It knows: {known}."
+
+
+def context_selection(system: str) -> str:
+    """bolt's context optimisation asks which files a follow-up needs (at least one, or bolt
+    gives up): the project's own files, sources first, at most bolt's five."""
+    paths = re.findall(r"^\s*- (/home/project/\S+)\s*$", system, re.M)
+    chosen = sorted(paths, key=lambda path: "/src/" not in path)[:5]
+    included = "".join(f'\n    <includeFile path="{path}"/>' for path in chosen)
+    return f"<updateContextBuffer>{included}\n</updateContextBuffer>"
 
 
 def _text(message: dict[str, Any]) -> str:
