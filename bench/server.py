@@ -87,7 +87,10 @@ def _destroy_sandboxes(data: Path, settings: dict[str, str]) -> None:
     from cloudcontainer.config import Settings
     from cloudcontainer.state import build_runtime
 
-    config = Settings(data_dir=data, **settings)
+    # What build_runtime reads; other settings (cors_origins, say) arrived as environment
+    # strings the server parsed, which Settings' keyword arguments would not.
+    runtime = {k: v for k, v in settings.items() if k in ("runtime", "rootfs_dir", "sandbox_image")}
+    config = Settings(data_dir=data, **runtime)
 
     async def destroy() -> None:
         runtime = build_runtime(config)
