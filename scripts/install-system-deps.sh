@@ -49,6 +49,7 @@ case "${1:-run}" in
     # playwright); its Depends bring the libraries it needs headless, and fonts-liberation (only
     # recommended) gives pages the metric-compatible Arial/Times/Courier they ask for.
     need redis-server; need chromium; need fonts-liberation
+    need ripgrep      # the agent's search runs rg; tests/agent run the agent on the host
     ;;
   bench) run_deps; inotify_limits; image_deps; need wrk ;;  # wrk drives P4 (python -m bench)
   # `make bolt`: bolt.diy's dev server and its pnpm need Node.js with npm (any that is there).
