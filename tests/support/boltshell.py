@@ -111,17 +111,21 @@ class BoltShell:
 
 @contextlib.asynccontextmanager
 async def connected(url: str) -> AsyncIterator[BoltShell]:
-    """A `BoltShell` on a terminal WebSocket (`.../terminals/{id}?ticket=...`), initialised:
-    each binary frame is one output chunk, as `@cloudcontainer/api` hands them to bolt."""
+    """A `BoltShell` on a terminal WebSocket (`.../terminals/{id}?ticket=...`), initialised,
+    fed as `@cloudcontainer/api` feeds bolt (`Frames`)."""
     async with connect(url, max_size=None) as socket:
         hello = json.loads(await socket.recv())
         assert hello["type"] == "attached", hello
+        frames: Frames | None = None
 
         async def send(text: str) -> None:
+            if "\x03" in text and frames is not None:
+                frames.ctrl_c()
             await socket.send(text.encode())
 
         shell = BoltShell(send)
-        pump = asyncio.ensure_future(_pump(socket, shell))
+        frames = Frames(shell)
+        pump = asyncio.ensure_future(_pump(socket, shell, frames))
         try:
             await shell.init()
             yield shell
@@ -131,7 +135,51 @@ async def connected(url: str) -> AsyncIterator[BoltShell]:
                 await pump
 
 
-async def _pump(socket: ClientConnection, shell: BoltShell) -> None:
+JOIN_LIMIT = 1.5  # seconds; the client's JOIN_LIMIT_MS
+
+
+class Frames:
+    """What `@cloudcontainer/api` hands bolt for the socket's frames: each frame one chunk,
+    except after a Ctrl-C typed into the shell, when frames are joined up to the next OSC 654
+    marker (or for JOIN_LIMIT at most). A dev server's line already in flight when bolt's
+    Ctrl-C leaves then never becomes a chunk of its own, which bolt's second reader would take
+    and so miss its prompt (docs/terminals.md)."""
+
+    def __init__(self, shell: BoltShell) -> None:
+        self.shell = shell
+        self._joined: str | None = None
+        self._limit: asyncio.TimerHandle | None = None
+
+    def ctrl_c(self) -> None:
+        if self._joined is None:
+            self._joined = ""
+        if self._limit is not None:
+            self._limit.cancel()
+        loop = asyncio.get_running_loop()
+        self._limit = loop.call_later(JOIN_LIMIT, lambda: asyncio.ensure_future(self._flush()))
+
+    async def frame(self, text: str) -> None:
+        if self._joined is None:
+            await self._deliver(text)
+            return
+        self._joined += text
+        if MARKER.search(text):
+            await self._flush()
+
+    async def _flush(self) -> None:
+        if self._limit is not None:
+            self._limit.cancel()
+            self._limit = None
+        text, self._joined = self._joined, None
+        if text:
+            await self._deliver(text)
+
+    async def _deliver(self, text: str) -> None:
+        self.shell.transcript.append(text)
+        await self.shell.output.feed(text)
+
+
+async def _pump(socket: ClientConnection, shell: BoltShell, frames: Frames) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     async for frame in socket:
         if isinstance(frame, str):
@@ -139,5 +187,4 @@ async def _pump(socket: ClientConnection, shell: BoltShell) -> None:
             continue
         text = decoder.decode(frame)
         if text:
-            shell.transcript.append(text)
-            await shell.output.feed(text)
+            await frames.frame(text)
