@@ -241,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     except KitError as exc:
         print(f"kit.py: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C: bolt's dev server stops with it
     except subprocess.CalledProcessError as exc:
         print(f"kit.py: {' '.join(map(str, exc.cmd))} failed ({exc.returncode})", file=sys.stderr)
         return 1

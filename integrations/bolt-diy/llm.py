@@ -23,6 +23,7 @@ Standard library only.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -190,7 +191,8 @@ def main(argv: list[str] | None = None) -> None:
     server = ThreadingHTTPServer((args.host, args.port), Handler)
     print(f"llm.py: {len(Handler.turns)} recorded turns at "
           f"http://{args.host}:{server.server_port}/v1", flush=True)  # fmt: skip
-    server.serve_forever()
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: make bolt stopping
+        server.serve_forever()
 
 
 if __name__ == "__main__":
