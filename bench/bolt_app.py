@@ -27,12 +27,13 @@ from typing import Any
 
 import httpx
 from playwright.async_api import Page, async_playwright
-from tests.support.boltdiy import MODEL, free_port, prepared_bolt, running_bolt
+from tests.support.boltdiy import MODEL, prepared_bolt, running_bolt
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.net import free_port
 from tests.test_bolt_diy import edit_heading, open_bolt, preview, send
 
 from bench.server import Server, running_server
-from bench.stats import Summary
+from bench.stats import recorded
 
 RECORDING = Path(__file__).resolve().parent.parent / "integrations/bolt-diy/recordings/vite-react"
 APP_SECONDS = 300.0  # an upper bound, never a timing
@@ -76,8 +77,8 @@ async def _runs(server: Server, tree: Path, port: int, log: Path, runs: int) -> 
         await browser.close()
     return {
         "runs": runs,
-        **{name: _summary(values) for name, values in steps.items()},
-        "save_to_preview": _summary(saves),
+        **{name: recorded(values) for name, values in steps.items()},
+        "save_to_preview": recorded(saves),
     }
 
 
@@ -149,7 +150,7 @@ def host_floor(runs: int) -> dict[str, Any]:
             finally:
                 os.killpg(vite.pid, 15)
                 vite.wait()
-    return {"install": _summary(installs), "total": _summary(totals), "npm": shutil.which("npm")}
+    return {"install": recorded(installs), "total": recorded(totals), "npm": shutil.which("npm")}
 
 
 def _until_answers(url: str) -> None:
@@ -171,7 +172,3 @@ def _recorded_files() -> dict[str, str]:
     blocks = re.findall(r'<boltAction type="file" filePath="([^"]+)">(.*?)</boltAction>', answer,
                         re.S)  # fmt: skip
     return dict(blocks)
-
-
-def _summary(samples: list[float]) -> dict[str, Any]:
-    return {"samples_s": samples, "summary": Summary.of(samples).__dict__}

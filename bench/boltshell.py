@@ -23,7 +23,7 @@ from typing import Any
 from tests.support.boltshell import BoltShell, connected
 
 from bench.server import Server, running_server
-from bench.stats import Summary
+from bench.stats import recorded
 from bench.watch import _container
 
 TICKER = "node -e \"setInterval(() => console.log('tick ' + Date.now()), 3)\""
@@ -56,8 +56,8 @@ async def _sessions(server: Server, container: str, runs: int) -> dict[str, Any]
             failures.append(f"{type(exc).__name__}: {exc}"[:2000])
     return {
         "runs": runs, "passed": runs - len(failures), "failures": failures,
-        "command": {"samples_s": commands, "summary": Summary.of(commands).__dict__},
-        "preempt": {"samples_s": preempts, "summary": Summary.of(preempts).__dict__},
+        "command": recorded(commands),
+        "preempt": recorded(preempts),
     }  # fmt: skip
 
 
@@ -131,7 +131,7 @@ def bash_floor(samples: int) -> dict[str, Any]:
     os.kill(pid, 9)
     os.waitpid(pid, 0)
     os.close(master)
-    return {"samples_s": times, "summary": Summary.of(times).__dict__}
+    return recorded(times)
 
 
 def _read_until(fd: int, needle: bytes) -> None:

@@ -24,7 +24,7 @@ from tests.support.jsclient import built_js_client
 
 from bench.boltshell import bolt_shell, echoes
 from bench.server import Server, running_server
-from bench.stats import Summary
+from bench.stats import recorded
 from bench.watch import _container
 
 RUN_SECONDS = 900  # an upper bound for the Node script, never a timing
@@ -53,23 +53,19 @@ def overhead(samples: int) -> dict[str, Any]:
         "writeFile": _pair(measured["writeFile"], "client", ("socket", "http")),
         "spawn": _pair(measured["spawn"], "client", ("raw",)),
         "executeCommand": {
-            "client": _summary(measured["executeCommand"]), "raw": _summary(raw_commands),
+            "client": recorded(measured["executeCommand"]), "raw": recorded(raw_commands),
         },
     }  # fmt: skip
 
 
 def _pair(samples: dict[str, list[float]], client: str, raws: tuple[str, ...]) -> dict[str, Any]:
     """Each variant's samples and summary, and the client's p50 minus each raw one's."""
-    result: dict[str, Any] = {name: _summary(values) for name, values in samples.items()}
+    result: dict[str, Any] = {name: recorded(values) for name, values in samples.items()}
     for raw in raws:
         result[f"added_p50_over_{raw}_s"] = (
             result[client]["summary"]["p50"] - result[raw]["summary"]["p50"]
         )
     return result
-
-
-def _summary(samples: list[float]) -> dict[str, Any]:
-    return {"samples_s": samples, "summary": Summary.of(samples).__dict__}
 
 
 async def _raw_echoes(server: Server, count: int) -> list[float]:

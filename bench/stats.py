@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -34,3 +35,8 @@ class Summary:
             p99=percentile(samples, 99),
             mean=statistics.fmean(samples) if samples else float("nan"),
         )
+
+
+def recorded(samples: list[float]) -> dict[str, Any]:
+    """Samples as a result records them: every one, and their summary."""
+    return {"samples_s": samples, "summary": Summary.of(samples).__dict__}

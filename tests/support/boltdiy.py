@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from tests.support.net import free_port
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 KIT = REPOSITORY / "integrations" / "bolt-diy" / "kit.py"
@@ -53,12 +54,6 @@ def prepared_bolt(folder: Path) -> Path:
         check=True, timeout=PREPARE_SECONDS,
     )  # fmt: skip
     return tree
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass(frozen=True)
