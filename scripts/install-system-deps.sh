@@ -50,6 +50,8 @@ case "${1:-run}" in
     # recommended) gives pages the metric-compatible Arial/Times/Courier they ask for.
     need redis-server; need chromium; need fonts-liberation
     need ripgrep      # the agent's search runs rg; tests/agent run the agent on the host
+    # Node.js with npm: clients/js's suites and bolt.diy's (pnpm through corepack or npx).
+    command -v npm >/dev/null || { need nodejs; need npm; }
     ;;
   bench) run_deps; inotify_limits; image_deps; need wrk ;;  # wrk drives P4 (python -m bench)
   # `make bolt`: bolt.diy's dev server and its pnpm need Node.js with npm (any that is there).
