@@ -287,9 +287,13 @@ async def sandbox_api_factory(
         yield start
     # Whatever a test left running is removed with the runtime it used, once the apps are
     # closed: a live app's supervisor would start again what is destroyed under it.
-    settings = make_settings(
-        tmp_path, "sqlite+aiosqlite://", smtp[1], runtime=runtime_name, **image
+    await destroy_sandboxes(
+        make_settings(tmp_path, "sqlite+aiosqlite://", smtp[1], runtime=runtime_name, **image)
     )
+
+
+async def destroy_sandboxes(settings: Settings) -> None:
+    """Every sandbox of `settings`' runtime and data dir, once no app runs on them."""
     from cloudcontainer.state import build_runtime
 
     runtime = build_runtime(settings)

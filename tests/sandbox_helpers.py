@@ -113,10 +113,11 @@ async def wait_for_status(
 
 
 @asynccontextmanager
-async def live_server(api: Api) -> AsyncIterator[str]:
+async def live_server(api: Api, port: int | None = None) -> AsyncIterator[str]:
     """Serve the test's app on a loopback port (for WebSockets, which the in-process
-    transport does not carry); yields its ws:// base URL. The app's lifespan already runs."""
-    port = free_port()
+    transport does not carry); yields its ws:// base URL. The app's lifespan already runs.
+    A given `port` serves a restarted app where clients knew the previous one."""
+    port = port or free_port()
     config = uvicorn.Config(api.app, host="127.0.0.1", port=port, lifespan="off",
                             log_level="warning", ws=DroppingWebSocketProtocol,
                             http=CoalescingHttpProtocol)  # as `cloudcontainer serve`  # fmt: skip

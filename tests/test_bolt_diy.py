@@ -17,8 +17,12 @@ is a generous upper bound.
 from __future__ import annotations
 
 import asyncio
+import io
 import re
+import zipfile
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,12 @@ import pytest_asyncio
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import Frame, Page
 
-from tests.conftest import Api
+from cloudcontainer.config import Settings
+from tests.conftest import Api, destroy_sandboxes, make_settings, running_api
 from tests.sandbox_helpers import live_server
 from tests.support.boltdiy import MODEL, Bolt, free_port, prepared_bolt, running_bolt
 from tests.support.browser import ARTIFACTS, snap
+from tests.support.smtp import Mailbox
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -106,6 +112,14 @@ async def terminal_text(page: Page) -> str:
     ))  # fmt: skip
 
 
+async def terminal_shows(page: Page, text: str, seconds: float = CHANGE_SECONDS) -> None:
+    """Until bolt's terminals show `text`: output reaches xterm after its own render frame,
+    so what the preview already shows can still be on its way to the terminal."""
+    async with asyncio.timeout(seconds):
+        while text not in await terminal_text(page):
+            await asyncio.sleep(0.1)
+
+
 async def edit_heading(page: Page, old: str, new: str) -> None:
     """In bolt's editor: open src/App.jsx, select the heading's text, type over it, save
     (Ctrl+S)."""
@@ -143,7 +157,7 @@ async def test_bolt_builds_changes_and_recovers_an_app(bolt: Bolt, own_page: Pag
     await snap(page, "bolt-2-app-in-preview")
     for step in ("npm install", "npm run dev"):
         await page.get_by_text(step, exact=True).first.wait_for()
-    assert "ready in" in await terminal_text(page)  # Vite's banner, in bolt's terminal
+    await terminal_shows(page, "ready in")  # Vite's banner, in bolt's terminal
     await page.get_by_text("Code", exact=True).first.click()
     for name in ("App.jsx", "main.jsx", "index.css", "index.html", "package.json"):
         await page.get_by_text(name, exact=True).first.wait_for()  # bolt's file tree
@@ -154,7 +168,7 @@ async def test_bolt_builds_changes_and_recovers_an_app(bolt: Bolt, own_page: Pag
     await edit_heading(page, "Counter", "Clicker")
     frame = await preview(page, "Clicker", CHANGE_SECONDS)
     assert await frame.evaluate("() => window.__ccMarker") == marker, "the preview reloaded"
-    assert "hmr update" in await terminal_text(page)
+    await terminal_shows(page, "hmr update")
     await page.get_by_text("Preview", exact=True).first.click()
     await snap(page, "bolt-4-edited")
 
@@ -177,3 +191,189 @@ async def test_bolt_builds_changes_and_recovers_an_app(bolt: Bolt, own_page: Pag
     await page.reload(timeout=LOAD_SECONDS * 1000)
     await preview(page, "Tally", APP_SECONDS)
     await snap(page, "bolt-7-after-reload")
+
+
+# Typed into a plain terminal: the notes as the running API holds them.
+NOTES_FROM_THE_SHELL = (
+    "node -e \"fetch('http://localhost:8080/api/notes').then((r) => r.text()).then(console.log)\""
+)
+
+
+@dataclass
+class Gateway:
+    """A gateway in this process that a test stops and starts again at the same port on the
+    same database: a restart, as bolt's page sees one."""
+
+    settings: Settings
+    mailbox: Mailbox
+    port: int = field(default_factory=free_port)
+    api: Api | None = None
+    _running: AsyncExitStack | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> Api:
+        stack = AsyncExitStack()
+        self.api = await stack.enter_async_context(running_api(self.settings, self.mailbox))
+        await stack.enter_async_context(live_server(self.api, self.port))
+        self._running = stack
+        return self.api
+
+    async def stop(self) -> None:
+        if self._running is not None:
+            await self._running.aclose()
+        self._running = self.api = None
+
+
+@pytest_asyncio.fixture
+async def gateway(
+    request: pytest.FixtureRequest, runtime_name: str, tmp_path: Path,
+    smtp: tuple[Mailbox, int], mailbox: Mailbox,
+) -> AsyncIterator[tuple[Gateway, int]]:  # fmt: skip
+    """A restartable gateway (stopped) whose user has an API key, and bolt's port it lets in."""
+    bolt_port = free_port()
+    image = {}
+    if runtime_name == "docker":
+        image["sandbox_image"] = request.getfixturevalue("built_image").tag
+    settings = make_settings(
+        tmp_path, f"sqlite+aiosqlite:///{tmp_path / 'gateway.db'}", smtp[1],
+        runtime=runtime_name, health_interval_seconds=0.2,
+        cors_origins=[f"http://127.0.0.1:{bolt_port}"], **image,
+    )  # fmt: skip
+    gateway = Gateway(settings, mailbox)
+    try:
+        yield gateway, bolt_port
+    finally:
+        await gateway.stop()
+        await destroy_sandboxes(settings)
+
+
+async def api_key(gateway: Gateway) -> str:
+    """A user and an API key for bolt's server, made while the gateway runs."""
+    api = await gateway.start()
+    user = await api.user()
+    key = await api.client.post("/api/auth/keys", json={"name": "bolt"}, headers=user.headers)
+    assert key.status_code == 201, key.text
+    await gateway.stop()
+    return str(key.json()["key"])
+
+
+async def toast(page: Page, pattern: str) -> None:
+    """One of bolt's toasts (react-toastify) matching `pattern` shows."""
+    await (
+        page.locator(".Toastify__toast")
+        .filter(has_text=re.compile(pattern))
+        .first.wait_for(timeout=CHANGE_SECONDS * 1000)
+    )
+
+
+async def choose_port(page: Page, port: int) -> None:
+    """bolt's port menu in the preview's address bar: open it, pick `port`."""
+    await page.locator("button:has(.i-ph\\:plug)").click()
+    await page.locator(".z-port-dropdown").get_by_text(str(port), exact=True).click()
+
+
+async def type_in_terminal(page: Page, line: str) -> None:
+    """Type `line` and Enter into the terminal tab bolt shows."""
+    await page.locator(".xterm >> visible=true").first.click()
+    await page.keyboard.type(line)
+    await page.keyboard.press("Enter")
+
+
+@pytest.mark.parametrize("runtime_name", ["local", "docker"])
+async def test_bolt_full_stack_app_tools_and_a_gateway_that_comes_and_goes(
+    gateway: tuple[Gateway, int], bolt_tree: Path, own_page: Page,
+    request: pytest.FixtureRequest,
+) -> None:  # fmt: skip
+    """The second recording (an Express API and a Vite frontend that calls it) with the
+    gateway down when bolt opens and restarted mid-session; bolt's port menu, its failing
+    command alert, its plain terminal, search and zip download, all against the container."""
+    server, port = gateway
+    key = await api_key(server)
+    page = own_page
+    await page.set_viewport_size({"width": 1400, "height": 900})
+    await page.context.add_cookies([
+        {"name": "selectedProvider", "value": "OpenAILike", "url": f"http://127.0.0.1:{port}"},
+        {"name": "selectedModel", "value": MODEL, "url": f"http://127.0.0.1:{port}"},
+    ])  # fmt: skip
+    log = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)}-bolt.log"
+    async with running_bolt(bolt_tree, server.url, key, port, log) as bolt:
+        # The gateway is down as bolt opens: bolt says so, and boots once it is up.
+        await open_bolt(page, bolt.url)
+        await toast(page, r"cloudcontainer: .*cannot be reached")
+        await snap(page, "bolt-fullstack-1-server-down")
+        await server.start()
+        await toast(page, "Connected to cloudcontainer again")
+
+        # The full-stack app: the frontend lists the API's notes (through Vite's proxy).
+        await send(page, "Build a notes app with an API")
+        frame = await preview(page, "Notes (2)", APP_SECONDS)
+        assert "Buy milk" in await frame.evaluate("document.body.innerText")
+        await snap(page, "bolt-fullstack-2-app")
+        await choose_port(page, 8080)  # the API itself, at its own preview port: Express
+        await preview(page, "Cannot GET /", CHANGE_SECONDS)  # (it serves only /api)
+        await choose_port(page, 5173)
+        frame = await preview(page, "Notes (2)", CHANGE_SECONDS)
+
+        # The app writes through the API: a third note.
+        await frame.locator("input").fill("Water the plants")
+        await frame.get_by_role("button", name="Add").click()
+        frame = await preview(page, "Notes (3)", CHANGE_SECONDS)
+
+        # A plain terminal beside bolt's own: the same container, the same running API.
+        await page.get_by_text("Code", exact=True).first.click()
+        await page.locator("button:has(.i-ph\\:plus)").click()
+        await page.get_by_text("Terminal", exact=True).click()  # the new tab, beside bolt's
+        await type_in_terminal(page, NOTES_FROM_THE_SHELL)
+        await terminal_shows(page, "Water the plants")
+        await snap(page, "bolt-fullstack-3-terminal")
+
+        # Search (the container's text search) finds the API's port in two files.
+        await page.get_by_role("tab", name="Search").click()
+        box = page.get_by_placeholder("Search", exact=True)
+        await box.fill("8080")
+        results = page.locator("div.flex-col.h-full", has=box).last
+        for name in ("server.js", "vite.config.js"):
+            await results.get_by_text(name, exact=True).wait_for()
+        assert not await results.get_by_text("App.jsx", exact=True).count()
+        await snap(page, "bolt-fullstack-4-search")
+
+        # Download Code: a zip of the project's files, as bolt's file store holds them.
+        await page.get_by_text("Export", exact=True).click()
+        async with page.expect_download() as download:
+            await page.get_by_text("Download Code", exact=True).click()
+        zipped = Path(await (await download.value).path()).read_bytes()
+        archive = zipfile.ZipFile(io.BytesIO(zipped))
+        names = set(archive.namelist())
+        assert {"server.js", "src/App.jsx", "vite.config.js", "package.json"} <= names
+        assert not any(name.startswith("node_modules/") for name in names)
+        assert b"app.listen(8080" in archive.read("server.js")
+
+        # The gateway restarts mid-session: bolt says so, reconnects, and nothing in the
+        # container was lost: the API process still holds the note added before.
+        await server.stop()
+        await toast(page, r"cloudcontainer: .*Reconnecting")
+        await snap(page, "bolt-fullstack-5-gateway-restarting")
+        await server.start()
+        await toast(page, "Connected to cloudcontainer again")
+        await type_in_terminal(page, "echo back-$((40 + 2))")  # the same shell, re-attached
+        await terminal_shows(page, "back-42")
+        await page.get_by_text("Preview", exact=True).first.click()
+        await page.locator("button:not([title]):has(.i-ph\\:arrow-clockwise)").click()
+        frame = await preview(page, "Notes (3)", CHANGE_SECONDS)
+        assert "Water the plants" in await frame.evaluate("document.body.innerText")
+        await snap(page, "bolt-fullstack-6-after-restart")
+
+        # A command that fails: bolt's own alert; "Ask Bolt" sends its output to the model.
+        await send(page, "Now run the checks")
+        await page.get_by_text("Command Failed (exit code: 1)").wait_for(
+            timeout=CHANGE_SECONDS * 1000
+        )
+        await snap(page, "bolt-fullstack-7-failed-command")
+        await page.get_by_role("button", name="Ask Bolt").click()
+        await page.get_by_text(
+            "expected at least 3 seed notes in server.js, found 2"
+        ).first.wait_for()
+        await page.get_by_text("The check wants the API to start with").wait_for()

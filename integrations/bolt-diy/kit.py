@@ -86,12 +86,40 @@ PATCHES = (
         "// short-lived token: from bolt's own server (routes/api.cloudcontainer-token.ts).\n"
         "const cloudcontainerConfig = `globalThis.__CLOUDCONTAINER__ = {\n"
         "  url: ${JSON.stringify(import.meta.env.VITE_CLOUDCONTAINER_URL || '')},\n"
+        "  waitForServer: true,\n"
         "  token: () => fetch('/api/cloudcontainer-token', { method: 'POST' })\n"
-        "    .then((r) => r.ok ? r.json() : r.text().then((t) => Promise.reject(new Error(t))))\n"
-        "    .then((j) => j.token),\n"
+        "    .then((r) => r.json().catch(() => ({ error: r.status + ' ' + r.statusText }))\n"
+        "      .then((j) => r.ok ? j.token : Promise.reject(new Error(j.error)))),\n"
         "};`;\n\n"
         "export const Head = createHead(() => (\n",
         1, "the page's server config, before any of bolt's scripts",
+    ),
+    Patch(
+        "app/lib/webcontainer/index.ts",
+        "import { WebContainer } from '@webcontainer/api';\n",
+        "import { WebContainer, onConnectionChange } from '@webcontainer/api';\n"
+        "import { toast } from 'react-toastify';\n",
+        1, "the connection to the server, shown with bolt's own toasts (next patch)",
+    ),
+    Patch(
+        "app/lib/webcontainer/index.ts",
+        "if (!import.meta.env.SSR) {\n  webcontainer =\n",
+        "if (!import.meta.env.SSR) {\n"
+        "  // cloudcontainer: a server that is down or restarting is said, not silent; the client\n"
+        "  // waits for it (boot) or reconnects (sockets) on its own.\n"
+        "  onConnectionChange(({ state, message }) => {\n"
+        "    const id = 'cloudcontainer-connection';\n"
+        "    if (state === 'online') {\n"
+        "      toast.dismiss(id);\n"
+        "      toast.success('Connected to cloudcontainer again', { toastId: `${id}-online` });\n"
+        "    } else if (toast.isActive(id)) {\n"
+        "      toast.update(id, { render: `cloudcontainer: ${message}` });\n"
+        "    } else {\n"
+        "      toast.error(`cloudcontainer: ${message}`, { toastId: id, autoClose: false });\n"
+        "    }\n"
+        "  });\n"
+        "  webcontainer =\n",
+        1, "...registered before boot, which waits for the server (waitForServer in root.tsx)",
     ),
     Patch(
         "app/root.tsx",

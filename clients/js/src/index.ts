@@ -14,6 +14,12 @@ export { WebContainerInternal } from './internal.js';
 export { configure, ServerError, type ServerOptions, type TokenSource } from './server.js';
 export { CallError, ContainerGoneError } from './link.js';
 export {
+  onConnectionChange,
+  type ConnectionChange,
+  type ConnectionListener,
+  type ConnectionState,
+} from './connection.js';
+export {
   Cloud,
   Sandbox,
   type CommandResult,

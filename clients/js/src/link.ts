@@ -12,6 +12,7 @@
  *   every later one with `ContainerGoneError`.
  */
 
+import { reportConnection } from './connection.js';
 import { describe, type Server, ServerError } from './server.js';
 import { openSocket } from './websocket.js';
 
@@ -215,11 +216,16 @@ export class ContainerLink {
         await this.server.json('GET', `/api/containers/${this.containerId}`);
         await this.connect();
         this.emit({ type: 'connection', state: 'connected' });
+        reportConnection({ state: 'online', message: 'Connected to the container again.' });
       } catch (error) {
         if (error instanceof ServerError && error.status === 404) {
           this.fail(new ContainerGoneError(`The container ${this.containerId} no longer exists.`));
         } else if (error instanceof ServerError && error.status === 401) {
           this.emit({ type: 'connection', state: 'unauthorized', message: error.message });
+          reportConnection({ state: 'unauthorized', message: error.message });
+        } else {
+          // A blip that the first retry mends is not worth a word; this one lasts.
+          reportConnection({ state: 'offline', message: `${describe(error)}. Reconnecting…` });
         }
       }
     }

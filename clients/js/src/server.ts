@@ -15,6 +15,10 @@ export interface ServerOptions {
   projectId?: string;
   /** The template of new containers (default `blank`: an empty workspace, as WebContainer boots). */
   template?: string;
+  /** When the server cannot be reached (or the token cannot be had), `boot()` keeps trying
+   * with backoff, reporting through `onConnectionChange`, instead of rejecting at once. For
+   * pages that boot on load, as bolt.diy does. */
+  waitForServer?: boolean;
 }
 
 let configured: ServerOptions = {};
@@ -133,10 +137,19 @@ export class Server {
 
   private async currentToken(): Promise<string | undefined> {
     if (this.token === undefined && typeof this.source === 'function') {
-      this.token = await this.source();
+      try {
+        this.token = await this.source();
+      } catch (error) {
+        throw new ServerError(`No token for ${this.url}: ${describe(error)}`, 0, 'token_unavailable');
+      }
     }
     return this.token;
   }
+}
+
+/** The server (or the way to it) is down for now, not refusing: worth another try. */
+export function isUnreachable(error: unknown): boolean {
+  return error instanceof ServerError && [0, 502, 503, 504].includes(error.status);
 }
 
 async function errorOf(response: Response): Promise<ServerError> {

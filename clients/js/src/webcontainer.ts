@@ -7,9 +7,10 @@
 
 import { Files, normalize, WORKDIR } from './fs.js';
 import { WebContainerInternal } from './internal.js';
-import { ContainerLink, type Message } from './link.js';
+import { ContainerLink, type Message, sleep } from './link.js';
 import { spawnProcess } from './process.js';
-import { describe, discover, Server, ServerError } from './server.js';
+import { reportConnection } from './connection.js';
+import { describe, discover, isUnreachable, Server, ServerError } from './server.js';
 import type {
   BootOptions,
   CodeListener,
@@ -31,6 +32,8 @@ import { isPreviewMessage } from './utils.js';
 import { checkExportable, exportTree, mountTree } from './trees.js';
 
 const PROJECT_NAME = 'webcontainer';
+const BOOT_BACKOFF_FIRST_MS = 500;
+const BOOT_BACKOFF_MAX_MS = 5_000;
 
 interface ContainerOut {
   id: string;
@@ -83,10 +86,13 @@ export class WebContainer {
     }
     const target = discover();
     const server = new Server(target);
-    const projectId = target.projectId ?? (await ensureProject(server));
-    const container = await server.json<ContainerOut>('POST', '/api/containers?wait=true', {
-      json: { project_id: projectId, template: target.template ?? 'blank', ephemeral: true },
-    });
+    const create = async () => {
+      const projectId = target.projectId ?? (await ensureProject(server));
+      return server.json<ContainerOut>('POST', '/api/containers?wait=true', {
+        json: { project_id: projectId, template: target.template ?? 'blank', ephemeral: true },
+      });
+    };
+    const container = target.waitForServer ? await untilReachable(create) : await create();
     if (container.status !== 'running') {
       throw new Error(`The container did not start: ${container.status_reason ?? container.status}`);
     }
@@ -279,6 +285,24 @@ export class WebContainer {
     await this.server.request('PUT', `/api/containers/${this.container.id}/previews:script`, {
       json: { script: this.script, forward_errors: this.forwardErrors },
     });
+  }
+}
+
+/** `work` again and again while the server cannot be reached, with backoff; what the server
+ * refuses (a 4xx) is thrown. Every failed try and the success are reported. */
+async function untilReachable<T>(work: () => Promise<T>): Promise<T> {
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const result = await work();
+      reportConnection({ state: 'online', message: 'The cloudcontainer server is reachable.' });
+      return result;
+    } catch (error) {
+      if (!isUnreachable(error)) {
+        throw error;
+      }
+      reportConnection({ state: 'offline', message: `${describe(error)}. Trying again…` });
+      await sleep(Math.min(BOOT_BACKOFF_MAX_MS, BOOT_BACKOFF_FIRST_MS * 2 ** attempt));
+    }
   }
 }
 

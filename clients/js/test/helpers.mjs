@@ -46,12 +46,7 @@ export async function flakyProxy(target = process.env.CLOUDCONTAINER_URL) {
   const net = await import('node:net');
   const upstream = new URL(target);
   const sockets = new Set();
-  let refusing = false;
   const server = net.createServer((client) => {
-    if (refusing) {
-      client.destroy();
-      return;
-    }
     const remote = net.connect(Number(upstream.port), upstream.hostname);
     for (const socket of [client, remote]) {
       sockets.add(socket);
@@ -64,18 +59,26 @@ export async function flakyProxy(target = process.env.CLOUDCONTAINER_URL) {
     remote.on('close', () => client.destroy());
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = server.address().port;
   return {
-    url: `http://127.0.0.1:${server.address().port}`,
+    url: `http://127.0.0.1:${port}`,
     /** Drop every connection and refuse new ones for `ms`. */
     async cut(ms) {
-      refusing = true;
-      for (const socket of sockets) socket.destroy();
+      this.refuse();
       await new Promise((resolve) => setTimeout(resolve, ms));
-      refusing = false;
+      await this.reopen();
     },
+    /** Drop every connection and stop listening until `reopen()`: connections are refused,
+     * as by a server that is down. */
+    refuse() {
+      server.close();
+      for (const socket of sockets) socket.destroy();
+    },
+    reopen: () => new Promise((resolve) => server.listen(port, '127.0.0.1', resolve)),
     close: () => new Promise((resolve) => {
       for (const socket of sockets) socket.destroy();
-      server.close(resolve);
+      if (server.listening) server.close(resolve);
+      else resolve();
     }),
   };
 }
