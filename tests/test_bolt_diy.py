@@ -21,7 +21,7 @@ import io
 import re
 import zipfile
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,10 @@ from playwright.async_api import Frame, Page
 from cloudcontainer.config import Settings
 from tests.conftest import Api, destroy_sandboxes, make_settings, running_api
 from tests.sandbox_helpers import live_server
-from tests.support.boltdiy import MODEL, Bolt, free_port, prepared_bolt, running_bolt
+from tests.support.boltdiy import MODEL, Bolt, prepared_bolt, running_bolt
 from tests.support.browser import ARTIFACTS, snap
+from tests.support.githttp import bare_repository, git_https_server
+from tests.support.net import free_port
 from tests.support.smtp import Mailbox
 
 pytestmark = pytest.mark.timeout(1800)
@@ -57,6 +59,15 @@ async def bolt(
 ) -> AsyncIterator[Bolt]:
     """A gateway that lets bolt's origin call it, a user's API key in bolt's server, and
     bolt.diy with the scripted LLM."""
+    async with bolt_on_a_gateway(sandbox_api_factory, bolt_tree, request) as running:
+        yield running
+
+
+@asynccontextmanager
+async def bolt_on_a_gateway(
+    sandbox_api_factory: Any, bolt_tree: Path, request: pytest.FixtureRequest,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Bolt]:  # fmt: skip
     port = free_port()
     api: Api = await sandbox_api_factory(cors_origins=[f"http://127.0.0.1:{port}"])
     user = await api.user()
@@ -65,7 +76,7 @@ async def bolt(
     log = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)}-bolt.log"
     async with live_server(api) as base:
         gateway = "http" + base.removeprefix("ws")
-        async with running_bolt(bolt_tree, gateway, key.json()["key"], port, log) as running:
+        async with running_bolt(bolt_tree, gateway, key.json()["key"], port, log, env) as running:
             yield running
 
 
@@ -261,12 +272,11 @@ async def api_key(gateway: Gateway) -> str:
 
 
 async def toast(page: Page, pattern: str) -> None:
-    """One of bolt's toasts (react-toastify) matching `pattern` shows."""
-    await (
-        page.locator(".Toastify__toast")
-        .filter(has_text=re.compile(pattern))
-        .first.wait_for(timeout=CHANGE_SECONDS * 1000)
-    )
+    """One of bolt's toasts (react-toastify) matching `pattern` shows, done sliding in (so a
+    screenshot after this has it)."""
+    found = page.locator(".Toastify__toast").filter(has_text=re.compile(pattern)).first
+    await found.wait_for(timeout=CHANGE_SECONDS * 1000)
+    await found.evaluate("(e) => Promise.all(e.getAnimations().map((a) => a.finished))")
 
 
 async def choose_port(page: Page, port: int) -> None:
@@ -377,3 +387,40 @@ async def test_bolt_full_stack_app_tools_and_a_gateway_that_comes_and_goes(
             "expected at least 3 seed notes in server.js, found 2"
         ).first.wait_for()
         await page.get_by_text("The check wants the API to start with").wait_for()
+
+
+IMPORTED_APP = {
+    "package.json": '{\n  "name": "imported-app",\n  "private": true,\n'
+    '  "scripts": { "dev": "node server.js" }\n}\n',
+    "server.js": "import http from 'node:http';\n\n"
+    "http.createServer((req, res) => {\n"
+    "  res.setHeader('content-type', 'text/html');\n"
+    "  res.end('<h1>Imported from git</h1>');\n"
+    "}).listen(3000);\n",
+    "README.md": "# An app that lives in git\n",
+}
+
+
+@pytest.mark.parametrize("runtime_name", ["local", "docker"])
+async def test_bolt_imports_a_git_repository_into_the_container(
+    sandbox_api_factory: Any, bolt_tree: Path, own_page: Page, request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """bolt's "clone a repo" route with a bare repository served over HTTPS on loopback:
+    isomorphic-git in the page clones through bolt's proxy into the container's files (the
+    client's fs), bolt imports them as a chat, installs and starts the app, and the preview
+    shows it."""
+    repos = tmp_path / "repos"
+    repos.mkdir()
+    bare_repository(repos, "app.git", IMPORTED_APP)
+    with git_https_server(repos) as git:
+        trust = {"NODE_EXTRA_CA_CERTS": str(git.ca_file)}  # bolt's proxy fetches over https
+        async with bolt_on_a_gateway(sandbox_api_factory, bolt_tree, request, trust) as bolt:
+            page = own_page
+            await page.set_viewport_size({"width": 1400, "height": 900})
+            await page.goto(f"{bolt.url}/git?url={git.url}/app.git", timeout=LOAD_SECONDS * 1000)
+            await preview(page, "Imported from git", APP_SECONDS)
+            await page.get_by_text("Code", exact=True).first.click()
+            for name in ("server.js", "README.md", "package.json"):
+                await page.get_by_text(name, exact=True).first.wait_for()
+            await snap(page, "bolt-git-import")

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -65,10 +66,12 @@ class Bolt:
 
 @asynccontextmanager
 async def running_bolt(
-    tree: Path, gateway: str, api_key: str, port: int, log: Path
-) -> AsyncIterator[Bolt]:
+    tree: Path, gateway: str, api_key: str, port: int, log: Path,
+    env: dict[str, str] | None = None,
+) -> AsyncIterator[Bolt]:  # fmt: skip
     """The scripted LLM and bolt.diy's dev server (`kit.py run`) on loopback until the block
-    ends; `port` is bolt's (the gateway's `cors_origins` must name http://127.0.0.1:PORT)."""
+    ends; `port` is bolt's (the gateway's `cors_origins` must name http://127.0.0.1:PORT).
+    `env` is added to bolt's server environment (e.g. NODE_EXTRA_CA_CERTS)."""
     llm_port = free_port()
     llm_url = f"http://127.0.0.1:{llm_port}/v1"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +80,7 @@ async def running_bolt(
         bolt = await _start(
             output, sys.executable, str(KIT), "run", str(tree), "--server", gateway,
             "--api-key", api_key, "--llm", llm_url, "--port", str(port),
+            env={**os.environ, **(env or {})},
         )  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}"
@@ -87,9 +91,11 @@ async def running_bolt(
                 await _stop(process)
 
 
-async def _start(output: object, *argv: str) -> asyncio.subprocess.Process:
+async def _start(
+    output: IO[bytes], *argv: str, env: dict[str, str] | None = None
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        *argv, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        *argv, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
 
 
