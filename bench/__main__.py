@@ -196,7 +196,8 @@ def main() -> None:
             "install; local)",
             f"{_s(app['total'])}: answer + files {_s(app['files'])}, npm install "
             f"{_s(app['install'])}, dev server + page {_s(app['preview'])}",
-            f"host npm install {_s(floor['install'])}; + vite answering {_s(floor['total'])}",
+            f"host npm install {_s(floor['install'])}; + vite answering {_s(floor['total'])}; "
+            f"host npm install, warm cache {_s(floor['install_warm_cache'])}",
             "measure",
         )  # fmt: skip
         table.add_row(
