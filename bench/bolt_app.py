@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 from playwright.async_api import Page, async_playwright
-from tests.support.boltdiy import MODEL, prepared_bolt, running_bolt
+from tests.support.boltdiy import choose_scripted_model, prepared_bolt, running_bolt
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.net import free_port
 from tests.test_bolt_diy import edit_heading, open_bolt, preview, send
@@ -63,10 +63,7 @@ async def _runs(server: Server, tree: Path, port: int, log: Path, runs: int) -> 
         )
         for run in range(runs + 1):  # the first warms bolt's dev server up; not kept
             context = await browser.new_context(viewport={"width": 1400, "height": 900})
-            await context.add_cookies([
-                {"name": "selectedProvider", "value": "OpenAILike", "url": bolt.url},
-                {"name": "selectedModel", "value": MODEL, "url": bolt.url},
-            ])  # fmt: skip
+            await choose_scripted_model(context, bolt.url)
             page = await context.new_page()
             before = {c["id"] for c in server.client.get("/api/containers").json()}
             await open_bolt(page, bolt.url)  # bolt boots its container as the page loads

@@ -34,7 +34,7 @@ from playwright.async_api import Frame, Page
 from cloudcontainer.config import Settings
 from tests.conftest import Api, destroy_sandboxes, make_settings, running_api
 from tests.sandbox_helpers import live_server
-from tests.support.boltdiy import MODEL, Bolt, prepared_bolt, running_bolt
+from tests.support.boltdiy import Bolt, choose_scripted_model, prepared_bolt, running_bolt
 from tests.support.browser import ARTIFACTS, snap
 from tests.support.githttp import bare_repository, git_https_server
 from tests.support.net import free_port
@@ -155,10 +155,7 @@ async def edit_heading(page: Page, old: str, new: str) -> None:
 async def test_bolt_builds_changes_and_recovers_an_app(bolt: Bolt, own_page: Page) -> None:
     page = own_page
     await page.set_viewport_size({"width": 1400, "height": 900})
-    await page.context.add_cookies([
-        {"name": "selectedProvider", "value": "OpenAILike", "url": bolt.url},
-        {"name": "selectedModel", "value": MODEL, "url": bolt.url},
-    ])  # fmt: skip
+    await choose_scripted_model(page.context, bolt.url)
     await open_bolt(page, bolt.url)
     await snap(page, "bolt-1-start")
 
@@ -304,10 +301,7 @@ async def test_bolt_full_stack_app_tools_and_a_gateway_that_comes_and_goes(
     key = await api_key(server)
     page = own_page
     await page.set_viewport_size({"width": 1400, "height": 900})
-    await page.context.add_cookies([
-        {"name": "selectedProvider", "value": "OpenAILike", "url": f"http://127.0.0.1:{port}"},
-        {"name": "selectedModel", "value": MODEL, "url": f"http://127.0.0.1:{port}"},
-    ])  # fmt: skip
+    await choose_scripted_model(page.context, f"http://127.0.0.1:{port}")
     log = ARTIFACTS / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', request.node.name)}-bolt.log"
     async with running_bolt(bolt_tree, server.url, key, port, log) as bolt:
         # The gateway is down as bolt opens: bolt says so, and boots once it is up.
@@ -419,6 +413,7 @@ async def test_bolt_imports_a_git_repository_into_the_container(
         async with bolt_on_a_gateway(sandbox_api_factory, bolt_tree, request, trust) as bolt:
             page = own_page
             await page.set_viewport_size({"width": 1400, "height": 900})
+            await choose_scripted_model(page.context, bolt.url)  # as a person set up bolt
             await open_bolt(page, bolt.url)  # a fresh tree's first load may need a retry
             await page.goto(f"{bolt.url}/git?url={git.url}/app.git", timeout=LOAD_SECONDS * 1000)
             await preview(page, "Imported from git", APP_SECONDS)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 import httpx
+from playwright.async_api import BrowserContext
 
 from tests.support.net import free_port
 
@@ -124,3 +125,24 @@ async def _stop(process: asyncio.subprocess.Process) -> None:
     except TimeoutError:
         os.killpg(process.pid, signal.SIGKILL)
         await process.wait()
+
+
+# bolt enables OpenAILike on a page's first load only once it has asked its server which
+# providers are configured; its model menu, rendered before that, moves the chat to the first
+# enabled provider (AmazonBedrock) and keeps that in its cookie. A person who set up
+# OpenAILike before has it enabled in `provider_settings`, as this gives the page.
+_OPENAI_LIKE_ENABLED = """
+if (localStorage.getItem('provider_settings') === null) {
+  localStorage.setItem('provider_settings', JSON.stringify({OpenAILike: {settings: {enabled: true}}}));
+}
+"""
+
+
+async def choose_scripted_model(context: BrowserContext, url: str) -> None:
+    """bolt pages of `context` at `url` chat with llm.py: the OpenAILike provider enabled and
+    chosen, with the scripted model (bolt's cookies)."""
+    await context.add_init_script(_OPENAI_LIKE_ENABLED)
+    await context.add_cookies([
+        {"name": "selectedProvider", "value": "OpenAILike", "url": url},
+        {"name": "selectedModel", "value": MODEL, "url": url},
+    ])  # fmt: skip
