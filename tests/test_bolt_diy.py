@@ -414,8 +414,7 @@ async def test_bolt_imports_a_git_repository_into_the_container(
             page = own_page
             await page.set_viewport_size({"width": 1400, "height": 900})
             await choose_scripted_model(page.context, bolt.url)  # as a person set up bolt
-            await open_bolt(page, bolt.url)  # a fresh tree's first load may need a retry
-            await page.goto(f"{bolt.url}/git?url={git.url}/app.git", timeout=LOAD_SECONDS * 1000)
+            await open_bolt(page, f"{bolt.url}/git?url={git.url}/app.git")
             await preview(page, "Imported from git", APP_SECONDS)
             await page.get_by_text("Code", exact=True).first.click()
             for name in ("server.js", "README.md", "package.json"):

@@ -285,13 +285,19 @@ async def own_page(request: pytest.FixtureRequest) -> AsyncIterator[Page]:
 
 @asynccontextmanager
 async def _tab(browser: Browser, request: pytest.FixtureRequest) -> AsyncIterator[Page]:
-    """A page in a fresh context, snapped when the test failed."""
+    """A page in a fresh context, snapped when the test failed, with what every page of the
+    context wrote to its console and the errors it threw (test-artifacts/<test>-console.log)."""
     context = await browser.new_context()
+    console: list[str] = []
+    context.on("console", lambda message: console.append(f"{message.type}: {message.text}"))
+    context.on("weberror", lambda error: console.append(f"uncaught: {error.error}"))
     try:
         tab = await context.new_page()
         yield tab
         report = request.node.stash.get(_REPORT, None)
         if report is not None and report.failed:
             await snap(tab, request.node.nodeid)
+            log = ARTIFACTS / f"{_safe(request.node.nodeid)}-console.log"
+            log.write_text("\n".join(console) + "\n")
     finally:
         await context.close()
