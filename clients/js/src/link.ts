@@ -36,6 +36,11 @@ const REPEATABLE = new Set(['fs.read', 'fs.write', 'fs.list']);
 const BACKOFF_FIRST_MS = 250;
 const BACKOFF_MAX_MS = 5_000;
 
+/** How long to wait before retry `attempt` (0-based): doubling from `firstMs`, at most 5 s. */
+export function backoffMs(attempt: number, firstMs = BACKOFF_FIRST_MS): number {
+  return Math.min(BACKOFF_MAX_MS, firstMs * 2 ** attempt);
+}
+
 /** An fs-style error: `code` is the Node errno (`ENOENT`) when the sandbox gave one. */
 export class CallError extends Error {
   constructor(
@@ -210,7 +215,7 @@ export class ContainerLink {
 
   private async reconnectLoop(): Promise<void> {
     while (!this.closed && !this.gone && !this.socket) {
-      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** this.attempt++);
+      const delay = backoffMs(this.attempt++);
       await sleep(delay * (0.75 + Math.random() / 2));
       try {
         await this.server.json('GET', `/api/containers/${this.containerId}`);

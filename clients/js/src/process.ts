@@ -12,7 +12,7 @@
 
 import { absolute, normalize } from './fs.js';
 import { type Server, ServerError } from './server.js';
-import { sleep } from './link.js';
+import { backoffMs, sleep } from './link.js';
 import type { SpawnOptions, WebContainerProcess } from './types.js';
 import { openSocket } from './websocket.js';
 
@@ -21,8 +21,6 @@ const CTRL_C = '\x03';
 /** How long frames are joined after a Ctrl-C when no marker comes (a program ignoring it). */
 const JOIN_LIMIT_MS = 1_500;
 const DEFAULT_SIZE = { cols: 80, rows: 24 };
-const BACKOFF_FIRST_MS = 250;
-const BACKOFF_MAX_MS = 5_000;
 
 interface Terminal {
   id: string;
@@ -223,7 +221,7 @@ class Process implements WebContainerProcess {
     }
     this.socket = undefined;
     for (let attempt = 0; !this.exited; attempt++) {
-      await sleep(Math.min(BACKOFF_MAX_MS, BACKOFF_FIRST_MS * 2 ** attempt));
+      await sleep(backoffMs(attempt));
       try {
         await this.server.json<Terminal>('GET', this.path);
         await this.connect();

@@ -7,7 +7,7 @@
 
 import { Files, normalize, WORKDIR } from './fs.js';
 import { WebContainerInternal } from './internal.js';
-import { ContainerLink, type Message, sleep } from './link.js';
+import { backoffMs, ContainerLink, type Message, sleep } from './link.js';
 import { spawnProcess } from './process.js';
 import { reportConnection } from './connection.js';
 import { describe, discover, isUnreachable, Server, ServerError } from './server.js';
@@ -33,7 +33,6 @@ import { checkExportable, exportTree, mountTree } from './trees.js';
 
 const PROJECT_NAME = 'webcontainer';
 const BOOT_BACKOFF_FIRST_MS = 500;
-const BOOT_BACKOFF_MAX_MS = 5_000;
 
 interface ContainerOut {
   id: string;
@@ -301,7 +300,7 @@ async function untilReachable<T>(work: () => Promise<T>): Promise<T> {
         throw error;
       }
       reportConnection({ state: 'offline', message: `${describe(error)}. Trying again…` });
-      await sleep(Math.min(BOOT_BACKOFF_MAX_MS, BOOT_BACKOFF_FIRST_MS * 2 ** attempt));
+      await sleep(backoffMs(attempt, BOOT_BACKOFF_FIRST_MS));
     }
   }
 }
