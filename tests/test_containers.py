@@ -172,6 +172,25 @@ async def test_restart_brings_running_processes_back(sandbox_api: Api) -> None:
     assert "sleep 1000" in processes
 
 
+async def test_taking_down_a_stopped_container_keeps_the_processes_it_remembers(
+    sandbox_api: Api,
+) -> None:
+    """A crash restart that races a requested restart finds the sandbox already down: it
+    must not replace the processes the first take-down remembered with none."""
+    user = await sandbox_api.user()
+    cid = (await new_container(sandbox_api, user))["id"]
+    link = await sandbox_api.services.containers.agent(user.id, cid)
+    await link.call("proc.spawn", command="sleep", args=["1001"], pty=True)
+    containers = sandbox_api.services.containers
+    await containers.take_down(cid, reason="restarting", keep_dev_servers=True)
+    await containers.take_down(cid, reason="the agent stopped answering; restarting",
+                               keep_dev_servers=True)  # fmt: skip
+    started = await sandbox_api.client.post(f"/api/containers/{cid}/start", headers=user.headers)
+    assert started.status_code == 202
+    processes = (await sh(sandbox_api, user, cid, "ps -eo args")).stdout
+    assert "sleep 1001" in processes
+
+
 async def test_a_killed_agent_is_restarted_with_the_workspace_intact(sandbox_api: Api) -> None:
     user = await sandbox_api.user()
     cid = (await new_container(sandbox_api, user))["id"]

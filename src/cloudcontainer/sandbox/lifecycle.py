@@ -217,7 +217,9 @@ class Lifecycle:
                                     error=exc.message)  # fmt: skip
                 return
             await self.runtime.stop(container_id)
-            if keep_dev_servers:
+            if keep_dev_servers and link is not None:
+                # Without a link the sandbox was already down (a crash restart racing a
+                # requested one): the processes remembered then are still the ones to bring back.
                 await self.records.update(container_id, dev_servers=servers)
             await self.records.set_status(container_id, next_status, reason)
 

@@ -113,7 +113,9 @@ class Supervisor:
                     self._note_cpu(container.id, answer["cpu_seconds"])
                 except (AgentUnavailable, AgentOpError):
                     healthy = False
-            if not healthy:
+            if not healthy and self.service.links.get(container.id) is link:
+                # A link dropped while we pinged it was taken down on purpose (a stop or a
+                # restart someone asked for), not lost to a crash.
                 self._recovering.add(container.id)
                 self.service.tasks.spawn(self.recover(container.id), name=f"recover:{container.id}")
 
