@@ -2,16 +2,17 @@
 against a real server (local runtime), from the prompt to the app in its preview.
 
 Each run opens bolt in a fresh browser context (so bolt boots a fresh, cold container: its npm
-cache is empty, as every container's is) and sends the `vite-react` recording's prompt. The
+cache is empty, as every new container's is) and sends the `vite-react` recording's prompt. The
 steps are read from the container through the file API, polled every 50 ms: the answer's
-files written (src/App.jsx there), `npm install` done (node_modules/.package-lock.json there),
-then the app's text in bolt's preview iframe. Then an edit is typed in bolt's editor and saved
-(Ctrl+S): save → the preview shows it (Vite's HMR through the proxy).
+first file written (package.json: P11 counts from there, the model's streaming excluded), all
+its files (src/App.jsx), `npm install` done (node_modules/.package-lock.json), then the app's
+text in bolt's preview iframe. Then an edit is typed in bolt's editor and saved (Ctrl+S):
+save → the preview shows it (Vite's HMR through the proxy). Last, `npm install` of the project
+again in that container (a copy without node_modules, through the exec API): its cache warm.
 
 Floor: the same project on the host, plain `npm install` (an empty npm cache, as the
-container's) and `vite`, until an HTTP GET of the page answers; then `npm install` again into
-an empty `node_modules` with the cache that install filled: what a warm cache would give. (A
-container's npm cache is always cold today: bolt boots a fresh container per page.)
+container's) and `vite`, until an HTTP GET of the page answers; then the same with the cache
+that install filled.
 """
 
 from __future__ import annotations
