@@ -44,8 +44,8 @@ case "${1:-run}" in
     run_deps; inotify_limits
     need postgresql   # the suite runs on SQLite and on a private PostgreSQL cluster it starts
     image_deps        # the sandbox image is built once per session; the session starts dockerd
-    # Redis (multi-gateway fan-out) is part of the test bench; no test uses it yet, the first
-    # that does starts its own. Chromium runs the preview tests (tests/support/browser.py, through
+    # Redis: the state several gateways share (login throttles so far); the tests start their
+    # own server (tests/support/redis.py). Chromium runs the preview tests (tests/support/browser.py, through
     # playwright); its Depends bring the libraries it needs headless, and fonts-liberation (only
     # recommended) gives pages the metric-compatible Arial/Times/Courier they ask for.
     need redis-server; need chromium; need fonts-liberation

@@ -25,6 +25,7 @@ from cloudcontainer.state import Services
 from tests.support.docker import docker_engine
 from tests.support.image import BuiltImage, BuiltRootfs, build
 from tests.support.postgres import postgres_server
+from tests.support.redis import redis_server
 from tests.support.s3 import S3Server, s3_server
 from tests.support.server import SESSION_ROOTFS_DIR
 from tests.support.smtp import Mailbox, smtp_server
@@ -43,6 +44,24 @@ def postgres_url() -> Iterator[str]:
         return
     with postgres_server() as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def redis_session_url() -> Iterator[str]:
+    url = os.environ.get("CLOUDCONTAINER_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    with redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def redis_url(redis_session_url: str) -> str:
+    """A Redis server with nothing in it (flushed for each test that asks)."""
+    subprocess.run(["redis-cli", "-u", redis_session_url, "flushall"], check=True,
+                   capture_output=True)  # fmt: skip
+    return redis_session_url
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,10 +14,14 @@ import jwt
 import pytest
 from sqlalchemy import func, select, update
 
+from cloudcontainer.app import create_app
 from cloudcontainer.audit import AuditQuery, actions
 from cloudcontainer.db import ApiKey, AuthSession, EmailToken, Project, RefreshToken, User, WsTicket
 from cloudcontainer.errors import Unauthorized
-from tests.conftest import PASSWORD, Api, ApiFactory
+from cloudcontainer.redisconn import RedisUnavailable
+from tests.conftest import PASSWORD, Api, ApiFactory, make_settings
+from tests.support.net import free_port
+from tests.support.smtp import Mailbox
 
 NEW_PASSWORD = "a brand new passphrase"
 VERIFY = "Verify your cloudcontainer account"
@@ -887,3 +892,33 @@ async def test_wrong_passwords_at_account_deletion_are_throttled(api_factory: Ap
     assert throttled.status_code == 429
     assert error_code(throttled) == "login_throttled"
     assert (await me(api, user.tokens["access_token"])).status_code == 200
+
+
+async def test_two_gateways_sharing_redis_throttle_one_account_together(
+    api_factory: ApiFactory, redis_url: str
+) -> None:
+    """Guesses spread over two gateways (one database, one Redis) count against one limit;
+    without Redis each gateway would allow the limit on its own."""
+    first = await api_factory(login_max_failures_per_account=3, redis_url=redis_url)
+    second = await api_factory(login_max_failures_per_account=3, redis_url=redis_url)
+    user = await first.user("ada@example.com")
+    for gateway in (first, second, first):
+        assert (await login(gateway, user.email, "not the password")).status_code == 401
+    for gateway in (first, second):
+        throttled = await login(gateway, user.email)
+        assert throttled.status_code == 429
+        assert error_code(throttled) == "login_throttled"
+        assert 1 <= int(throttled.headers["Retry-After"]) <= 900
+
+
+async def test_a_gateway_whose_redis_does_not_answer_does_not_start(
+    tmp_path: Path, database_url: str, smtp: tuple[Mailbox, int]
+) -> None:
+    settings = make_settings(tmp_path, database_url, smtp[1],
+                             redis_url=f"redis://:hunter2@127.0.0.1:{free_port()}/0")  # fmt: skip
+    app = create_app(settings)
+    with pytest.raises(RedisUnavailable) as raised:
+        async with app.router.lifespan_context(app):
+            pass
+    assert "Redis does not answer at redis://***@127.0.0.1:" in raised.value.message
+    assert "hunter2" not in raised.value.message

@@ -120,7 +120,9 @@ class Settings(BaseSettings):
     database_url: str = Field(
         "", description="SQLAlchemy async URL; default SQLite in DATA_DIR/cloudcontainer.db."
     )
-    redis_url: str = Field("", description="Redis URL for fan-out across gateways (optional).")
+    redis_url: str = Field(
+        "", description="Redis URL: state several gateways share (login throttles); optional."
+    )
     runtime: RuntimeName = Field("local", description="Sandbox runtime.")
 
     # Auth

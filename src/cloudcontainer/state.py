@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import structlog
+from redis.asyncio import Redis
 
 from cloudcontainer.accounts import Removal
 from cloudcontainer.agentlink.bundle import build_agent_zipapp
@@ -30,6 +31,7 @@ from cloudcontainer.observability.metrics import Metrics
 from cloudcontainer.preview.service import PreviewService
 from cloudcontainer.preview.services import ServiceManager
 from cloudcontainer.projects.service import ProjectService
+from cloudcontainer.redisconn import open_redis
 from cloudcontainer.runtimes import load_runtime
 from cloudcontainer.runtimes.base import Runtime, RuntimeOptions, RuntimeUnavailable
 from cloudcontainer.runtimes.egress import EgressPolicy
@@ -114,8 +116,11 @@ async def open_services(
     service_manager: ServiceManager | None = None
     revalidating: asyncio.Task[None] | None = None
     audit = AuditLog(database, retention_days=settings.audit_retention_days)
+    redis: Redis | None = None
     try:
         await migrate.upgrade(database)
+        if settings.redis_url:
+            redis = await open_redis(settings.redis_url)
         audit.start()
         signer = AccessTokenSigner(settings.signing_key(), settings.access_token_ttl_seconds)
         hasher = PasswordHasher(
@@ -195,6 +200,7 @@ async def open_services(
                 tasks=tasks,
                 principals=principals,
                 sockets=sockets,
+                redis=redis,
             ),
             credentials=CredentialService(
                 database=database,
@@ -250,4 +256,6 @@ async def open_services(
         await tasks.aclose()
         await audit.aclose()  # after the tasks: what they recorded is written too
         await runtime.aclose()
+        if redis is not None:
+            await redis.aclose()
         await database.aclose()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
+from redis.asyncio import Redis
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,7 +20,7 @@ from cloudcontainer.auth.credentials import PrincipalCache
 from cloudcontainer.auth.mail import Mailer, compose
 from cloudcontainer.auth.passwords import PasswordHasher
 from cloudcontainer.auth.sockets import SocketRegistry
-from cloudcontainer.auth.throttle import SlidingWindow
+from cloudcontainer.auth.throttle import RedisWindow, SlidingWindow, Window
 from cloudcontainer.auth.tokens import AccessTokenSigner, digest, new_secret
 from cloudcontainer.config import Settings
 from cloudcontainer.db import ApiKey, AuthSession, Database, EmailToken, RefreshToken, User
@@ -57,6 +58,7 @@ class AccountService:
         tasks: TaskSet,
         principals: PrincipalCache,
         sockets: SocketRegistry,
+        redis: Redis | None = None,
     ) -> None:
         self._settings = settings
         self._principals = principals
@@ -67,8 +69,16 @@ class AccountService:
         self._mailer = mailer
         self._tasks = tasks
         window = settings.login_window_seconds
-        self._ip_attempts = SlidingWindow(settings.login_max_attempts_per_ip, window)
-        self._account_failures = SlidingWindow(settings.login_max_failures_per_account, window)
+        self._ip_attempts: Window
+        self._account_failures: Window
+        if redis is None:
+            self._ip_attempts = SlidingWindow(settings.login_max_attempts_per_ip, window)
+            self._account_failures = SlidingWindow(settings.login_max_failures_per_account, window)
+        else:  # shared by every gateway of the deployment
+            self._ip_attempts = RedisWindow(redis, "ip", settings.login_max_attempts_per_ip, window)
+            self._account_failures = RedisWindow(
+                redis, "account", settings.login_max_failures_per_account, window
+            )
 
     # -- registration and mail ------------------------------------------------------------
 
@@ -219,7 +229,7 @@ class AccountService:
         """Before a destructive request (deleting the account): 403 `wrong_password` unless
         `password` is the account's. Failures count against the account's login throttle, so
         a stolen access token cannot be used to guess the password."""
-        retry_after = self._account_failures.retry_after(user.email)
+        retry_after = await self._account_failures.retry_after(user.email)
         if retry_after is not None:
             raise TooManyRequests(
                 "Too many wrong passwords; try again later.",
@@ -228,28 +238,28 @@ class AccountService:
         async with self._db.session() as session:
             stored = await session.scalar(select(User.password_hash).where(User.id == user.id))
         if not await self._hasher.verify(password, stored):
-            self._account_failures.hit(user.email)
+            await self._account_failures.hit(user.email)
             raise Forbidden("The password is not correct.", code="wrong_password")
-        self._account_failures.reset(user.email)
+        await self._account_failures.reset(user.email)
 
     # -- login sessions -------------------------------------------------------------------
 
     async def login(self, email: str, password: str, *, ip: str, user_agent: str) -> TokenPair:
         for window, key in ((self._ip_attempts, ip), (self._account_failures, email)):
-            retry_after = window.retry_after(key)
+            retry_after = await window.retry_after(key)
             if retry_after is not None:
                 raise TooManyRequests(
                     "Too many login attempts; try again later.",
                     retry_after=retry_after, code="login_throttled",
                 )  # fmt: skip
-        self._ip_attempts.hit(ip)
+        await self._ip_attempts.hit(ip)
         async with self._db.session() as session:
             user = await session.scalar(select(User).where(User.email == email))
         if not await self._hasher.verify(password, user.password_hash if user else None):
-            self._account_failures.hit(email)
+            await self._account_failures.hit(email)
             raise Unauthorized("Invalid e-mail or password.", code="invalid_credentials")
         assert user is not None
-        self._account_failures.reset(email)
+        await self._account_failures.reset(email)
         if self._settings.require_email_verification and user.email_verified_at is None:
             raise Forbidden("Verify your e-mail address first.", code="email_not_verified")
         return await self._start_session(user.id, ip=ip, user_agent=user_agent)
