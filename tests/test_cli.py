@@ -13,6 +13,7 @@ import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from tests.support.net import free_port
 from tests.support.server import CLI, cli_env, serve
 
 PASSWORD = "a long enough password"
@@ -156,6 +157,18 @@ def test_invalid_setting_exits_with_the_field_named(tmp_path: Path) -> None:
     result = run_cli("db", "upgrade", "--data-dir", str(tmp_path), preview_ports="9-1")
     assert result.returncode == 2
     assert "preview_ports" in result.stderr
+
+
+def test_serve_with_a_redis_that_does_not_answer_says_so_in_a_line(tmp_path: Path) -> None:
+    port = free_port()
+    result = run_cli("serve", "--data-dir", str(tmp_path), "--port", str(free_port()),
+                     redis_url=f"redis://:hunter2@127.0.0.1:{port}/0")  # fmt: skip
+    said = " ".join((result.stdout + result.stderr).split())  # unwrapped
+    assert result.returncode == 1
+    assert "The gateway cannot start" in said
+    assert f"Redis does not answer at redis://***@127.0.0.1:{port}/0" in said
+    assert "hunter2" not in said
+    assert "Traceback" not in said
 
 
 def test_missing_config_file_is_reported(tmp_path: Path) -> None:

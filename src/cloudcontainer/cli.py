@@ -114,6 +114,9 @@ def serve(
     problem = asyncio.run(_runtime_problem(settings))
     if problem:
         console.print(f"[bold red]Sandboxes cannot start on this host:[/bold red] {problem}")
+    if settings.redis_url and (problem := asyncio.run(_redis_problem(settings.redis_url))):
+        console.print(f"[bold red]The gateway cannot start:[/bold red] {problem}")
+        raise typer.Exit(1)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings), host=settings.host, port=settings.port, log_config=None,
@@ -128,6 +131,18 @@ def serve(
     server.run()
     if not server.started:
         raise typer.Exit(1)
+
+
+async def _redis_problem(url: str) -> str | None:
+    """Why `redis_url` does not work, or None: said in one line before uvicorn starts."""
+    from cloudcontainer.redisconn import RedisUnavailable, open_redis
+
+    try:
+        redis = await open_redis(url)
+    except RedisUnavailable as exc:
+        return exc.message
+    await redis.aclose()
+    return None
 
 
 async def _runtime_problem(settings: Settings) -> str | None:

@@ -1,8 +1,8 @@
 """The connection to Redis (`redis_url`): what several gateways share that is not a record.
 
 Optional while one gateway serves a deployment (the embedded default needs no Redis). Today
-it holds the login throttles (auth/throttle.py); docs/design/several-gateways.md lists what
-moves here next.
+it holds the login throttles (auth/throttle.py) and carries revocations between gateways
+(auth/revocations.py); docs/design/several-gateways.md lists what moves here next.
 """
 
 from __future__ import annotations

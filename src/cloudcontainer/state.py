@@ -17,6 +17,7 @@ from cloudcontainer.audit import AuditLog
 from cloudcontainer.auth.credentials import CredentialService, PrincipalCache
 from cloudcontainer.auth.mail import mailer_from_settings
 from cloudcontainer.auth.passwords import PasswordHasher
+from cloudcontainer.auth.revocations import Revocations
 from cloudcontainer.auth.service import AccountService
 from cloudcontainer.auth.sockets import SocketRegistry
 from cloudcontainer.auth.tokens import AccessTokenSigner
@@ -115,6 +116,7 @@ async def open_services(
     previews: PreviewService | None = None
     service_manager: ServiceManager | None = None
     revalidating: asyncio.Task[None] | None = None
+    listening: asyncio.Task[None] | None = None
     audit = AuditLog(database, retention_days=settings.audit_retention_days)
     redis: Redis | None = None
     try:
@@ -183,8 +185,10 @@ async def open_services(
         processes = ProcessService(containers)
         commands = CommandLog(database)
         policy = CommandPolicy(settings.command_deny_patterns)
+        revocations = Revocations(principals, sockets, redis)
         if supervise:
             revalidating = asyncio.create_task(sockets.run(), name="revalidate websockets")
+            listening = asyncio.create_task(revocations.listen(), name="revocations")
         yield Services(
             settings=settings,
             database=database,
@@ -198,8 +202,7 @@ async def open_services(
                 signer=signer,
                 mailer=mailer_from_settings(settings),
                 tasks=tasks,
-                principals=principals,
-                sockets=sockets,
+                revocations=revocations,
                 redis=redis,
             ),
             credentials=CredentialService(
@@ -208,7 +211,7 @@ async def open_services(
                 ticket_ttl_seconds=settings.ws_ticket_ttl_seconds,
                 page_token_ttl_seconds=settings.page_token_ttl_seconds,
                 cache=principals,
-                sockets=sockets,
+                revocations=revocations,
             ),
             sockets=sockets,
             projects=projects,
@@ -234,13 +237,13 @@ async def open_services(
             snapshots=snapshots,
             removal=Removal(
                 database=database, containers=containers, projects=projects,
-                snapshots=snapshots, principals=principals, sockets=sockets, audit=audit,
+                snapshots=snapshots, revocations=revocations, audit=audit,
             ),
             previews=previews,
             services=service_manager,
         )  # fmt: skip
     finally:
-        for task in (periodic, revalidating):
+        for task in (periodic, revalidating, listening):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -15,8 +15,7 @@ import structlog
 from sqlalchemy import delete, select, update
 
 from cloudcontainer.audit import AuditLog, actions
-from cloudcontainer.auth.credentials import PrincipalCache
-from cloudcontainer.auth.sockets import SocketRegistry
+from cloudcontainer.auth.revocations import Revocations
 from cloudcontainer.db import ApiKey, AuthSession, Container, Database, Project, User, WsTicket
 from cloudcontainer.db.types import utcnow
 from cloudcontainer.errors import NotFound
@@ -36,7 +35,7 @@ PASSES = 3
 class Removal:
     def __init__(
         self, *, database: Database, containers: ContainerService, projects: ProjectService,
-        snapshots: SnapshotService, principals: PrincipalCache, sockets: SocketRegistry,
+        snapshots: SnapshotService, revocations: Revocations,
         audit: AuditLog,
     ) -> None:  # fmt: skip
         self._db = database
@@ -44,8 +43,7 @@ class Removal:
         self._containers = containers
         self._projects = projects
         self._snapshots = snapshots
-        self._principals = principals
-        self._sockets = sockets
+        self._revocations = revocations
 
     async def delete_project(self, owner_id: str, project_id: str) -> None:
         """The project, its containers (sandboxes destroyed) and its snapshots; NotFound if
@@ -71,8 +69,7 @@ class Removal:
                     await self.delete_project(user.id, project_id)
         async with self._db.session() as session:
             await session.execute(delete(User).where(User.id == user.id))
-        self._principals.forget(user_id=user.id)
-        self._sockets.end(user_id=user.id, reason="account deleted")
+        await self._revocations.end(user_id=user.id, reason="account deleted")
         log.info("account deleted", user_id=user.id, actor=actor, source_ip=source_ip)
         await self._audit.record(
             actions.ACCOUNT_DELETED, actor_id=user.id if actor == "self" else None,
@@ -94,8 +91,7 @@ class Removal:
                 .values(revoked_at=now)
             )
             await session.execute(delete(WsTicket).where(WsTicket.user_id == user_id))
-        self._principals.forget(user_id=user_id)
-        self._sockets.end(user_id=user_id, reason="account deleted")
+        await self._revocations.end(user_id=user_id, reason="account deleted")
 
     async def _owned(self, user_id: str) -> tuple[list[str], list[str]]:
         async with self._db.session() as session:

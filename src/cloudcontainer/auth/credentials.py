@@ -6,14 +6,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Select, delete, false, or_, select, update
 
-from cloudcontainer.auth.sockets import SocketRegistry
 from cloudcontainer.auth.tokens import API_KEY_PREFIX, AccessTokenSigner, digest, new_secret
 from cloudcontainer.db import ApiKey, AuthSession, Database, User, WsTicket
 from cloudcontainer.db.types import new_id, utcnow
 from cloudcontainer.errors import Forbidden, NotFound, Unauthorized
+
+if TYPE_CHECKING:  # it imports this module
+    from cloudcontainer.auth.revocations import Revocations
 
 __all__ = ["CredentialService", "Principal", "PrincipalCache"]
 
@@ -39,11 +42,11 @@ class Principal:
 
 class PrincipalCache:
     """Credentials checked against the database in the last `ttl` seconds, so a burst of API
-    calls (an editor saving, bolt writing a project) is not one query each. Revocations made
-    through this process apply at once (`forget`); one made by another gateway sharing the
-    database takes effect here within `ttl`. A cached token is the very string whose signature
-    was verified; its expiry is checked every time. `clock` is injectable so a test can let
-    entries expire without waiting."""
+    calls (an editor saving, bolt writing a project) is not one query each. Revocations apply
+    at once (`forget`, through auth/revocations.py: on every gateway when they share Redis;
+    without it, one made by another gateway takes effect here within `ttl`). A cached token
+    is the very string whose signature was verified; its expiry is checked every time.
+    `clock` is injectable so a test can let entries expire without waiting."""
 
     def __init__(
         self, ttl_seconds: float, max_entries: int = 10_000,
@@ -90,10 +93,10 @@ class PrincipalCache:
 class CredentialService:
     def __init__(
         self, *, database: Database, signer: AccessTokenSigner, ticket_ttl_seconds: int,
-        cache: PrincipalCache, sockets: SocketRegistry, page_token_ttl_seconds: int = 600,
+        cache: PrincipalCache, revocations: Revocations, page_token_ttl_seconds: int = 600,
     ) -> None:  # fmt: skip
         self._db = database
-        self._sockets = sockets
+        self._revocations = revocations
         self._signer = signer
         self._ticket_ttl = timedelta(seconds=ticket_ttl_seconds)
         self._page_ttl = page_token_ttl_seconds
@@ -193,8 +196,7 @@ class CredentialService:
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
-        self.cache.forget(api_key_id=key_id)
-        self._sockets.end(api_key_id=key_id, reason="API key revoked")
+        await self._revocations.end(api_key_id=key_id, reason="API key revoked")
 
     # -- page tokens ----------------------------------------------------------------------
 

@@ -16,10 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from cloudcontainer.auth import emails
-from cloudcontainer.auth.credentials import PrincipalCache
 from cloudcontainer.auth.mail import Mailer, compose
 from cloudcontainer.auth.passwords import PasswordHasher
-from cloudcontainer.auth.sockets import SocketRegistry
+from cloudcontainer.auth.revocations import Revocations
 from cloudcontainer.auth.throttle import RedisWindow, SlidingWindow, Window
 from cloudcontainer.auth.tokens import AccessTokenSigner, digest, new_secret
 from cloudcontainer.config import Settings
@@ -56,13 +55,11 @@ class AccountService:
         signer: AccessTokenSigner,
         mailer: Mailer,
         tasks: TaskSet,
-        principals: PrincipalCache,
-        sockets: SocketRegistry,
+        revocations: Revocations,
         redis: Redis | None = None,
     ) -> None:
         self._settings = settings
-        self._principals = principals
-        self._sockets = sockets
+        self._revocations = revocations
         self._db = database
         self._hasher = hasher
         self._signer = signer
@@ -176,8 +173,7 @@ class AccountService:
                 )
                 .values(used_at=now)
             )
-        self._principals.forget(user_id=row.user_id)
-        self._sockets.end(user_id=row.user_id, reason="password reset")
+        await self._revocations.end(user_id=row.user_id, reason="password reset")
         log.info("password reset", user_id=row.user_id)
         return row.user_id
 
@@ -346,5 +342,4 @@ class AccountService:
                 .where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
                 .values(revoked_at=utcnow(), revoked_reason=reason)
             )
-        self._principals.forget(session_id=session_id)
-        self._sockets.end(session_id=session_id, reason=f"session ended: {reason}")
+        await self._revocations.end(session_id=session_id, reason=f"session ended: {reason}")
