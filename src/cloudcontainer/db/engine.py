@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
+import hashlib
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -48,6 +52,12 @@ class Database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         else:
             options.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        # SQLite's cross-process locks (`exclusive`) are files beside the database.
+        self._lock_dir = (
+            Path(f"{parsed.database}.locks")
+            if self.is_sqlite and parsed.database and parsed.database != ":memory:"
+            else None
+        )
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
@@ -67,6 +77,41 @@ class Database:
                 if mapped is not None:
                     raise mapped from exc
                 raise
+
+    @asynccontextmanager
+    async def exclusive(self, name: str) -> AsyncIterator[None]:
+        """Hold the lock `name` across every process using this database, for the block.
+
+        For work several gateways could start at once and must not overlap (a snapshot's
+        upload racing another's sweep of the same project's blobs). PostgreSQL: a
+        session-level advisory lock on a connection of its own, which the server releases if
+        this process dies. SQLite (one host): `flock` on a file beside the database, which
+        the kernel releases likewise. Waits as long as the holder keeps it."""
+        digest = hashlib.sha256(f"cloudcontainer:{name}".encode()).digest()
+        if not self.is_sqlite:
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            async with self.engine.connect() as connection:
+                await connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                await connection.commit()  # no transaction stays open while the lock is held
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(*DATABASE_ERRORS):  # a lost connection released it
+                        await connection.execute(
+                            text("SELECT pg_advisory_unlock(:key)"), {"key": key}
+                        )
+                        await connection.commit()
+            return
+        if self._lock_dir is None:  # an in-memory database lives in this process only
+            yield
+            return
+        self._lock_dir.mkdir(exist_ok=True)
+        fd = os.open(self._lock_dir / f"{digest.hex()[:32]}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
 
     async def ping(self) -> None:
         """Raise if the database cannot answer a trivial query."""

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import secrets
 import time
 from collections import defaultdict
+from collections.abc import AsyncIterator
 
 import structlog
 from sqlalchemy import select
@@ -134,9 +136,18 @@ class SnapshotService:
 
     async def forget_project(self, project_id: str) -> None:
         """Delete a project's snapshots and blobs from the store (rows go with the project)."""
-        async with self._locks[project_id]:
+        async with self._project_lock(project_id):
             await self.storage.delete_prefix(project_prefix(project_id))
         self._locks.pop(project_id, None)
+
+    @contextlib.asynccontextmanager
+    async def _project_lock(self, project_id: str) -> AsyncIterator[None]:
+        """One take, restore, prune or forget of a project at a time, across gateways too:
+        a take uploads blobs before its manifest names them, and a prune elsewhere would
+        sweep them. This process's tasks queue on their own lock first, so they hold one
+        database connection (or, on SQLite, one waiting thread) between them."""
+        async with self._locks[project_id], self._db.exclusive(f"snapshots:{project_id}"):
+            yield
 
     # -- container hooks ------------------------------------------------------------------
 
@@ -185,7 +196,7 @@ class SnapshotService:
     ) -> Snapshot | None:
         project_id = container.project_id
         prefix = project_prefix(project_id)
-        async with self._locks[project_id]:
+        async with self._project_lock(project_id):
             with agent_errors(failed="snapshot"):
                 listed = await agent_snapshots.manifest(
                     link, exclude=self.settings.snapshot_exclude, timeout=AGENT_TIMEOUT
@@ -287,7 +298,7 @@ class SnapshotService:
     async def _restore(self, link: AgentClient, snapshot: Snapshot) -> None:
         """Prune what the snapshot lacks, then write folders, files and links in batches.
         Folders are first made writable and get their own modes last."""
-        async with self._locks[snapshot.project_id]:
+        async with self._project_lock(snapshot.project_id):
             entries = await self._manifest(snapshot)
             prefix = project_prefix(snapshot.project_id)
             keep = {e["path"]: e["type"] for e in entries}
