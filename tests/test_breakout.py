@@ -146,11 +146,12 @@ for name in ('mem', 'environ', 'maps'):
     assert lines["ptrace"].split()[0] == "-1", lines
     for name in ("mem", "environ", "maps"):
         assert lines[name].startswith("refused"), lines
-    # Nor does the secret sit anywhere the sandbox can read.
+    # Nor does the secret sit anywhere the sandbox can read. `-e`: a URL-safe secret may
+    # start with "-", which grep would take for an option.
     grep = await sh(
         sandbox_api, user, cid,
-        f"grep -rl --exclude-dir=proc --exclude-dir=sys {secret} / 2>/dev/null; "
-        f"cat /proc/1/environ 2>/dev/null | tr '\\0' '\\n' | grep -c {secret}",
+        f"grep -rl --exclude-dir=proc --exclude-dir=sys -e {secret} / 2>/dev/null; "
+        f"cat /proc/1/environ 2>/dev/null | tr '\\0' '\\n' | grep -c -e {secret}",
     )  # fmt: skip
     assert grep.stdout.strip() == "0", grep
 
