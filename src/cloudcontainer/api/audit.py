@@ -57,7 +57,7 @@ async def list_audit_events(
     since: Annotated[AwareDatetime | None, Query(description="From this time (inclusive).")] = None,
     until: Annotated[AwareDatetime | None, Query(description="Before this time.")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    cursor: Annotated[str | None, Query(max_length=256)] = None,
+    cursor: Annotated[str | None, Query(max_length=256, pattern=r"^[^\x00]*$")] = None,
 ) -> AuditPageOut:  # fmt: skip
     """Audit events, newest first, for administrators. `actor` is a user id."""
     await services.audit.flush_for(FLUSH_WAIT_SECONDS)
